@@ -1,0 +1,91 @@
+//! `MachineImage`: what a VM boots, a kernel and initrd or a disk image.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::validation::{FieldError, FieldErrorKind, Validate};
+
+/// A bootable image for Machines.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(group = "paddock.io", version = "v1alpha1", kind = "MachineImage", shortname = "mi", category = "paddock")]
+#[serde(rename_all = "camelCase")]
+pub struct MachineImageSpec {
+    /// Direct kernel boot: the kernel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<Artifact>,
+    /// Direct kernel boot: the initial ramdisk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd: Option<Artifact>,
+    /// Extra kernel command line for direct kernel boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmdline: Option<String>,
+    /// Disk-image boot: a qcow2 or raw image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskImage>,
+}
+
+/// A file fetched by URL (`http(s)://` or `file://`) and checked by digest.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Artifact {
+    pub url: String,
+    /// Lowercase hex SHA-256 of the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskImage {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    #[serde(default)]
+    pub format: DiskFormat,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DiskFormat {
+    #[default]
+    Qcow2,
+    Raw,
+}
+
+fn check_artifact(field: &str, url: &str, sha: Option<&str>, errs: &mut Vec<FieldError>) {
+    if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("file://")) {
+        errs.push(FieldError::invalid(format!("{field}.url"), format!("{url:?}: must be an http://, https:// or file:// URL")));
+    }
+    if let Some(sha) = sha
+        && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    {
+        errs.push(FieldError::invalid(format!("{field}.sha256"), "must be 64 lowercase hex digits"));
+    }
+}
+
+impl Validate for MachineImage {
+    fn validate(&self) -> Vec<FieldError> {
+        let s = &self.spec;
+        let mut errs = Vec::new();
+        match (&s.kernel, &s.disk) {
+            (None, None) => errs.push(FieldError::required("spec.kernel")),
+            (Some(_), Some(_)) => errs.push(FieldError::new(
+                "spec.disk",
+                FieldErrorKind::Forbidden,
+                "set either spec.kernel (direct kernel boot) or spec.disk, not both",
+            )),
+            _ => {}
+        }
+        if let Some(k) = &s.kernel {
+            check_artifact("spec.kernel", &k.url, k.sha256.as_deref(), &mut errs);
+        }
+        if let Some(i) = &s.initrd {
+            check_artifact("spec.initrd", &i.url, i.sha256.as_deref(), &mut errs);
+        }
+        if let Some(d) = &s.disk {
+            check_artifact("spec.disk", &d.url, d.sha256.as_deref(), &mut errs);
+        }
+        errs
+    }
+}

@@ -1,0 +1,147 @@
+//! `Machine`: one node VM of a workload cluster, bound to a host.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::{MAX_CPU, MIN_MEMORY};
+use crate::quantity::{Cpu, Memory};
+use crate::validation::{FieldError, Validate, check_dns_label, check_dns_subdomain};
+
+/// One node VM of a workload cluster.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "paddock.io",
+    version = "v1alpha1",
+    kind = "Machine",
+    namespaced,
+    status = "MachineStatus",
+    shortname = "ma",
+    category = "paddock"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineSpec {
+    /// The Cluster this machine belongs to.
+    pub cluster_name: String,
+    /// Control plane or worker.
+    pub role: MachineRole,
+    /// Node pool of a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    pub cpu: Cpu,
+    pub memory: Memory,
+    pub disk: Memory,
+    /// MachineImage to boot; the platform default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The Host this machine is bound to; set by the scheduler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_name: Option<String>,
+    /// MAC address of the VM's overlay interface.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// Overlay address of the VM, in CIDR form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip: Option<String>,
+}
+
+/// What a machine is for.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum MachineRole {
+    ControlPlane,
+    Worker,
+}
+
+impl MachineRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ControlPlane => "control-plane",
+            Self::Worker => "worker",
+        }
+    }
+}
+
+/// Where a machine is in its life.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum MachinePhase {
+    Pending,
+    Scheduled,
+    Starting,
+    Running,
+    Failed,
+    Stopping,
+}
+
+impl MachinePhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Scheduled => "Scheduled",
+            Self::Starting => "Starting",
+            Self::Running => "Running",
+            Self::Failed => "Failed",
+            Self::Stopping => "Stopping",
+        }
+    }
+}
+
+/// What the agent observed of a machine.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<MachinePhase>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_log: Option<String>,
+}
+
+fn check_mac(field: &str, mac: &str, errs: &mut Vec<FieldError>) {
+    let parts: Vec<&str> = mac.split(':').collect();
+    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+    if !ok {
+        errs.push(FieldError::invalid(field, format!("{mac:?} is not a MAC address such as 52:54:00:12:34:56")));
+    }
+}
+
+impl Validate for MachineSpec {
+    fn validate(&self) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        check_dns_label("spec.clusterName", &self.cluster_name, 63, &mut errs);
+        if self.cpu == 0 || self.cpu > MAX_CPU {
+            errs.push(FieldError::invalid("spec.cpu", format!("must be between 1 and {MAX_CPU}")));
+        }
+        if self.memory < MIN_MEMORY {
+            errs.push(FieldError::invalid("spec.memory", format!("must be at least {MIN_MEMORY}")));
+        }
+        if let Some(pool) = &self.pool {
+            check_dns_label("spec.pool", pool, 63, &mut errs);
+        }
+        if let Some(host) = &self.host_name {
+            check_dns_subdomain("spec.hostName", host, &mut errs);
+        }
+        if let Some(mac) = &self.mac {
+            check_mac("spec.mac", mac, &mut errs);
+        }
+        if let Some(ip) = &self.ip {
+            let ok = ip.split_once('/').is_some_and(|(a, l)| a.parse::<std::net::Ipv4Addr>().is_ok() && l.parse::<u8>().is_ok_and(|l| l <= 32));
+            if !ok {
+                errs.push(FieldError::invalid("spec.ip", format!("{ip:?} is not an address in CIDR form such as 10.0.0.2/24")));
+            }
+        }
+        errs
+    }
+}
+
+impl Validate for Machine {
+    fn validate(&self) -> Vec<FieldError> {
+        self.spec.validate()
+    }
+}

@@ -1,0 +1,118 @@
+//! Fan-out of committed changes to watchers, with a bounded history so a
+//! watcher can resume from a recent revision.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::{Event, Revision, StoreError};
+
+/// Committed changes, newest last, and the live channel.
+pub(crate) struct Hub {
+    inner: Mutex<Inner>,
+}
+
+struct Inner {
+    history: VecDeque<Arc<Event>>,
+    capacity: usize,
+    /// Revisions up to and including this one are no longer in `history`.
+    compacted: Revision,
+    current: Revision,
+    live: broadcast::Sender<Arc<Event>>,
+}
+
+/// A stream of changes under a prefix. Ends with an error if the watcher
+/// falls too far behind; the caller then starts again from a list.
+pub struct Watch {
+    rx: mpsc::Receiver<Result<Arc<Event>, StoreError>>,
+}
+
+impl Watch {
+    pub async fn next(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
+        self.rx.recv().await
+    }
+}
+
+impl Hub {
+    pub(crate) fn new(history: Vec<Event>, capacity: usize, current: Revision) -> Self {
+        let compacted = history.first().map_or(current, |e| e.revision().saturating_sub(1));
+        let (live, _) = broadcast::channel(4096);
+        let history = history.into_iter().map(Arc::new).collect();
+        Self { inner: Mutex::new(Inner { history, capacity, compacted, current, live }) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding this lock leaves consistent data (pushes are atomic).
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn current(&self) -> Revision {
+        self.lock().current
+    }
+
+    /// Records committed events, in revision order.
+    pub(crate) fn publish(&self, events: Vec<Event>) {
+        let mut g = self.lock();
+        for ev in events {
+            let ev = Arc::new(ev);
+            g.current = g.current.max(ev.revision());
+            g.history.push_back(ev.clone());
+            while g.history.len() > g.capacity {
+                if let Some(old) = g.history.pop_front() {
+                    g.compacted = old.revision();
+                }
+            }
+            // No receivers is fine.
+            let _ = g.live.send(ev);
+        }
+    }
+
+    pub(crate) fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
+        let g = self.lock();
+        if after < g.compacted {
+            return Err(StoreError::Compacted { requested: after, oldest: g.compacted + 1 });
+        }
+        let mut live = g.live.subscribe();
+        let backlog: Vec<Arc<Event>> = g
+            .history
+            .iter()
+            .filter(|e| e.revision() > after && e.key().starts_with(prefix))
+            .cloned()
+            .collect();
+        drop(g);
+        let (tx, rx) = mpsc::channel(1024);
+        let prefix = prefix.to_owned();
+        tokio::spawn(async move {
+            let mut last = after;
+            for ev in backlog {
+                last = ev.revision();
+                if tx.send(Ok(ev)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    msg = live.recv() => match msg {
+                        Ok(ev) => {
+                            if ev.revision() <= last || !ev.key().starts_with(&prefix) {
+                                continue;
+                            }
+                            last = ev.revision();
+                            if tx.send(Ok(ev)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = tx.send(Err(StoreError::Compacted { requested: last, oldest: last + 1 })).await;
+                            return;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        });
+        Ok(Watch { rx })
+    }
+}

@@ -1,0 +1,117 @@
+//! Paddock's store: a versioned key-value map with a single, monotonically
+//! increasing revision (the API's `resourceVersion`), compare-and-set writes
+//! and a bounded change history for watches.
+//!
+//! The API server talks only to the [`Store`] trait. The embedded backend is
+//! [`RedbStore`] (one directory, every acknowledged write fsynced); an etcd
+//! backend implements the same trait with etcd's revisions.
+
+mod codec;
+mod hub;
+mod redb_store;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+pub use hub::Watch;
+pub use redb_store::{RedbStore, StoreOptions};
+
+/// A store revision. Every successful write gets the next one.
+pub type Revision = u64;
+
+/// A stored value with the revisions that created and last modified it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: Bytes,
+    pub create_revision: Revision,
+    pub mod_revision: Revision,
+}
+
+/// One change, as a watch delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A key was created or replaced; `prev` is the value it replaced.
+    Put { kv: KeyValue, prev: Option<KeyValue> },
+    /// A key was removed at `revision`; `prev` is its last value.
+    Delete { prev: KeyValue, revision: Revision },
+}
+
+impl Event {
+    pub fn revision(&self) -> Revision {
+        match self {
+            Event::Put { kv, .. } => kv.mod_revision,
+            Event::Delete { revision, .. } => *revision,
+        }
+    }
+    pub fn key(&self) -> &str {
+        match self {
+            Event::Put { kv, .. } => &kv.key,
+            Event::Delete { prev, .. } => &prev.key,
+        }
+    }
+}
+
+/// What must hold for a write to go ahead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precondition {
+    /// Write unconditionally.
+    None,
+    /// The key must not exist (create).
+    MustNotExist,
+    /// The key must exist with exactly this modification revision.
+    ModRevision(Revision),
+    /// The key must exist (any revision).
+    MustExist,
+}
+
+/// A page of a range read, and the store revision it was read at.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<KeyValue>,
+    pub revision: Revision,
+    /// More keys follow under the same prefix.
+    pub more: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("key {0:?} already exists")]
+    AlreadyExists(String),
+    #[error("key {0:?} not found")]
+    NotFound(String),
+    #[error("key {key:?} is at revision {actual}, not {expected}")]
+    Conflict { key: String, expected: Revision, actual: Revision },
+    #[error("revision {requested} is compacted; the oldest revision watchable is {oldest}")]
+    Compacted { requested: Revision, oldest: Revision },
+    #[error("corrupt record for key {0:?}")]
+    Corrupt(String),
+    #[error("store is closed")]
+    Closed,
+    #[error("storage backend failed")]
+    Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// The interface the API server needs from a store.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// The value of one key.
+    async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
+    /// Keys under `prefix` in order, after `start_after`, at most `limit`.
+    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: Option<usize>) -> Result<Page>;
+    /// Writes `value` at `key` if `pre` holds; returns the stored record.
+    async fn put(&self, key: &str, value: Bytes, pre: Precondition) -> Result<KeyValue>;
+    /// Removes `key` if `pre` holds; returns its last value and the revision of the delete.
+    async fn delete(&self, key: &str, pre: Precondition) -> Result<(KeyValue, Revision)>;
+    /// Changes under `prefix` with a revision greater than `after`, then live.
+    fn watch(&self, prefix: &str, after: Revision) -> Result<Watch>;
+    /// The newest revision.
+    fn revision(&self) -> Revision;
+}
+
+/// A shared handle to any store.
+pub type DynStore = Arc<dyn Store>;
