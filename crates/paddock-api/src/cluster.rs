@@ -73,7 +73,13 @@ pub struct ControlPlaneSpec {
 
 impl Default for ControlPlaneSpec {
     fn default() -> Self {
-        Self { replicas: 1, cpu: 1, memory: default_cp_memory(), disk: default_cp_disk(), image: None }
+        Self {
+            replicas: 1,
+            cpu: 1,
+            memory: default_cp_memory(),
+            disk: default_cp_disk(),
+            image: None,
+        }
     }
 }
 
@@ -128,7 +134,10 @@ pub struct ClusterNetwork {
 
 impl Default for ClusterNetwork {
     fn default() -> Self {
-        Self { pod_cidr: default_pod_cidr(), service_cidr: default_service_cidr() }
+        Self {
+            pod_cidr: default_pod_cidr(),
+            service_cidr: default_service_cidr(),
+        }
     }
 }
 
@@ -199,22 +208,37 @@ impl ClusterSpec {
 
 fn check_size(prefix: &str, cpu: Cpu, memory: Memory, disk: Memory, errs: &mut Vec<FieldError>) {
     if cpu == 0 || cpu > MAX_CPU {
-        errs.push(FieldError::invalid(format!("{prefix}.cpu"), format!("must be between 1 and {MAX_CPU}")));
+        errs.push(FieldError::invalid(
+            format!("{prefix}.cpu"),
+            format!("must be between 1 and {MAX_CPU}"),
+        ));
     }
     if memory < MIN_MEMORY {
-        errs.push(FieldError::invalid(format!("{prefix}.memory"), format!("must be at least {MIN_MEMORY}")));
+        errs.push(FieldError::invalid(
+            format!("{prefix}.memory"),
+            format!("must be at least {MIN_MEMORY}"),
+        ));
     }
     if disk < Memory::from_gib(1) {
-        errs.push(FieldError::invalid(format!("{prefix}.disk"), "must be at least 1Gi"));
+        errs.push(FieldError::invalid(
+            format!("{prefix}.disk"),
+            "must be at least 1Gi",
+        ));
     }
 }
 
 fn check_cidr(field: &str, value: &str, errs: &mut Vec<FieldError>) {
     let ok = value.split_once('/').is_some_and(|(ip, len)| {
-        ip.parse::<std::net::IpAddr>().is_ok_and(|ip| len.parse::<u8>().is_ok_and(|l| l <= if ip.is_ipv4() { 32 } else { 128 }))
+        ip.parse::<std::net::IpAddr>().is_ok_and(|ip| {
+            len.parse::<u8>()
+                .is_ok_and(|l| l <= if ip.is_ipv4() { 32 } else { 128 })
+        })
     });
     if !ok {
-        errs.push(FieldError::invalid(field, format!("{value:?} is not a CIDR such as 10.96.0.0/12")));
+        errs.push(FieldError::invalid(
+            field,
+            format!("{value:?} is not a CIDR such as 10.96.0.0/12"),
+        ));
     }
 }
 
@@ -223,8 +247,15 @@ impl Validate for ClusterSpec {
         let mut errs = Vec::new();
         let v = &self.kubernetes_version;
         let parts: Vec<&str> = v.split('.').collect();
-        if parts.len() != 3 || parts.iter().any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-            errs.push(FieldError::invalid("spec.kubernetesVersion", format!("{v:?} is not a version such as 1.31.2")));
+        if parts.len() != 3
+            || parts
+                .iter()
+                .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        {
+            errs.push(FieldError::invalid(
+                "spec.kubernetesVersion",
+                format!("{v:?} is not a version such as 1.31.2"),
+            ));
         }
         let cp = &self.control_plane;
         if cp.replicas != 1 && cp.replicas != 3 {
@@ -247,12 +278,19 @@ impl Validate for ClusterSpec {
                 ));
             }
             if pool.replicas > MAX_POOL_REPLICAS {
-                errs.push(FieldError::invalid(format!("{p}.replicas"), format!("must be at most {MAX_POOL_REPLICAS}")));
+                errs.push(FieldError::invalid(
+                    format!("{p}.replicas"),
+                    format!("must be at most {MAX_POOL_REPLICAS}"),
+                ));
             }
             check_size(&p, pool.cpu, pool.memory, pool.disk, &mut errs);
         }
         check_cidr("spec.network.podCidr", &self.network.pod_cidr, &mut errs);
-        check_cidr("spec.network.serviceCidr", &self.network.service_cidr, &mut errs);
+        check_cidr(
+            "spec.network.serviceCidr",
+            &self.network.service_cidr,
+            &mut errs,
+        );
         errs
     }
 }

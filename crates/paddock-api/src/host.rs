@@ -10,7 +10,13 @@ use crate::validation::{FieldError, Validate};
 
 /// A machine of the fleet.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(group = "paddock.io", version = "v1alpha1", kind = "Host", status = "HostStatus", category = "paddock")]
+#[kube(
+    group = "paddock.io",
+    version = "v1alpha1",
+    kind = "Host",
+    status = "HostStatus",
+    category = "paddock"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct HostSpec {
     /// Baseboard management controller, for power and boot control.

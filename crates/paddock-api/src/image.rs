@@ -8,7 +8,13 @@ use crate::validation::{FieldError, FieldErrorKind, Validate};
 
 /// A bootable image for Machines.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(group = "paddock.io", version = "v1alpha1", kind = "MachineImage", shortname = "mi", category = "paddock")]
+#[kube(
+    group = "paddock.io",
+    version = "v1alpha1",
+    kind = "MachineImage",
+    shortname = "mi",
+    category = "paddock"
+)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineImageSpec {
     /// Direct kernel boot: the kernel.
@@ -55,12 +61,21 @@ pub enum DiskFormat {
 
 fn check_artifact(field: &str, url: &str, sha: Option<&str>, errs: &mut Vec<FieldError>) {
     if !(url.starts_with("http://") || url.starts_with("https://") || url.starts_with("file://")) {
-        errs.push(FieldError::invalid(format!("{field}.url"), format!("{url:?}: must be an http://, https:// or file:// URL")));
+        errs.push(FieldError::invalid(
+            format!("{field}.url"),
+            format!("{url:?}: must be an http://, https:// or file:// URL"),
+        ));
     }
     if let Some(sha) = sha
-        && (sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+        && (sha.len() != 64
+            || !sha
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
     {
-        errs.push(FieldError::invalid(format!("{field}.sha256"), "must be 64 lowercase hex digits"));
+        errs.push(FieldError::invalid(
+            format!("{field}.sha256"),
+            "must be 64 lowercase hex digits",
+        ));
     }
 }
 

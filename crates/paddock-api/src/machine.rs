@@ -105,9 +105,15 @@ pub struct MachineStatus {
 
 fn check_mac(field: &str, mac: &str, errs: &mut Vec<FieldError>) {
     let parts: Vec<&str> = mac.split(':').collect();
-    let ok = parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
+    let ok = parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && u8::from_str_radix(p, 16).is_ok());
     if !ok {
-        errs.push(FieldError::invalid(field, format!("{mac:?} is not a MAC address such as 52:54:00:12:34:56")));
+        errs.push(FieldError::invalid(
+            field,
+            format!("{mac:?} is not a MAC address such as 52:54:00:12:34:56"),
+        ));
     }
 }
 
@@ -116,10 +122,16 @@ impl Validate for MachineSpec {
         let mut errs = Vec::new();
         check_dns_label("spec.clusterName", &self.cluster_name, 63, &mut errs);
         if self.cpu == 0 || self.cpu > MAX_CPU {
-            errs.push(FieldError::invalid("spec.cpu", format!("must be between 1 and {MAX_CPU}")));
+            errs.push(FieldError::invalid(
+                "spec.cpu",
+                format!("must be between 1 and {MAX_CPU}"),
+            ));
         }
         if self.memory < MIN_MEMORY {
-            errs.push(FieldError::invalid("spec.memory", format!("must be at least {MIN_MEMORY}")));
+            errs.push(FieldError::invalid(
+                "spec.memory",
+                format!("must be at least {MIN_MEMORY}"),
+            ));
         }
         if let Some(pool) = &self.pool {
             check_dns_label("spec.pool", pool, 63, &mut errs);
@@ -131,9 +143,14 @@ impl Validate for MachineSpec {
             check_mac("spec.mac", mac, &mut errs);
         }
         if let Some(ip) = &self.ip {
-            let ok = ip.split_once('/').is_some_and(|(a, l)| a.parse::<std::net::Ipv4Addr>().is_ok() && l.parse::<u8>().is_ok_and(|l| l <= 32));
+            let ok = ip.split_once('/').is_some_and(|(a, l)| {
+                a.parse::<std::net::Ipv4Addr>().is_ok() && l.parse::<u8>().is_ok_and(|l| l <= 32)
+            });
             if !ok {
-                errs.push(FieldError::invalid("spec.ip", format!("{ip:?} is not an address in CIDR form such as 10.0.0.2/24")));
+                errs.push(FieldError::invalid(
+                    "spec.ip",
+                    format!("{ip:?} is not an address in CIDR form such as 10.0.0.2/24"),
+                ));
             }
         }
         errs

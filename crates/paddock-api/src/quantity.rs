@@ -20,7 +20,9 @@ pub struct Memory(u64);
 pub enum QuantityError {
     #[error("quantity is empty")]
     Empty,
-    #[error("{0:?} is not a quantity (expected a number with an optional suffix such as Mi, Gi, M, G)")]
+    #[error(
+        "{0:?} is not a quantity (expected a number with an optional suffix such as Mi, Gi, M, G)"
+    )]
     Malformed(String),
     #[error("{0:?} does not fit in 64 bits")]
     Overflow(String),
@@ -81,7 +83,9 @@ impl FromStr for Memory {
         if digits.is_empty() {
             return Err(QuantityError::Malformed(s.to_owned()));
         }
-        let n: u64 = digits.parse().map_err(|_| QuantityError::Overflow(s.to_owned()))?;
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| QuantityError::Overflow(s.to_owned()))?;
         let mult = if suffix.is_empty() {
             1
         } else {
@@ -92,7 +96,9 @@ impl FromStr for Memory {
                 .map(|(_, m)| *m)
                 .ok_or_else(|| QuantityError::Malformed(s.to_owned()))?
         };
-        n.checked_mul(mult).map(Memory).ok_or_else(|| QuantityError::Overflow(s.to_owned()))
+        n.checked_mul(mult)
+            .map(Memory)
+            .ok_or_else(|| QuantityError::Overflow(s.to_owned()))
     }
 }
 

@@ -39,7 +39,11 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, kind: FieldErrorKind, message: impl Into<String>) -> Self {
-        Self { field: field.into(), kind, message: message.into() }
+        Self {
+            field: field.into(),
+            kind,
+            message: message.into(),
+        }
     }
     pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(field, FieldErrorKind::Invalid, message)
@@ -75,7 +79,9 @@ pub fn check_dns_label(field: &str, value: &str, max: usize, errs: &mut Vec<Fiel
         ));
     }
     let bytes = value.as_bytes();
-    let ok_chars = bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    let ok_chars = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
     let ok_ends = bytes.first().is_some_and(u8::is_ascii_alphanumeric)
         && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
     if !ok_chars || !ok_ends {
@@ -96,7 +102,11 @@ pub fn check_dns_subdomain(field: &str, value: &str, errs: &mut Vec<FieldError>)
         return;
     }
     if value.len() > 253 {
-        errs.push(FieldError::new(field, FieldErrorKind::TooLong, "must be no more than 253 characters"));
+        errs.push(FieldError::new(
+            field,
+            FieldErrorKind::TooLong,
+            "must be no more than 253 characters",
+        ));
         return;
     }
     let mut inner = Vec::new();

@@ -1,0 +1,178 @@
+//! Certificate authorities and the certificates they sign: the management
+//! plane's own CA and serving certificate today, each workload cluster's
+//! CAs later. PEM in, PEM out.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use time::OffsetDateTime;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("invalid subject alternative name {0:?}")]
+    InvalidSan(String),
+    #[error("certificate generation failed")]
+    Rcgen(#[from] rcgen::Error),
+}
+
+/// A certificate and its private key, both PEM.
+#[derive(Debug, Clone)]
+pub struct CertPair {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A certificate authority that can sign certificates.
+pub struct Ca {
+    pair: CertPair,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+/// How long a CA is valid.
+pub const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// How long a serving certificate is valid.
+pub const SERVING_VALIDITY: Duration = Duration::from_secs(365 * 24 * 3600);
+
+fn validity(params: &mut CertificateParams, ttl: Duration) {
+    let now = OffsetDateTime::now_utc();
+    // Back-date a little for clock skew between hosts.
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + ttl;
+}
+
+impl Ca {
+    /// Makes a new self-signed CA.
+    pub fn generate(common_name: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        validity(&mut params, CA_VALIDITY);
+        let cert = params.self_signed(&key)?;
+        let pair = CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        };
+        Ok(Self {
+            pair,
+            issuer: Issuer::new(params, key),
+        })
+    }
+
+    /// Loads a CA from its PEM certificate and key.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        Ok(Self {
+            pair: CertPair {
+                cert_pem: cert_pem.to_owned(),
+                key_pem: key_pem.to_owned(),
+            },
+            issuer,
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.pair.cert_pem
+    }
+    pub fn key_pem(&self) -> &str {
+        &self.pair.key_pem
+    }
+
+    /// A TLS server certificate for the given DNS names and IP addresses.
+    pub fn issue_server(
+        &self,
+        common_name: &str,
+        sans: &[String],
+        ttl: Duration,
+    ) -> Result<CertPair, PkiError> {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        validity(&mut params, ttl);
+        self.sign(params)
+    }
+
+    /// A TLS client certificate: the user as CN, the groups as O.
+    pub fn issue_client(
+        &self,
+        user: &str,
+        groups: &[String],
+        ttl: Duration,
+    ) -> Result<CertPair, PkiError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, user);
+        for g in groups {
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, g.as_str());
+        }
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        validity(&mut params, ttl);
+        self.sign(params)
+    }
+
+    fn sign(&self, params: CertificateParams) -> Result<CertPair, PkiError> {
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(CertPair {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+fn san(s: &str) -> Result<SanType, PkiError> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SanType::IpAddress(ip));
+    }
+    let name = s
+        .to_owned()
+        .try_into()
+        .map_err(|_| PkiError::InvalidSan(s.to_owned()))?;
+    Ok(SanType::DnsName(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ca_round_trips_and_signs() {
+        let ca = Ca::generate("test-ca").unwrap();
+        let again = Ca::from_pem(ca.cert_pem(), ca.key_pem()).unwrap();
+        let srv = again
+            .issue_server(
+                "srv",
+                &["localhost".into(), "127.0.0.1".into()],
+                SERVING_VALIDITY,
+            )
+            .unwrap();
+        assert!(srv.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(matches!(san("10.0.0.1"), Ok(SanType::IpAddress(_))));
+        assert!(matches!(san("api.example"), Ok(SanType::DnsName(_))));
+    }
+}

@@ -19,9 +19,20 @@ pub(crate) fn decode_record(key: &str, raw: &[u8]) -> Result<KeyValue, StoreErro
     }
     let (c, rest) = raw.split_at(8);
     let (m, value) = rest.split_at(8);
-    let create_revision = u64::from_le_bytes(c.try_into().map_err(|_| StoreError::Corrupt(key.to_owned()))?);
-    let mod_revision = u64::from_le_bytes(m.try_into().map_err(|_| StoreError::Corrupt(key.to_owned()))?);
-    Ok(KeyValue { key: key.to_owned(), value: Bytes::copy_from_slice(value), create_revision, mod_revision })
+    let create_revision = u64::from_le_bytes(
+        c.try_into()
+            .map_err(|_| StoreError::Corrupt(key.to_owned()))?,
+    );
+    let mod_revision = u64::from_le_bytes(
+        m.try_into()
+            .map_err(|_| StoreError::Corrupt(key.to_owned()))?,
+    );
+    Ok(KeyValue {
+        key: key.to_owned(),
+        value: Bytes::copy_from_slice(value),
+        create_revision,
+        mod_revision,
+    })
 }
 
 fn put_chunk(out: &mut Vec<u8>, b: &[u8]) {
@@ -77,7 +88,12 @@ impl Reader<'_> {
         let create_revision = self.u64()?;
         let mod_revision = self.u64()?;
         let value = Bytes::copy_from_slice(self.chunk()?);
-        Some(KeyValue { key, value, create_revision, mod_revision })
+        Some(KeyValue {
+            key,
+            value,
+            create_revision,
+            mod_revision,
+        })
     }
 }
 
@@ -85,11 +101,20 @@ pub(crate) fn decode_event(raw: &[u8]) -> Option<Event> {
     let (&tag, rest) = raw.split_first()?;
     let mut r = Reader(rest);
     match tag {
-        0 => Some(Event::Put { kv: r.kv()?, prev: None }),
-        1 => Some(Event::Put { kv: r.kv()?, prev: Some(r.kv()?) }),
+        0 => Some(Event::Put {
+            kv: r.kv()?,
+            prev: None,
+        }),
+        1 => Some(Event::Put {
+            kv: r.kv()?,
+            prev: Some(r.kv()?),
+        }),
         2 => {
             let revision = r.u64()?;
-            Some(Event::Delete { prev: r.kv()?, revision })
+            Some(Event::Delete {
+                prev: r.kv()?,
+                revision,
+            })
         }
         _ => None,
     }
@@ -100,15 +125,29 @@ mod tests {
     use super::*;
 
     fn kv(k: &str, v: &str, c: u64, m: u64) -> KeyValue {
-        KeyValue { key: k.into(), value: Bytes::from(v.to_owned()), create_revision: c, mod_revision: m }
+        KeyValue {
+            key: k.into(),
+            value: Bytes::from(v.to_owned()),
+            create_revision: c,
+            mod_revision: m,
+        }
     }
 
     #[test]
     fn events_round_trip() {
         for ev in [
-            Event::Put { kv: kv("/a", "1", 1, 1), prev: None },
-            Event::Put { kv: kv("/a", "2", 1, 2), prev: Some(kv("/a", "1", 1, 1)) },
-            Event::Delete { prev: kv("/a", "2", 1, 2), revision: 3 },
+            Event::Put {
+                kv: kv("/a", "1", 1, 1),
+                prev: None,
+            },
+            Event::Put {
+                kv: kv("/a", "2", 1, 2),
+                prev: Some(kv("/a", "1", 1, 1)),
+            },
+            Event::Delete {
+                prev: kv("/a", "2", 1, 2),
+                revision: 3,
+            },
         ] {
             assert_eq!(decode_event(&encode_event(&ev)), Some(ev));
         }

@@ -36,10 +36,20 @@ impl Watch {
 
 impl Hub {
     pub(crate) fn new(history: Vec<Event>, capacity: usize, current: Revision) -> Self {
-        let compacted = history.first().map_or(current, |e| e.revision().saturating_sub(1));
+        let compacted = history
+            .first()
+            .map_or(current, |e| e.revision().saturating_sub(1));
         let (live, _) = broadcast::channel(4096);
         let history = history.into_iter().map(Arc::new).collect();
-        Self { inner: Mutex::new(Inner { history, capacity, compacted, current, live }) }
+        Self {
+            inner: Mutex::new(Inner {
+                history,
+                capacity,
+                compacted,
+                current,
+                live,
+            }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -71,7 +81,10 @@ impl Hub {
     pub(crate) fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
         let g = self.lock();
         if after < g.compacted {
-            return Err(StoreError::Compacted { requested: after, oldest: g.compacted + 1 });
+            return Err(StoreError::Compacted {
+                requested: after,
+                oldest: g.compacted + 1,
+            });
         }
         let mut live = g.live.subscribe();
         let backlog: Vec<Arc<Event>> = g

@@ -34,7 +34,10 @@ pub struct KeyValue {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A key was created or replaced; `prev` is the value it replaced.
-    Put { kv: KeyValue, prev: Option<KeyValue> },
+    Put {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
     /// A key was removed at `revision`; `prev` is its last value.
     Delete { prev: KeyValue, revision: Revision },
 }
@@ -83,9 +86,16 @@ pub enum StoreError {
     #[error("key {0:?} not found")]
     NotFound(String),
     #[error("key {key:?} is at revision {actual}, not {expected}")]
-    Conflict { key: String, expected: Revision, actual: Revision },
+    Conflict {
+        key: String,
+        expected: Revision,
+        actual: Revision,
+    },
     #[error("revision {requested} is compacted; the oldest revision watchable is {oldest}")]
-    Compacted { requested: Revision, oldest: Revision },
+    Compacted {
+        requested: Revision,
+        oldest: Revision,
+    },
     #[error("corrupt record for key {0:?}")]
     Corrupt(String),
     #[error("store is closed")]
@@ -102,7 +112,12 @@ pub trait Store: Send + Sync + 'static {
     /// The value of one key.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
     /// Keys under `prefix` in order, after `start_after`, at most `limit`.
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: Option<usize>) -> Result<Page>;
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Page>;
     /// Writes `value` at `key` if `pre` holds; returns the stored record.
     async fn put(&self, key: &str, value: Bytes, pre: Precondition) -> Result<KeyValue>;
     /// Removes `key` if `pre` holds; returns its last value and the revision of the delete.

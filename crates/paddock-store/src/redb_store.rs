@@ -35,8 +35,17 @@ impl Default for StoreOptions {
 }
 
 enum Op {
-    Put { key: String, value: Bytes, pre: Precondition, reply: oneshot::Sender<Result<KeyValue>> },
-    Delete { key: String, pre: Precondition, reply: oneshot::Sender<Result<(KeyValue, Revision)>> },
+    Put {
+        key: String,
+        value: Bytes,
+        pre: Precondition,
+        reply: oneshot::Sender<Result<KeyValue>>,
+    },
+    Delete {
+        key: String,
+        pre: Precondition,
+        reply: oneshot::Sender<Result<(KeyValue, Revision)>>,
+    },
 }
 
 /// The embedded, crash-safe store.
@@ -76,10 +85,16 @@ impl RedbStore {
             w.commit().map_err(backend)?;
             let r = db.begin_read().map_err(backend)?;
             let meta = r.open_table(META).map_err(backend)?;
-            let current = meta.get(REVISION).map_err(backend)?.map_or(0, |v| v.value());
+            let current = meta
+                .get(REVISION)
+                .map_err(backend)?
+                .map_or(0, |v| v.value());
             let hist = r.open_table(HISTORY).map_err(backend)?;
             let mut history = Vec::new();
-            for item in hist.range(current.saturating_sub(opts.history as u64)..).map_err(backend)? {
+            for item in hist
+                .range(current.saturating_sub(opts.history as u64)..)
+                .map_err(backend)?
+            {
                 let (_, v) = item.map_err(backend)?;
                 if let Some(ev) = decode_event(v.value()) {
                     history.push(ev);
@@ -97,7 +112,12 @@ impl RedbStore {
             .name("store-writer".into())
             .spawn(move || writer_loop(&wdb, &whub, rx, keep))
             .map_err(backend)?;
-        Ok(Self { db, hub, writer, writer_thread: Some(writer_thread) })
+        Ok(Self {
+            db,
+            hub,
+            writer,
+            writer_thread: Some(writer_thread),
+        })
     }
 
     async fn blocking<T: Send + 'static>(
@@ -105,7 +125,9 @@ impl RedbStore {
         f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
     ) -> Result<T> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || f(&db)).await.map_err(backend)?
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(backend)?
     }
 }
 
@@ -132,10 +154,16 @@ fn check(key: &str, existing: Option<&KeyValue>, pre: Precondition) -> Result<()
         (Precondition::None, _) => Ok(()),
         (Precondition::MustNotExist, Some(_)) => Err(StoreError::AlreadyExists(key.to_owned())),
         (Precondition::MustNotExist, None) => Ok(()),
-        (Precondition::MustExist | Precondition::ModRevision(_), None) => Err(StoreError::NotFound(key.to_owned())),
+        (Precondition::MustExist | Precondition::ModRevision(_), None) => {
+            Err(StoreError::NotFound(key.to_owned()))
+        }
         (Precondition::MustExist, Some(_)) => Ok(()),
         (Precondition::ModRevision(want), Some(kv)) if kv.mod_revision != want => {
-            Err(StoreError::Conflict { key: key.to_owned(), expected: want, actual: kv.mod_revision })
+            Err(StoreError::Conflict {
+                key: key.to_owned(),
+                expected: want,
+                actual: kv.mod_revision,
+            })
         }
         (Precondition::ModRevision(_), Some(_)) => Ok(()),
     }
@@ -153,7 +181,10 @@ fn apply_batch(db: &Database, hub: &Hub, ops: Vec<Op>, keep: u64) {
             let mut kv = w.open_table(KV).map_err(backend)?;
             let mut meta = w.open_table(META).map_err(backend)?;
             let mut hist = w.open_table(HISTORY).map_err(backend)?;
-            let mut rev = meta.get(REVISION).map_err(backend)?.map_or(0, |v| v.value());
+            let mut rev = meta
+                .get(REVISION)
+                .map_err(backend)?
+                .map_or(0, |v| v.value());
             for op in &ops {
                 let key = match op {
                     Op::Put { key, .. } | Op::Delete { key, .. } => key.as_str(),
@@ -170,10 +201,20 @@ fn apply_batch(db: &Database, hub: &Hub, ops: Vec<Op>, keep: u64) {
                         }
                         rev += 1;
                         let create = existing.as_ref().map_or(rev, |e| e.create_revision);
-                        kv.insert(key, encode_record(create, rev, value).as_slice()).map_err(backend)?;
-                        let new = KeyValue { key: key.to_owned(), value: value.clone(), create_revision: create, mod_revision: rev };
-                        let ev = Event::Put { kv: new.clone(), prev: existing };
-                        hist.insert(rev, encode_event(&ev).as_slice()).map_err(backend)?;
+                        kv.insert(key, encode_record(create, rev, value).as_slice())
+                            .map_err(backend)?;
+                        let new = KeyValue {
+                            key: key.to_owned(),
+                            value: value.clone(),
+                            create_revision: create,
+                            mod_revision: rev,
+                        };
+                        let ev = Event::Put {
+                            kv: new.clone(),
+                            prev: existing,
+                        };
+                        hist.insert(rev, encode_event(&ev).as_slice())
+                            .map_err(backend)?;
                         events.push(ev);
                         outcomes.push(Outcome::Put(Ok(new)));
                     }
@@ -183,13 +224,18 @@ fn apply_batch(db: &Database, hub: &Hub, ops: Vec<Op>, keep: u64) {
                             continue;
                         }
                         let Some(prev) = existing else {
-                            outcomes.push(Outcome::Delete(Err(StoreError::NotFound(key.to_owned()))));
+                            outcomes
+                                .push(Outcome::Delete(Err(StoreError::NotFound(key.to_owned()))));
                             continue;
                         };
                         rev += 1;
                         kv.remove(key).map_err(backend)?;
-                        let ev = Event::Delete { prev: prev.clone(), revision: rev };
-                        hist.insert(rev, encode_event(&ev).as_slice()).map_err(backend)?;
+                        let ev = Event::Delete {
+                            prev: prev.clone(),
+                            revision: rev,
+                        };
+                        hist.insert(rev, encode_event(&ev).as_slice())
+                            .map_err(backend)?;
                         events.push(ev);
                         outcomes.push(Outcome::Delete(Ok((prev, rev))));
                     }
@@ -252,12 +298,22 @@ impl Store for RedbStore {
         .await
     }
 
-    async fn list(&self, prefix: &str, start_after: Option<&str>, limit: Option<usize>) -> Result<Page> {
+    async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: Option<usize>,
+    ) -> Result<Page> {
         let prefix = prefix.to_owned();
         let start = start_after.map(str::to_owned);
         self.blocking(move |db| {
             let r = db.begin_read().map_err(backend)?;
-            let revision = r.open_table(META).map_err(backend)?.get(REVISION).map_err(backend)?.map_or(0, |v| v.value());
+            let revision = r
+                .open_table(META)
+                .map_err(backend)?
+                .get(REVISION)
+                .map_err(backend)?
+                .map_or(0, |v| v.value());
             let t = r.open_table(KV).map_err(backend)?;
             let lower = match &start {
                 Some(s) if s.as_str() >= prefix.as_str() => Bound::Excluded(s.as_str()),
@@ -265,7 +321,10 @@ impl Store for RedbStore {
             };
             let mut items = Vec::new();
             let mut more = false;
-            for entry in t.range::<&str>((lower, Bound::Unbounded)).map_err(backend)? {
+            for entry in t
+                .range::<&str>((lower, Bound::Unbounded))
+                .map_err(backend)?
+            {
                 let (k, v) = entry.map_err(backend)?;
                 let key = k.value();
                 if !key.starts_with(prefix.as_str()) {
@@ -277,7 +336,11 @@ impl Store for RedbStore {
                 }
                 items.push(decode_record(key, v.value())?);
             }
-            Ok(Page { items, revision, more })
+            Ok(Page {
+                items,
+                revision,
+                more,
+            })
         })
         .await
     }
@@ -285,7 +348,12 @@ impl Store for RedbStore {
     async fn put(&self, key: &str, value: Bytes, pre: Precondition) -> Result<KeyValue> {
         let (reply, rx) = oneshot::channel();
         self.writer
-            .send(Op::Put { key: key.to_owned(), value, pre, reply })
+            .send(Op::Put {
+                key: key.to_owned(),
+                value,
+                pre,
+                reply,
+            })
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
@@ -293,7 +361,14 @@ impl Store for RedbStore {
 
     async fn delete(&self, key: &str, pre: Precondition) -> Result<(KeyValue, Revision)> {
         let (reply, rx) = oneshot::channel();
-        self.writer.send(Op::Delete { key: key.to_owned(), pre, reply }).await.map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send(Op::Delete {
+                key: key.to_owned(),
+                pre,
+                reply,
+            })
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -318,24 +393,51 @@ mod tests {
     async fn crud_with_preconditions() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
-        let a = s.put("/a/1", Bytes::from_static(b"x"), Precondition::MustNotExist).await.unwrap();
+        let a = s
+            .put("/a/1", Bytes::from_static(b"x"), Precondition::MustNotExist)
+            .await
+            .unwrap();
         assert_eq!(a.mod_revision, 1);
         assert!(matches!(
-            s.put("/a/1", Bytes::from_static(b"y"), Precondition::MustNotExist).await,
+            s.put("/a/1", Bytes::from_static(b"y"), Precondition::MustNotExist)
+                .await,
             Err(StoreError::AlreadyExists(_))
         ));
-        let b = s.put("/a/1", Bytes::from_static(b"y"), Precondition::ModRevision(1)).await.unwrap();
+        let b = s
+            .put(
+                "/a/1",
+                Bytes::from_static(b"y"),
+                Precondition::ModRevision(1),
+            )
+            .await
+            .unwrap();
         assert_eq!((b.create_revision, b.mod_revision), (1, 2));
         assert!(matches!(
-            s.put("/a/1", Bytes::from_static(b"z"), Precondition::ModRevision(1)).await,
-            Err(StoreError::Conflict { expected: 1, actual: 2, .. })
+            s.put(
+                "/a/1",
+                Bytes::from_static(b"z"),
+                Precondition::ModRevision(1)
+            )
+            .await,
+            Err(StoreError::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            })
         ));
-        s.put("/a/2", Bytes::from_static(b"2"), Precondition::None).await.unwrap();
-        s.put("/b/1", Bytes::from_static(b"3"), Precondition::None).await.unwrap();
+        s.put("/a/2", Bytes::from_static(b"2"), Precondition::None)
+            .await
+            .unwrap();
+        s.put("/b/1", Bytes::from_static(b"3"), Precondition::None)
+            .await
+            .unwrap();
         let page = s.list("/a/", None, Some(1)).await.unwrap();
         assert_eq!(page.items.len(), 1);
         assert!(page.more);
-        let page2 = s.list("/a/", Some(&page.items[0].key), Some(5)).await.unwrap();
+        let page2 = s
+            .list("/a/", Some(&page.items[0].key), Some(5))
+            .await
+            .unwrap();
         assert_eq!(page2.items[0].key, "/a/2");
         assert!(!page2.more);
         let (prev, rev) = s.delete("/a/1", Precondition::None).await.unwrap();
@@ -350,14 +452,23 @@ mod tests {
         {
             let s = open(dir.path());
             for i in 0..8 {
-                s.put(&format!("/k/{i}"), Bytes::from(i.to_string()), Precondition::None).await.unwrap();
+                s.put(
+                    &format!("/k/{i}"),
+                    Bytes::from(i.to_string()),
+                    Precondition::None,
+                )
+                .await
+                .unwrap();
             }
         }
         let s = open(dir.path());
         assert_eq!(s.revision(), 8);
         assert_eq!(s.list("/k/", None, None).await.unwrap().items.len(), 8);
         // History keeps 5: revisions 4..=8 are watchable, 3 and older compacted.
-        assert!(matches!(s.watch("/k/", 1), Err(StoreError::Compacted { .. })));
+        assert!(matches!(
+            s.watch("/k/", 1),
+            Err(StoreError::Compacted { .. })
+        ));
         let mut w = s.watch("/k/", 6).unwrap();
         assert_eq!(w.next().await.unwrap().unwrap().revision(), 7);
         assert_eq!(w.next().await.unwrap().unwrap().revision(), 8);

@@ -1,0 +1,832 @@
+//! The verbs of the Kubernetes API over the store: get, list, create,
+//! update, patch, delete and deletecollection, with optimistic concurrency,
+//! generations, finalizers, dry runs and field validation. Used by the HTTP
+//! layer and by the in-server controllers alike.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use paddock_api::{FieldError, FieldErrorKind};
+use paddock_store::{DynStore, KeyValue, Precondition, StoreError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::error::{ApiError, ApiResult};
+use crate::object::{self, meta_mut};
+use crate::resources::{self, Resource};
+use crate::selector::{FieldSelector, LabelSelector, labels_of};
+
+const CONFLICT_MSG: &str =
+    "the object has been modified; please apply your changes to the latest version and try again";
+const MAX_RETRIES: usize = 8;
+
+/// The store plus the API's rules.
+#[derive(Clone)]
+pub struct Api {
+    pub store: DynStore,
+    pub bookmark_every: Duration,
+}
+
+/// What a write may do besides writing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    /// Reject fields the type does not know (`fieldValidation=Strict`).
+    pub strict: bool,
+}
+
+/// Which part of an object an update may change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Part {
+    /// The main resource: status changes are ignored where there is a status subresource.
+    Main,
+    /// The `/status` subresource: only status changes count.
+    Status,
+    /// In-server controllers: everything but identity.
+    Internal,
+}
+
+/// `DeleteOptions`, from the body or the query.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteOptions {
+    #[serde(default)]
+    pub propagation_policy: Option<String>,
+    #[serde(default)]
+    pub preconditions: Option<Preconditions>,
+    #[serde(default)]
+    pub dry_run: Vec<String>,
+    #[serde(default)]
+    pub grace_period_seconds: Option<i64>,
+    #[serde(default)]
+    pub orphan_dependents: Option<bool>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Preconditions {
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+/// What a delete did.
+#[derive(Debug)]
+pub enum Deleted {
+    /// Gone from the store; the last state.
+    Gone(Value),
+    /// Marked for deletion, waiting for finalizers.
+    Pending(Value),
+}
+
+/// How to list.
+#[derive(Debug, Default)]
+pub struct ListOptions {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+    pub limit: Option<usize>,
+    pub continue_token: Option<String>,
+}
+
+/// A page of a list.
+pub struct ListPage {
+    pub items: Vec<Value>,
+    pub resource_version: String,
+    pub continue_token: Option<String>,
+    pub remaining: Option<usize>,
+}
+
+#[derive(serde::Serialize, Deserialize)]
+struct ContinueToken {
+    /// Last key returned.
+    k: String,
+    /// Revision of the first page.
+    rv: u64,
+}
+
+/// Parses a stored record into an object, with its resourceVersion.
+pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
+    let mut obj: Value = serde_json::from_slice(&kv.value)
+        .map_err(|e| ApiError::Internal(format!("corrupt object {}: {e}", kv.key)))?;
+    meta_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+    Ok(obj)
+}
+
+fn encode(obj: &Value) -> ApiResult<Bytes> {
+    let stored = object::without_rv(obj);
+    serde_json::to_vec(&stored)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
+fn store_err(res: &Resource, name: &str) -> impl Fn(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound(_) => ApiError::NotFound(res.subject(name)),
+        StoreError::AlreadyExists(_) => ApiError::AlreadyExists(res.subject(name)),
+        StoreError::Conflict { .. } => ApiError::Conflict(res.subject(name), CONFLICT_MSG.into()),
+        other => other.into(),
+    }
+}
+
+fn invalid(res: &Resource, name: &str, errs: Vec<FieldError>) -> ApiError {
+    ApiError::Invalid(res.subject(name), errs)
+}
+
+fn parse_rv(s: &str) -> ApiResult<u64> {
+    s.parse()
+        .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {s:?}")))
+}
+
+/// Checks `apiVersion`/`kind` of a body against the resource, and fills them in.
+fn check_type(res: &Resource, obj: &mut Value) -> ApiResult<()> {
+    let Some(map) = obj.as_object_mut() else {
+        return Err(ApiError::BadRequest(
+            "the request body must be a JSON object".into(),
+        ));
+    };
+    let want = res.api_version();
+    match map.get("apiVersion").and_then(Value::as_str) {
+        Some(v) if v != want => {
+            return Err(ApiError::BadRequest(format!(
+                "apiVersion {v:?} does not match the expected {want:?}"
+            )));
+        }
+        _ => {}
+    }
+    match map.get("kind").and_then(Value::as_str) {
+        Some(k) if k != res.kind => {
+            return Err(ApiError::BadRequest(format!(
+                "kind {k:?} does not match the expected {:?}",
+                res.kind
+            )));
+        }
+        _ => {}
+    }
+    map.insert("apiVersion".into(), json!(want));
+    map.insert("kind".into(), json!(res.kind));
+    Ok(())
+}
+
+/// Kind-specific rules applied on every write.
+fn kind_rules(res: &Resource, obj: &mut Value, creating: bool) {
+    if res.is("", "namespaces") && creating {
+        obj["spec"] = json!({"finalizers": ["kubernetes"]});
+        obj["status"] = json!({"phase": "Active"});
+    }
+    if res.is("", "secrets")
+        && let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|m| m.remove("stringData"))
+    {
+        let data = obj
+            .as_object_mut()
+            .map(|m| m.entry("data").or_insert_with(|| json!({})));
+        if let Some(Value::Object(data)) = data {
+            for (k, v) in sd {
+                let s = v.as_str().unwrap_or_default();
+                data.insert(
+                    k,
+                    json!(base64::engine::general_purpose::STANDARD.encode(s)),
+                );
+            }
+        }
+    }
+}
+
+impl Api {
+    pub fn new(store: DynStore) -> Self {
+        Self {
+            store,
+            bookmark_every: Duration::from_secs(30),
+        }
+    }
+
+    async fn read(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+    ) -> ApiResult<(KeyValue, Value)> {
+        let kv = self
+            .store
+            .get(&res.key(ns, name))
+            .await?
+            .ok_or_else(|| ApiError::NotFound(res.subject(name)))?;
+        let obj = decode(&kv)?;
+        Ok((kv, obj))
+    }
+
+    pub async fn get(&self, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+        Ok(self.read(res, ns, name).await?.1)
+    }
+
+    pub async fn list(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<ListPage> {
+        let prefix = res.prefix(ns);
+        let (mut after, first_rv) = match &opts.continue_token {
+            Some(tok) => {
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(tok)
+                    .ok()
+                    .and_then(|b| serde_json::from_slice::<ContinueToken>(&b).ok())
+                    .ok_or_else(|| ApiError::BadRequest("invalid continue token".into()))?;
+                if !raw.k.starts_with(&prefix) {
+                    return Err(ApiError::BadRequest(
+                        "continue token does not belong to this list".into(),
+                    ));
+                }
+                (Some(raw.k), Some(raw.rv))
+            }
+            None => (None, None),
+        };
+        let mut items = Vec::new();
+        let mut revision = 0;
+        let mut more;
+        let mut last_key = None;
+        let chunk = opts.limit.map_or(1000, |l| l.clamp(1, 1000));
+        loop {
+            let page = self
+                .store
+                .list(&prefix, after.as_deref(), Some(chunk))
+                .await?;
+            revision = revision.max(page.revision);
+            more = page.more;
+            for kv in &page.items {
+                last_key = Some(kv.key.clone());
+                let obj = decode(kv)?;
+                if opts.labels.matches(&labels_of(&obj)) && opts.fields.matches(&obj) {
+                    items.push(obj);
+                }
+                if opts.limit.is_some_and(|l| items.len() >= l) {
+                    more = more
+                        || kv.key != page.items.last().map(|k| k.key.clone()).unwrap_or_default();
+                    break;
+                }
+            }
+            if !more || opts.limit.is_some_and(|l| items.len() >= l) {
+                break;
+            }
+            after = last_key.clone();
+        }
+        let rv = first_rv.unwrap_or(revision);
+        let continue_token = match (more, &last_key) {
+            (true, Some(k)) if opts.limit.is_some() => {
+                let tok = serde_json::to_vec(&ContinueToken { k: k.clone(), rv })
+                    .map_err(|e| ApiError::Internal(e.to_string()))?;
+                Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tok))
+            }
+            _ => None,
+        };
+        Ok(ListPage {
+            items,
+            resource_version: rv.to_string(),
+            continue_token,
+            remaining: None,
+        })
+    }
+
+    async fn check_namespace(&self, ns: &str) -> ApiResult<()> {
+        let nsr = resources::find("", "v1", "namespaces")
+            .ok_or_else(|| ApiError::Internal("no namespaces".into()))?;
+        let obj = self.get(nsr, None, ns).await?;
+        if object::is_deleting(&obj) {
+            return Err(ApiError::Forbidden(format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            )));
+        }
+        Ok(())
+    }
+
+    pub async fn create(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        mut obj: Value,
+        opts: WriteOptions,
+    ) -> ApiResult<Value> {
+        check_type(res, &mut obj)?;
+        let meta = meta_mut(&mut obj);
+        if res.namespaced {
+            let ns = ns.ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "{} is namespaced: create it in a namespace",
+                    res.plural
+                ))
+            })?;
+            match meta.get("namespace").and_then(Value::as_str) {
+                Some(n) if !n.is_empty() && n != ns => {
+                    return Err(ApiError::BadRequest(
+                        "the namespace of the provided object does not match the namespace sent on the request".into(),
+                    ));
+                }
+                _ => {}
+            }
+            meta.insert("namespace".into(), json!(ns));
+        } else {
+            meta.remove("namespace");
+        }
+        if meta
+            .get("name")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            match meta.get("generateName").and_then(Value::as_str) {
+                Some(prefix) if !prefix.is_empty() => {
+                    let suffix: String = (0..5)
+                        .map(|_| {
+                            let c = b"bcdfghjklmnpqrstvwxz2456789";
+                            c[rand::random_range(0..c.len())] as char
+                        })
+                        .collect();
+                    meta.insert("name".into(), json!(format!("{prefix}{suffix}")));
+                }
+                _ => {
+                    return Err(invalid(
+                        res,
+                        "",
+                        vec![FieldError::required("metadata.name")],
+                    ));
+                }
+            }
+        }
+        for f in [
+            "uid",
+            "resourceVersion",
+            "creationTimestamp",
+            "deletionTimestamp",
+            "deletionGracePeriodSeconds",
+            "generation",
+            "managedFields",
+        ] {
+            meta.remove(f);
+        }
+        let name = object::name(&obj).unwrap_or_default().to_owned();
+        if res.namespaced
+            && let Some(ns) = ns
+        {
+            self.check_namespace(ns).await?;
+        }
+        if res.status_subresource
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
+        }
+        kind_rules(res, &mut obj, true);
+        let mut normal = res
+            .codec
+            .normalize(obj.clone())
+            .map_err(|e| invalid(res, &name, e))?;
+        if opts.strict {
+            strict_check(&obj, &normal)?;
+        }
+        let m = meta_mut(&mut normal);
+        m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+        m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
+        m.insert("generation".into(), json!(1));
+        if opts.dry_run {
+            return Ok(normal);
+        }
+        let kv = self
+            .store
+            .put(
+                &res.key(ns, &name),
+                encode(&normal)?,
+                Precondition::MustNotExist,
+            )
+            .await
+            .map_err(store_err(res, &name))?;
+        decode(&kv)
+    }
+
+    /// Replaces an object (PUT), honouring a resourceVersion in the body.
+    pub async fn update(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mut obj: Value,
+        part: Part,
+        opts: WriteOptions,
+    ) -> ApiResult<Value> {
+        check_type(res, &mut obj)?;
+        match object::name(&obj) {
+            Some(n) if n != name => {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            _ => {}
+        }
+        let pinned = object::meta_str(&obj, "resourceVersion")
+            .map(parse_rv)
+            .transpose()?;
+        for attempt in 0.. {
+            let (kv, old) = self.read(res, ns, name).await?;
+            match self
+                .write_update(res, ns, name, &kv, &old, obj.clone(), part, opts, pinned)
+                .await
+            {
+                Err(ApiError::Conflict(..)) if pinned.is_none() && attempt < MAX_RETRIES => {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Applies a patch to the current object and writes it.
+    pub async fn patch(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        kind: PatchKind,
+        patch: &Value,
+        part: Part,
+        opts: WriteOptions,
+    ) -> ApiResult<Value> {
+        for attempt in 0.. {
+            let (kv, old) = self.read(res, ns, name).await?;
+            let mut new = old.clone();
+            match kind {
+                PatchKind::Merge => json_patch::merge(&mut new, patch),
+                PatchKind::Strategic => json_patch::merge(&mut new, &strip_directives(patch)),
+                PatchKind::Json => {
+                    let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+                        .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
+                    json_patch::patch(&mut new, &ops).map_err(|e| {
+                        invalid(
+                            res,
+                            name,
+                            vec![FieldError::invalid(
+                                "<patch>",
+                                format!("the JSON patch cannot be applied: {e}"),
+                            )],
+                        )
+                    })?;
+                }
+            }
+            // A resourceVersion the patch sets is a precondition; the one we read is not.
+            let pinned = match object::meta_str(&new, "resourceVersion") {
+                Some(rv) if rv != kv.mod_revision.to_string() => Some(parse_rv(rv)?),
+                _ => None,
+            };
+            if pinned.is_none() {
+                meta_mut(&mut new).remove("resourceVersion");
+            }
+            match self
+                .write_update(res, ns, name, &kv, &old, new, part, opts, pinned)
+                .await
+            {
+                Err(ApiError::Conflict(..)) if pinned.is_none() && attempt < MAX_RETRIES => {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Reads, changes with `f`, and writes back, retrying on conflicts.
+    /// `f` returns false to leave the object as it is.
+    pub async fn modify(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        f: impl Fn(&mut Value) -> bool,
+    ) -> ApiResult<Option<Value>> {
+        for attempt in 0.. {
+            let (kv, old) = self.read(res, ns, name).await?;
+            let mut new = old.clone();
+            if !f(&mut new) {
+                return Ok(None);
+            }
+            match self
+                .write_update(
+                    res,
+                    ns,
+                    name,
+                    &kv,
+                    &old,
+                    new,
+                    Part::Internal,
+                    WriteOptions::default(),
+                    None,
+                )
+                .await
+            {
+                Err(ApiError::Conflict(..)) if attempt < MAX_RETRIES => continue,
+                other => return other.map(Some),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn write_update(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        kv: &KeyValue,
+        old: &Value,
+        mut new: Value,
+        part: Part,
+        opts: WriteOptions,
+        pinned: Option<u64>,
+    ) -> ApiResult<Value> {
+        if let Some(rv) = pinned
+            && rv != kv.mod_revision
+        {
+            return Err(ApiError::Conflict(res.subject(name), CONFLICT_MSG.into()));
+        }
+        check_type(res, &mut new)?;
+        let input = new.clone();
+        match part {
+            Part::Status => {
+                let status = new.get("status").cloned();
+                new = old.clone();
+                match status {
+                    Some(s) => new["status"] = s,
+                    None => {
+                        if let Some(m) = new.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            Part::Main if res.status_subresource => match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            },
+            Part::Main | Part::Internal => {}
+        }
+        let old_meta = object::meta(old).cloned().unwrap_or_default();
+        let m = meta_mut(&mut new);
+        for f in [
+            "name",
+            "namespace",
+            "uid",
+            "creationTimestamp",
+            "generation",
+        ] {
+            match old_meta.get(f) {
+                Some(v) => m.insert(f.into(), v.clone()),
+                None => m.remove(f),
+            };
+        }
+        if part != Part::Internal {
+            for f in ["deletionTimestamp", "deletionGracePeriodSeconds"] {
+                match old_meta.get(f) {
+                    Some(v) => m.insert(f.into(), v.clone()),
+                    None => m.remove(f),
+                };
+            }
+        }
+        m.remove("resourceVersion");
+        kind_rules(res, &mut new, false);
+        let mut normal = res
+            .codec
+            .normalize(new.clone())
+            .map_err(|e| invalid(res, name, e))?;
+        if opts.strict && part != Part::Internal {
+            strict_check(&input, &normal)?;
+        }
+        if object::is_deleting(old) {
+            let before = object::finalizers(old);
+            if object::finalizers(&normal)
+                .iter()
+                .any(|f| !before.contains(f))
+            {
+                return Err(invalid(
+                    res,
+                    name,
+                    vec![FieldError::new(
+                        "metadata.finalizers",
+                        FieldErrorKind::Forbidden,
+                        "no new finalizers can be added if the object is being deleted",
+                    )],
+                ));
+            }
+        }
+        if object::desired_state(&normal) != object::desired_state(old) {
+            let g = old_meta
+                .get("generation")
+                .and_then(Value::as_i64)
+                .unwrap_or(1);
+            meta_mut(&mut normal).insert("generation".into(), json!(g + 1));
+        }
+        if normal == object::without_rv(old) {
+            return Ok(old.clone());
+        }
+        if opts.dry_run {
+            meta_mut(&mut normal)
+                .insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+            return Ok(normal);
+        }
+        let key = res.key(ns, name);
+        if object::is_deleting(&normal) && !object::has_finalizers(&normal) {
+            let (_, rev) = self
+                .store
+                .delete(&key, Precondition::ModRevision(kv.mod_revision))
+                .await
+                .map_err(store_err(res, name))?;
+            meta_mut(&mut normal).insert("resourceVersion".into(), json!(rev.to_string()));
+            return Ok(normal);
+        }
+        let kv = self
+            .store
+            .put(
+                &key,
+                encode(&normal)?,
+                Precondition::ModRevision(kv.mod_revision),
+            )
+            .await
+            .map_err(store_err(res, name))?;
+        decode(&kv)
+    }
+
+    /// Deletes an object, or marks it for deletion while finalizers hold it.
+    pub async fn delete(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        opts: &DeleteOptions,
+    ) -> ApiResult<Deleted> {
+        let dry_run = opts.dry_run.iter().any(|d| d == "All");
+        let policy = match (opts.propagation_policy.as_deref(), opts.orphan_dependents) {
+            (Some(p @ ("Foreground" | "Background" | "Orphan")), _) => p,
+            (Some(other), _) => {
+                return Err(ApiError::BadRequest(format!(
+                    "propagationPolicy {other:?} is not supported: use Foreground, Background or Orphan"
+                )));
+            }
+            (None, Some(true)) => "Orphan",
+            (None, _) => "Background",
+        };
+        for attempt in 0.. {
+            let (kv, old) = self.read(res, ns, name).await?;
+            if let Some(p) = &opts.preconditions {
+                if let Some(uid) = &p.uid
+                    && object::uid(&old) != Some(uid.as_str())
+                {
+                    return Err(ApiError::Conflict(
+                        res.subject(name),
+                        format!(
+                            "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                            object::uid(&old).unwrap_or("")
+                        ),
+                    ));
+                }
+                if let Some(rv) = &p.resource_version
+                    && *rv != kv.mod_revision.to_string()
+                {
+                    return Err(ApiError::Conflict(
+                        res.subject(name),
+                        format!(
+                            "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                            kv.mod_revision
+                        ),
+                    ));
+                }
+            }
+            let mut new = old.clone();
+            let mut fins = object::finalizers(&new);
+            let extra = match policy {
+                "Foreground" => Some("foregroundDeletion"),
+                "Orphan" => Some("orphan"),
+                _ => None,
+            };
+            if let Some(f) = extra
+                && !object::is_deleting(&old)
+                && !fins.iter().any(|x| x == f)
+            {
+                fins.push(f.to_owned());
+                object::set_finalizers(&mut new, &fins);
+            }
+            if !object::has_finalizers(&new) {
+                if dry_run {
+                    return Ok(Deleted::Gone(old));
+                }
+                match self
+                    .store
+                    .delete(
+                        &res.key(ns, name),
+                        Precondition::ModRevision(kv.mod_revision),
+                    )
+                    .await
+                {
+                    Ok(_) => return Ok(Deleted::Gone(old)),
+                    Err(StoreError::Conflict { .. }) if attempt < MAX_RETRIES => continue,
+                    Err(e) => return Err(store_err(res, name)(e)),
+                }
+            }
+            if object::is_deleting(&old) {
+                return Ok(Deleted::Pending(old));
+            }
+            let m = meta_mut(&mut new);
+            m.insert("deletionTimestamp".into(), json!(object::now_rfc3339()));
+            m.insert("deletionGracePeriodSeconds".into(), json!(0));
+            if res.is("", "namespaces") {
+                new["status"] = json!({"phase": "Terminating"});
+            }
+            if dry_run {
+                return Ok(Deleted::Pending(new));
+            }
+            match self
+                .store
+                .put(
+                    &res.key(ns, name),
+                    encode(&new)?,
+                    Precondition::ModRevision(kv.mod_revision),
+                )
+                .await
+            {
+                Ok(kv) => return Ok(Deleted::Pending(decode(&kv)?)),
+                Err(StoreError::Conflict { .. }) if attempt < MAX_RETRIES => continue,
+                Err(e) => return Err(store_err(res, name)(e)),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Deletes every object a list with `list` would return.
+    pub async fn delete_collection(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        list: &ListOptions,
+        opts: &DeleteOptions,
+    ) -> ApiResult<usize> {
+        let page = self.list(res, ns, list).await?;
+        let mut n = 0;
+        for obj in page.items {
+            let name = object::name(&obj).unwrap_or_default().to_owned();
+            match self.delete(res, object::namespace(&obj), &name, opts).await {
+                Ok(_) => n += 1,
+                Err(ApiError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The patch formats accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PatchKind {
+    Json,
+    Merge,
+    Strategic,
+}
+
+impl PatchKind {
+    pub fn from_content_type(ct: &str) -> Option<Self> {
+        match ct.split(';').next().unwrap_or("").trim() {
+            "application/json-patch+json" => Some(Self::Json),
+            "application/merge-patch+json" => Some(Self::Merge),
+            "application/strategic-merge-patch+json" => Some(Self::Strategic),
+            _ => None,
+        }
+    }
+}
+
+/// A strategic merge patch, read as a merge patch: drops the `$`-directives
+/// kubectl adds (`$setElementOrder/...`, `$retainKeys`, `$patch`).
+fn strip_directives(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), strip_directives(v)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+fn strict_check(input: &Value, normal: &Value) -> ApiResult<()> {
+    let mut unknown = Vec::new();
+    object::unknown_fields(input, normal, "", &mut unknown);
+    unknown.retain(|f| !f.starts_with("metadata.resourceVersion"));
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    Err(ApiError::BadRequest(format!(
+        "strict decoding error: {}",
+        list.join(", ")
+    )))
+}

@@ -1,0 +1,141 @@
+//! Authentication: bearer tokens, stored only as SHA-256 hashes.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// Who made a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub groups: Vec<String>,
+}
+
+/// The group whose members may do everything.
+pub const ADMIN_GROUP: &str = "system:masters";
+
+/// One entry of the token file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub user: String,
+    #[serde(default)]
+    pub groups: Vec<String>,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TokenFileError {
+    #[error("cannot read token file {path}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("token file {path} is not valid JSON")]
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Known tokens, by hash.
+#[derive(Debug, Default, Clone)]
+pub struct Authenticator {
+    by_hash: HashMap<String, User>,
+}
+
+pub fn hash_token(token: &str) -> String {
+    let d = Sha256::digest(token.as_bytes());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A new random token (256 bits, URL-safe base64).
+pub fn generate_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+impl Authenticator {
+    pub fn from_records(records: &[TokenRecord]) -> Self {
+        let by_hash = records
+            .iter()
+            .map(|r| {
+                (
+                    r.sha256.clone(),
+                    User {
+                        name: r.user.clone(),
+                        groups: r.groups.clone(),
+                    },
+                )
+            })
+            .collect();
+        Self { by_hash }
+    }
+
+    pub fn load(path: &Path) -> Result<Self, TokenFileError> {
+        let p = path.display().to_string();
+        let raw = std::fs::read(path).map_err(|source| TokenFileError::Read {
+            path: p.clone(),
+            source,
+        })?;
+        let records: Vec<TokenRecord> = serde_json::from_slice(&raw)
+            .map_err(|source| TokenFileError::Parse { path: p, source })?;
+        Ok(Self::from_records(&records))
+    }
+
+    pub fn authenticate(&self, authorization: Option<&str>) -> Option<User> {
+        let token = authorization?.strip_prefix("Bearer ")?.trim();
+        if token.is_empty() {
+            return None;
+        }
+        self.by_hash.get(&hash_token(token)).cloned()
+    }
+}
+
+/// Rejects unauthenticated requests with 401; passes the user on.
+pub async fn require_user(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let header = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    match state.auth.authenticate(header) {
+        Some(user) => {
+            tracing::debug!(user = %user.name, method = %req.method(), path = %req.uri().path(), "request");
+            req.extensions_mut().insert(user);
+            next.run(req).await
+        }
+        None => ApiError::Unauthorized.into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_by_hash_only() {
+        let t = generate_token();
+        let auth = Authenticator::from_records(&[TokenRecord {
+            user: "admin".into(),
+            groups: vec![ADMIN_GROUP.into()],
+            sha256: hash_token(&t),
+        }]);
+        assert_eq!(
+            auth.authenticate(Some(&format!("Bearer {t}")))
+                .map(|u| u.name),
+            Some("admin".into())
+        );
+        assert!(auth.authenticate(Some("Bearer nope")).is_none());
+        assert!(auth.authenticate(Some(&t)).is_none());
+        assert!(auth.authenticate(None).is_none());
+    }
+}

@@ -1,0 +1,171 @@
+//! First start of a server: the data directory with its CA, serving
+//! certificate, admin token and `admin.kubeconfig`; the system namespaces.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use paddock_pki::{Ca, CertPair, PkiError, SERVING_VALIDITY};
+use serde_json::json;
+
+use crate::api::{Api, WriteOptions};
+use crate::auth::{
+    ADMIN_GROUP, Authenticator, TokenFileError, TokenRecord, generate_token, hash_token,
+};
+use crate::error::ApiError;
+use crate::resources;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("file {0}")]
+    Io(String, #[source] std::io::Error),
+    #[error("certificates")]
+    Pki(#[from] PkiError),
+    #[error("tokens")]
+    Tokens(#[from] TokenFileError),
+}
+
+/// The files of a server's data directory.
+#[derive(Debug, Clone)]
+pub struct DataDir {
+    pub root: PathBuf,
+    pub ca_pem: String,
+    pub serving: CertPair,
+    pub authenticator: Authenticator,
+    /// URL clients use to reach this server.
+    pub url: String,
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> BootstrapError + '_ {
+    move |e| BootstrapError::Io(path.display().to_string(), e)
+}
+
+/// Writes a private file atomically (0600, temp file then rename).
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), BootstrapError> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(data).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// A kubeconfig for `url` with a bearer token.
+pub fn kubeconfig(url: &str, ca_pem: &str, name: &str, user: &str, token: &str) -> String {
+    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\n\
+         users:\n- name: {user}\n  user:\n    token: {token}\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {user}\n    namespace: default\n\
+         current-context: {name}\n"
+    )
+}
+
+impl DataDir {
+    pub fn store_dir(&self) -> PathBuf {
+        self.root.join("store")
+    }
+
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.root.join("admin.kubeconfig")
+    }
+
+    /// Makes what is missing; reissues the serving certificate for `addr` and `sans`.
+    pub fn prepare(root: &Path, addr: SocketAddr, sans: &[String]) -> Result<Self, BootstrapError> {
+        let pki = root.join("pki");
+        std::fs::create_dir_all(&pki).map_err(io(&pki))?;
+        let (ca_crt, ca_key) = (pki.join("ca.crt"), pki.join("ca.key"));
+        let ca = if ca_crt.exists() && ca_key.exists() {
+            let c = std::fs::read_to_string(&ca_crt).map_err(io(&ca_crt))?;
+            let k = std::fs::read_to_string(&ca_key).map_err(io(&ca_key))?;
+            Ca::from_pem(&c, &k)?
+        } else {
+            let ca = Ca::generate("paddock-ca")?;
+            write_private(&ca_key, ca.key_pem().as_bytes())?;
+            std::fs::write(&ca_crt, ca.cert_pem()).map_err(io(&ca_crt))?;
+            ca
+        };
+        let host = if addr.ip().is_unspecified() {
+            "127.0.0.1".to_owned()
+        } else {
+            addr.ip().to_string()
+        };
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+            host.clone(),
+        ];
+        if addr.ip().is_unspecified() {
+            names.push(addr.ip().to_string());
+        }
+        names.extend(sans.iter().cloned());
+        names.sort();
+        names.dedup();
+        let serving = ca.issue_server("paddock-apiserver", &names, SERVING_VALIDITY)?;
+        write_private(&pki.join("apiserver.key"), serving.key_pem.as_bytes())?;
+        std::fs::write(pki.join("apiserver.crt"), &serving.cert_pem).map_err(io(&pki))?;
+
+        let url = if host.contains(':') {
+            format!("https://[{host}]:{}", addr.port())
+        } else {
+            format!("https://{host}:{}", addr.port())
+        };
+        let tokens = root.join("tokens.json");
+        let kc = root.join("admin.kubeconfig");
+        if !tokens.exists() {
+            let token = generate_token();
+            let rec = vec![TokenRecord {
+                user: "admin".into(),
+                groups: vec![ADMIN_GROUP.into()],
+                sha256: hash_token(&token),
+            }];
+            let raw = serde_json::to_vec_pretty(&rec)
+                .map_err(|e| BootstrapError::Io(tokens.display().to_string(), e.into()))?;
+            write_private(&tokens, &raw)?;
+            write_private(
+                &kc,
+                kubeconfig(&url, ca.cert_pem(), "paddock", "admin", &token).as_bytes(),
+            )?;
+        } else if let Ok(old) = std::fs::read_to_string(&kc) {
+            // Keep the token; point the kubeconfig at the current address.
+            if let Some(token) = old.lines().find_map(|l| l.trim().strip_prefix("token: ")) {
+                let token = token.to_owned();
+                write_private(
+                    &kc,
+                    kubeconfig(&url, ca.cert_pem(), "paddock", "admin", &token).as_bytes(),
+                )?;
+            }
+        }
+        let authenticator = Authenticator::load(&tokens)?;
+        Ok(Self {
+            root: root.to_owned(),
+            ca_pem: ca.cert_pem().to_owned(),
+            serving,
+            authenticator,
+            url,
+        })
+    }
+}
+
+/// Creates `default` and `paddock-system` if they are missing.
+pub async fn ensure_system_namespaces(api: &Api) {
+    let Some(ns) = resources::find("", "v1", "namespaces") else {
+        return;
+    };
+    for name in ["default", "paddock-system"] {
+        let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
+        match api.create(ns, None, obj, WriteOptions::default()).await {
+            Ok(_) | Err(ApiError::AlreadyExists(_)) => {}
+            Err(e) => {
+                tracing::warn!(namespace = name, error = %e, "cannot create system namespace")
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The one API error type, and its rendering as a Kubernetes `Status`.
+
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use paddock_api::FieldError;
+use serde_json::{Value, json};
+
+/// Which resource an error is about (`clusters.paddock.io "demo"`).
+#[derive(Debug, Clone, Default)]
+pub struct Subject {
+    pub group: String,
+    pub kind: String,
+    /// Plural resource name, as `details.kind` expects.
+    pub resource: String,
+    pub name: String,
+}
+
+impl Subject {
+    fn qualified(&self) -> String {
+        if self.group.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{} {:?} not found", .0.qualified(), .0.name)]
+    NotFound(Subject),
+    #[error("{} {:?} already exists", .0.qualified(), .0.name)]
+    AlreadyExists(Subject),
+    #[error("Operation cannot be fulfilled on {} {:?}: {}", .0.qualified(), .0.name, .1)]
+    Conflict(Subject, String),
+    #[error("{} {:?} is invalid: {}", .0.kind, .0.name, join(.1))]
+    Invalid(Subject, Vec<FieldError>),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    #[error("the server could not find the requested resource")]
+    NoRoute,
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+fn join(errs: &[FieldError]) -> String {
+    let parts: Vec<String> = errs
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect();
+    match parts.len() {
+        1 => parts.concat(),
+        _ => format!("[{}]", parts.join(", ")),
+    }
+}
+
+impl From<paddock_store::StoreError> for ApiError {
+    fn from(e: paddock_store::StoreError) -> Self {
+        use paddock_store::StoreError as S;
+        match e {
+            S::Compacted { requested, oldest } => {
+                ApiError::Gone(format!("too old resource version: {requested} ({oldest})"))
+            }
+            other => {
+                let mut msg = other.to_string();
+                let mut src = std::error::Error::source(&other);
+                while let Some(s) = src {
+                    msg.push_str(": ");
+                    msg.push_str(&s.to_string());
+                    src = s.source();
+                }
+                tracing::error!(error = %msg, "store error");
+                ApiError::Internal(msg)
+            }
+        }
+    }
+}
+
+impl ApiError {
+    pub fn code(&self) -> StatusCode {
+        match self {
+            Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
+            Self::AlreadyExists(_) | Self::Conflict(..) => StatusCode::CONFLICT,
+            Self::Invalid(..) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Gone(_) => StatusCode::GONE,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::NotFound(_) | Self::NoRoute => "NotFound",
+            Self::AlreadyExists(_) => "AlreadyExists",
+            Self::Conflict(..) => "Conflict",
+            Self::Invalid(..) => "Invalid",
+            Self::BadRequest(_) => "BadRequest",
+            Self::Unauthorized => "Unauthorized",
+            Self::Forbidden(_) => "Forbidden",
+            Self::Gone(_) => "Expired",
+            Self::MethodNotAllowed => "MethodNotAllowed",
+            Self::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            Self::TooLarge(_) => "RequestEntityTooLarge",
+            Self::Internal(_) => "InternalError",
+        }
+    }
+
+    /// The `Status` object Kubernetes clients expect.
+    pub fn status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": self.reason(),
+            "code": self.code().as_u16(),
+        });
+        let subject = match self {
+            Self::NotFound(s)
+            | Self::AlreadyExists(s)
+            | Self::Conflict(s, _)
+            | Self::Invalid(s, _) => Some(s),
+            _ => None,
+        };
+        if let Some(s) = subject {
+            let mut details = json!({"name": s.name, "group": s.group, "kind": s.resource});
+            if let Self::Invalid(s, errs) = self {
+                details["kind"] = json!(s.kind);
+                details["causes"] = errs
+                    .iter()
+                    .map(|e| json!({"reason": e.kind.reason(), "message": e.message, "field": e.field}))
+                    .collect();
+            }
+            status["details"] = details;
+        }
+        status
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if matches!(self, Self::Internal(_)) {
+            tracing::error!(error = %self, "request failed");
+        }
+        let mut resp = (self.code(), axum::Json(self.status())).into_response();
+        if matches!(self, Self::Unauthorized) {
+            resp.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        resp
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

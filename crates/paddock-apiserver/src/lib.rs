@@ -1,0 +1,148 @@
+//! Paddock's management API server: the Kubernetes API conventions
+//! (discovery, CRUD, watch, patch, selectors, tables, OpenAPI) over the
+//! [`paddock_store::Store`], behind TLS and bearer-token authentication.
+
+pub mod api;
+pub mod auth;
+pub mod bootstrap;
+pub mod discovery;
+pub mod error;
+pub mod gc;
+pub mod http;
+pub mod object;
+pub mod openapi;
+pub mod resources;
+pub mod route;
+pub mod selector;
+pub mod table;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::{any, get};
+use paddock_store::{DynStore, RedbStore, StoreOptions};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use api::Api;
+pub use auth::{Authenticator, User};
+pub use bootstrap::DataDir;
+
+/// Shared by every request handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub api: Api,
+    pub auth: Arc<Authenticator>,
+}
+
+/// How to run the server.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// Extra names and addresses for the serving certificate.
+    pub sans: Vec<String>,
+    pub bookmark_every: Duration,
+    pub gc_resync: Duration,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        Self {
+            data_dir,
+            listen,
+            sans: Vec::new(),
+            bookmark_every: Duration::from_secs(30),
+            gc_resync: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("preparing data directory {0}")]
+    DataDir(String, #[source] bootstrap::BootstrapError),
+    #[error("opening the store")]
+    Store(#[from] paddock_store::StoreError),
+    #[error("TLS setup")]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {0}")]
+    Listen(SocketAddr, #[source] std::io::Error),
+}
+
+/// The routes, given the shared state.
+pub fn router(state: AppState) -> Router {
+    let authed = Router::new()
+        .route("/version", get(discovery::version))
+        .route("/api", get(discovery::core_versions))
+        .route("/api/v1", get(discovery::core_resources))
+        .route("/apis", get(discovery::group_list))
+        .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/{version}", get(discovery::group_resources))
+        .route("/openapi/v2", get(openapi::v2))
+        .route("/openapi/v3", get(openapi::v3_root))
+        .route("/openapi/v3/api/{version}", get(openapi::v3_core))
+        .route("/openapi/v3/apis/{group}/{version}", get(openapi::v3_group))
+        .route("/api/v1/{*rest}", any(http::resource))
+        .route("/apis/{group}/{version}/{*rest}", any(http::resource))
+        .fallback(|| async { error::ApiError::NoRoute })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_user,
+        ))
+        .with_state(state);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }))
+        .merge(authed)
+}
+
+/// A running server; dropping it does not stop it, [`Running::shutdown`] does.
+pub struct Running {
+    pub addr: SocketAddr,
+    pub data: DataDir,
+    pub api: Api,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    pub fn shutdown(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Prepares the data directory, opens the store and starts serving.
+pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServerError::Listen(config.listen, e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Listen(config.listen, e))?;
+    let data = DataDir::prepare(&config.data_dir, addr, &config.sans)
+        .map_err(|e| ServerError::DataDir(config.data_dir.display().to_string(), e))?;
+    let store: DynStore = Arc::new(RedbStore::open(&data.store_dir(), StoreOptions::default())?);
+    let mut api = Api::new(store);
+    api.bookmark_every = config.bookmark_every;
+    bootstrap::ensure_system_namespaces(&api).await;
+    let state = AppState {
+        api: api.clone(),
+        auth: Arc::new(data.authenticator.clone()),
+    };
+    let tls = tls::server_config(&data.serving.cert_pem, &data.serving.key_pem)?;
+    let serve = tokio::spawn(tls::serve(listener, tls, router(state)));
+    let gc = tokio::spawn(gc::run(api.clone(), config.gc_resync));
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "paddock server listening");
+    Ok(Running {
+        addr,
+        data,
+        api,
+        tasks: vec![serve, gc],
+    })
+}

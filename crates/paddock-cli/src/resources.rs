@@ -1,0 +1,207 @@
+//! `paddock org|machine|host …`: organizations and read-only views of
+//! machines and hosts.
+
+use std::time::Duration;
+
+use clap::Subcommand;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use paddock_api::{Host, HostPhase, Machine, MachinePhase};
+
+use crate::output::{Format, age, print_data, table};
+use crate::{CliError, CliResult, Exit};
+
+/// Namespaces that belong to the platform, not to an organization.
+const SYSTEM: [&str; 1] = ["paddock-system"];
+
+#[derive(Debug, Subcommand)]
+pub enum OrgCommand {
+    /// Create an organization.
+    Create { name: String },
+    /// List organizations.
+    List,
+    /// Delete an organization and everything in it.
+    Delete {
+        name: String,
+        /// Wait until it is gone.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachineCommand {
+    /// List machines.
+    List {
+        #[arg(short = 'n', long = "org")]
+        org: Option<String>,
+        #[arg(short = 'A', long = "all-orgs", conflicts_with = "org")]
+        all: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCommand {
+    /// List hosts.
+    List,
+}
+
+pub async fn org(cmd: OrgCommand, client: &Client, out: Format) -> CliResult {
+    let api: Api<Namespace> = Api::all(client.clone());
+    match cmd {
+        OrgCommand::Create { name } => {
+            let mut ns = Namespace::default();
+            ns.metadata.name = Some(name.clone());
+            let created = api.create(&PostParams::default(), &ns).await?;
+            match out {
+                Format::Table => println!("org {name} created"),
+                f => print_data(f, &created)?,
+            }
+            Ok(())
+        }
+        OrgCommand::List => {
+            let list = api.list(&ListParams::default()).await?;
+            let orgs: Vec<&Namespace> = list
+                .items
+                .iter()
+                .filter(|n| !SYSTEM.contains(&n.name_any().as_str()))
+                .collect();
+            match out {
+                Format::Table => {
+                    let rows = orgs
+                        .iter()
+                        .map(|n| {
+                            let phase = n
+                                .status
+                                .as_ref()
+                                .and_then(|s| s.phase.clone())
+                                .unwrap_or_default();
+                            vec![
+                                n.name_any(),
+                                phase,
+                                age(n.metadata.creation_timestamp.as_ref()),
+                            ]
+                        })
+                        .collect();
+                    println!("{}", table(&["name", "status", "age"], rows));
+                    Ok(())
+                }
+                f => print_data(f, &orgs),
+            }
+        }
+        OrgCommand::Delete { name, wait } => {
+            if SYSTEM.contains(&name.as_str()) {
+                return Err(CliError::new(
+                    Exit::Invalid,
+                    format!("{name} belongs to the platform and cannot be deleted"),
+                ));
+            }
+            api.delete(&name, &DeleteParams::default()).await?;
+            if wait {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+                while api.get_opt(&name).await?.is_some() {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(CliError::new(
+                            Exit::Timeout,
+                            format!("org {name} still terminating after 600s"),
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                println!("org {name} deleted");
+            } else {
+                println!("org {name} deleting");
+            }
+            Ok(())
+        }
+    }
+}
+
+pub async fn machine(cmd: MachineCommand, client: &Client, out: Format) -> CliResult {
+    let MachineCommand::List { org, all } = cmd;
+    let api: Api<Machine> = match (all, org) {
+        (true, _) => Api::all(client.clone()),
+        (false, Some(o)) => Api::namespaced(client.clone(), &o),
+        (false, None) => Api::default_namespaced(client.clone()),
+    };
+    let list = api.list(&ListParams::default()).await?;
+    if out != Format::Table {
+        return print_data(out, &list.items);
+    }
+    let mut headers = vec![];
+    if all {
+        headers.push("org");
+    }
+    headers.extend(["name", "cluster", "role", "host", "ip", "phase", "age"]);
+    let rows = list
+        .items
+        .iter()
+        .map(|m| {
+            let mut r = vec![];
+            if all {
+                r.push(m.namespace().unwrap_or_default());
+            }
+            r.extend([
+                m.name_any(),
+                m.spec.cluster_name.clone(),
+                m.spec.role.as_str().to_owned(),
+                m.spec.host_name.clone().unwrap_or_else(|| "<none>".into()),
+                m.spec.ip.clone().unwrap_or_else(|| "<none>".into()),
+                m.status
+                    .as_ref()
+                    .and_then(|s| s.phase)
+                    .map_or("Pending", MachinePhase::as_str)
+                    .to_owned(),
+                age(m.metadata.creation_timestamp.as_ref()),
+            ]);
+            r
+        })
+        .collect();
+    println!("{}", table(&headers, rows));
+    Ok(())
+}
+
+pub async fn host(cmd: HostCommand, client: &Client, out: Format) -> CliResult {
+    let HostCommand::List = cmd;
+    let list = Api::<Host>::all(client.clone())
+        .list(&ListParams::default())
+        .await?;
+    if out != Format::Table {
+        return print_data(out, &list.items);
+    }
+    let rows = list
+        .items
+        .iter()
+        .map(|h| {
+            let st = h.status.clone().unwrap_or_default();
+            let alloc = st.allocatable.clone().unwrap_or_default();
+            let used = st.allocated.clone().unwrap_or_default();
+            vec![
+                h.name_any(),
+                st.phase.map_or("Registering", HostPhase::as_str).to_owned(),
+                (!h.spec.unschedulable).to_string(),
+                format!("{}/{}", used.cpu, alloc.cpu),
+                format!("{}/{}", used.memory, alloc.memory),
+                st.underlay_ip.unwrap_or_else(|| "<none>".into()),
+                age(h.metadata.creation_timestamp.as_ref()),
+            ]
+        })
+        .collect();
+    println!(
+        "{}",
+        table(
+            &[
+                "name",
+                "phase",
+                "schedulable",
+                "cpu",
+                "memory",
+                "underlay",
+                "age"
+            ],
+            rows
+        )
+    );
+    Ok(())
+}
