@@ -173,6 +173,9 @@ fn kind_rules(res: &Resource, obj: &mut Value, creating: bool) {
         obj["spec"] = json!({"finalizers": ["kubernetes"]});
         obj["status"] = json!({"phase": "Active"});
     }
+    if res.is("", "secrets") && obj.get("type").is_none_or(Value::is_null) {
+        obj["type"] = json!("Opaque");
+    }
     if res.is("", "secrets")
         && let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|m| m.remove("stringData"))
     {

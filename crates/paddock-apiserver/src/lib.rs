@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub sans: Vec<String>,
     pub bookmark_every: Duration,
     pub gc_resync: Duration,
+    /// Changes kept for watch resume.
+    pub history: usize,
 }
 
 impl ServerConfig {
@@ -58,6 +60,7 @@ impl ServerConfig {
             sans: Vec::new(),
             bookmark_every: Duration::from_secs(30),
             gc_resync: Duration::from_secs(30),
+            history: StoreOptions::default().history,
         }
     }
 }
@@ -127,7 +130,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         .map_err(|e| ServerError::Listen(config.listen, e))?;
     let data = DataDir::prepare(&config.data_dir, addr, &config.sans)
         .map_err(|e| ServerError::DataDir(config.data_dir.display().to_string(), e))?;
-    let store: DynStore = Arc::new(RedbStore::open(&data.store_dir(), StoreOptions::default())?);
+    let store: DynStore = Arc::new(RedbStore::open(&data.store_dir(), StoreOptions { history: config.history })?);
     let mut api = Api::new(store);
     api.bookmark_every = config.bookmark_every;
     bootstrap::ensure_system_namespaces(&api).await;

@@ -1,0 +1,129 @@
+//! Test helpers: a real server in-process on a free port, with a kube-rs
+//! client and a kubectl that use its admin kubeconfig.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+pub struct TestServer {
+    pub dir: tempfile::TempDir,
+    pub running: Option<paddock_apiserver::Running>,
+    pub client: kube::Client,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut paddock_apiserver::ServerConfig)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cfg = paddock_apiserver::ServerConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().expect("addr"));
+        cfg.gc_resync = Duration::from_secs(2);
+        tweak(&mut cfg);
+        let running = paddock_apiserver::start(cfg).await.expect("server starts");
+        let client = client_for(&running.data.admin_kubeconfig()).await;
+        Self { dir, running: Some(running), client }
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.running.as_ref().expect("running").data.admin_kubeconfig()
+    }
+
+    pub fn url(&self) -> String {
+        self.running.as_ref().expect("running").data.url.clone()
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Runs kubectl against this server.
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        kubectl_with(&self.kubeconfig(), args, None)
+    }
+
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: &str) -> Output {
+        kubectl_with(&self.kubeconfig(), args, Some(stdin))
+    }
+
+    /// Runs kubectl and insists that it succeeds; returns stdout.
+    pub fn kubectl_ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn apply(&self, yaml: &str) -> String {
+        let out = self.kubectl_stdin(&["apply", "-f", "-"], yaml);
+        assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown();
+        }
+    }
+}
+
+pub async fn client_for(kubeconfig: &Path) -> kube::Client {
+    let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("config");
+    kube::Client::try_from(cfg).expect("client")
+}
+
+pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut cmd = Command::new("kubectl");
+    cmd.env("KUBECONFIG", kubeconfig).env("KUBECACHEDIR", kubeconfig.with_file_name("kubecache")).args(args);
+    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    let mut child = cmd.spawn().expect("kubectl is installed");
+    if let Some(s) = stdin {
+        child.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("kubectl runs")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Polls `f` until it returns Some, or panics after `secs`.
+pub async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub const CLUSTER_YAML: &str = r#"
+apiVersion: paddock.io/v1alpha1
+kind: Cluster
+metadata: {name: demo, namespace: acme}
+spec:
+  kubernetesVersion: "1.31.2"
+  controlPlane: {replicas: 1, cpu: 1, memory: 1Gi, disk: 10Gi}
+  nodePools:
+  - {name: default, replicas: 2, cpu: 2, memory: 2Gi, disk: 20Gi}
+"#;
+
+pub const ACME_YAML: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: acme}\n";
