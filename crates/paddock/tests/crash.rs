@@ -1,0 +1,152 @@
+//! Crash safety: SIGKILL the server in the middle of a stream of writes,
+//! start it again on the same data directory, and find every acknowledged
+//! write there.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::json;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+struct Server {
+    child: Child,
+    client: Option<kube::Client>,
+}
+
+impl Server {
+    fn client(&self) -> kube::Client {
+        self.client.clone().expect("connected")
+    }
+}
+
+impl Drop for Server {
+    // A failing assertion must not leave a server running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn spawn(data: &std::path::Path) -> Server {
+    let port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["server", "--data-dir", data.to_str().expect("path"), "--listen", &format!("127.0.0.1:{port}")])
+        .env("PADDOCK_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("paddock server starts");
+    let kc = data.join("admin.kubeconfig");
+    // Owned by the guard from here on: a panic below still kills it.
+    let mut server = Server { child, client: None };
+    let client = eventually(20, "server to answer", || {
+        let kc = kc.clone();
+        async move {
+            let text = std::fs::read_to_string(&kc).ok()?;
+            if !text.contains(&format!(":{port}\n")) {
+                return None;
+            }
+            let c = client_for(&kc).await;
+            c.apiserver_version().await.ok()?;
+            Some(c)
+        }
+    })
+    .await;
+    server.client = Some(client);
+    server
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_write_loses_nothing_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut counter_acked = 0u64;
+    for round in 0..3 {
+        let mut server = spawn(&data).await;
+        let api: Api<Secret> = Api::namespaced(server.client(), "default");
+        // Everything acknowledged in earlier rounds is there.
+        let present: std::collections::HashSet<String> = api
+            .list(&ListParams::default())
+            .await
+            .expect("list after restart")
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect();
+        let want = acked.lock().expect("lock").clone();
+        let missing: Vec<&String> = want.iter().filter(|n| !present.contains(*n)).collect();
+        assert!(missing.is_empty(), "round {round}: {} acknowledged writes lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+        if round > 0 {
+            let c = api.get("counter").await.expect("counter");
+            let v: u64 = c.metadata.annotations.and_then(|a| a.get("n").cloned()).and_then(|n| n.parse().ok()).expect("n");
+            assert!(v >= counter_acked, "round {round}: counter at {v}, but {counter_acked} was acknowledged");
+            counter_acked = v;
+        } else {
+            let mut c = Secret::default();
+            c.metadata.name = Some("counter".into());
+            api.create(&PostParams::default(), &c).await.expect("counter");
+        }
+
+        // Writers: creates from several clients, and one sequence of updates.
+        let mut tasks = Vec::new();
+        for w in 0..6 {
+            let api = api.clone();
+            let acked = acked.clone();
+            tasks.push(tokio::spawn(async move {
+                for n in 0.. {
+                    let mut s = Secret::default();
+                    let name = format!("r{round}-w{w}-{n}");
+                    s.metadata.name = Some(name.clone());
+                    s.string_data = Some([("k".to_owned(), "v".repeat(200))].into());
+                    if api.create(&PostParams::default(), &s).await.is_err() {
+                        return;
+                    }
+                    acked.lock().expect("lock").push(name);
+                }
+            }));
+        }
+        let updates = {
+            let api = api.clone();
+            let start = counter_acked;
+            tokio::spawn(async move {
+                let mut last = start;
+                for n in start + 1.. {
+                    let p = json!({"metadata": {"annotations": {"n": n.to_string()}}});
+                    if api.patch("counter", &PatchParams::default(), &Patch::Merge(&p)).await.is_err() {
+                        break;
+                    }
+                    last = n;
+                }
+                last
+            })
+        };
+        let before = acked.lock().expect("lock").len();
+        eventually(30, "writes to flow", || {
+            let acked = acked.clone();
+            async move { (acked.lock().expect("lock").len() >= before + 150).then_some(()) }
+        })
+        .await;
+        server.child.kill().expect("SIGKILL");
+        server.child.wait().expect("reaped");
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+        }
+        counter_acked = updates.await.expect("updater");
+    }
+    let server = spawn(&data).await;
+    let api: Api<Secret> = Api::namespaced(server.client(), "default");
+    let n = api.list(&ListParams::default()).await.expect("list").items.len();
+    let acked = acked.lock().expect("lock").len();
+    assert!(n > acked, "all {acked} acknowledged creates plus the counter are there ({n})");
+    drop(server);
+}
