@@ -21,6 +21,7 @@ pub enum ClusterCommand {
     Create(CreateArgs),
     /// List clusters.
     List {
+        /// Organization (namespace); the kubeconfig's namespace when omitted.
         #[arg(short = 'n', long = "org")]
         org: Option<String>,
         /// All organizations.
@@ -30,12 +31,14 @@ pub enum ClusterCommand {
     /// Show one cluster.
     Get {
         name: String,
+        /// Organization (namespace); the kubeconfig's namespace when omitted.
         #[arg(short = 'n', long = "org")]
         org: Option<String>,
     },
     /// Change the number of workers of a node pool.
     Scale {
         name: String,
+        /// Organization (namespace); the kubeconfig's namespace when omitted.
         #[arg(short = 'n', long = "org")]
         org: Option<String>,
         #[arg(long)]
@@ -49,6 +52,7 @@ pub enum ClusterCommand {
     /// Delete a cluster and its machines.
     Delete {
         name: String,
+        /// Organization (namespace); the kubeconfig's namespace when omitted.
         #[arg(short = 'n', long = "org")]
         org: Option<String>,
         #[command(flatten)]
@@ -70,6 +74,7 @@ pub struct WaitArgs {
 pub struct CreateArgs {
     /// Name of the cluster (optional with -f).
     name: Option<String>,
+    /// Organization (namespace); the kubeconfig's namespace when omitted.
     #[arg(short = 'n', long = "org")]
     org: Option<String>,
     /// Control-plane machines: 1 or 3.

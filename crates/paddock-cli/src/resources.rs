@@ -34,6 +34,7 @@ pub enum OrgCommand {
 pub enum MachineCommand {
     /// List machines.
     List {
+        /// Organization (namespace); the kubeconfig's namespace when omitted.
         #[arg(short = 'n', long = "org")]
         org: Option<String>,
         #[arg(short = 'A', long = "all-orgs", conflicts_with = "org")]
