@@ -173,7 +173,7 @@ fn kind_rules(res: &Resource, obj: &mut Value, creating: bool) {
         obj["spec"] = json!({"finalizers": ["kubernetes"]});
         obj["status"] = json!({"phase": "Active"});
     }
-    if res.is("", "secrets") && obj.get("type").is_none_or(Value::is_null) {
+    if res.is("", "secrets") && obj.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
         obj["type"] = json!("Opaque");
     }
     if res.is("", "secrets")

@@ -105,6 +105,9 @@ fn body_json(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json");
     let base = ct.split(';').next().unwrap_or("").trim();
+    if base == crate::protobuf::CONTENT_TYPE {
+        return crate::protobuf::decode(body).map_err(ApiError::UnsupportedMediaType);
+    }
     if !matches!(base, "application/json" | "" | "*/*")
         && PatchKind::from_content_type(ct).is_none()
     {

@@ -11,6 +11,7 @@ pub mod gc;
 pub mod http;
 pub mod object;
 pub mod openapi;
+pub mod protobuf;
 pub mod resources;
 pub mod route;
 pub mod selector;

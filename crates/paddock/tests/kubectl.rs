@@ -193,3 +193,16 @@ async fn every_request_needs_a_token_over_verified_tls() {
     let out = Command::new("curl").args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", &plain]).output().expect("curl");
     assert_ne!(stdout(&out), "200");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn typed_kubectl_commands_send_protobuf() {
+    let s = TestServer::start().await;
+    assert!(s.kubectl_ok(&["create", "namespace", "acme"]).contains("namespace/acme created"));
+    s.kubectl_ok(&["-n", "acme", "create", "secret", "generic", "creds", "--from-literal=user=ops", "--from-literal=pass=s3cret"]);
+    let got = s.kubectl_ok(&["-n", "acme", "get", "secret", "creds", "-o", "jsonpath={.type} {.data.user}"]);
+    assert_eq!(got, "Opaque b3Bz");
+    let table = s.kubectl_ok(&["-n", "acme", "get", "secrets"]);
+    assert!(table.contains("creds") && table.contains("Opaque") && table.contains('2'), "{table}");
+    let out = s.kubectl(&["create", "namespace", "Bad_Name"]);
+    assert!(!out.status.success() && stderr(&out).contains("metadata.name"), "{}", stderr(&out));
+}
