@@ -109,7 +109,7 @@ impl fmt::Display for Memory {
             return f.write_str("0");
         }
         for (sfx, m) in BINARY {
-            if self.0 % m == 0 {
+            if self.0.is_multiple_of(m) {
                 return write!(f, "{}{sfx}", self.0 / m);
             }
         }

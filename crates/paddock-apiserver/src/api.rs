@@ -173,7 +173,12 @@ fn kind_rules(res: &Resource, obj: &mut Value, creating: bool) {
         obj["spec"] = json!({"finalizers": ["kubernetes"]});
         obj["status"] = json!({"phase": "Active"});
     }
-    if res.is("", "secrets") && obj.get("type").and_then(Value::as_str).is_none_or(str::is_empty) {
+    if res.is("", "secrets")
+        && obj
+            .get("type")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+    {
         obj["type"] = json!("Opaque");
     }
     if res.is("", "secrets")
@@ -441,6 +446,7 @@ impl Api {
     }
 
     /// Applies a patch to the current object and writes it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn patch(
         &self,
         res: &Resource,

@@ -131,7 +131,12 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         .map_err(|e| ServerError::Listen(config.listen, e))?;
     let data = DataDir::prepare(&config.data_dir, addr, &config.sans)
         .map_err(|e| ServerError::DataDir(config.data_dir.display().to_string(), e))?;
-    let store: DynStore = Arc::new(RedbStore::open(&data.store_dir(), StoreOptions { history: config.history })?);
+    let store: DynStore = Arc::new(RedbStore::open(
+        &data.store_dir(),
+        StoreOptions {
+            history: config.history,
+        },
+    )?);
     let mut api = Api::new(store);
     api.bookmark_every = config.bookmark_every;
     bootstrap::ensure_system_namespaces(&api).await;

@@ -122,18 +122,26 @@ fn meta_json(m: Option<ObjectMeta>) -> Value {
 
 /// Decodes a protobuf body of a supported kind into its JSON form.
 pub fn decode(body: &[u8]) -> Result<Value, String> {
-    let rest = body.strip_prefix(MAGIC).ok_or("the protobuf body lacks the k8s envelope")?;
+    let rest = body
+        .strip_prefix(MAGIC)
+        .ok_or("the protobuf body lacks the k8s envelope")?;
     let env = Unknown::decode(rest).map_err(|e| format!("invalid protobuf envelope: {e}"))?;
     let tm = env.type_meta.unwrap_or_default();
     match (tm.api_version.as_str(), tm.kind.as_str()) {
         ("v1", "Namespace") => {
-            let ns = Namespace::decode(env.raw.as_slice()).map_err(|e| format!("invalid Namespace: {e}"))?;
+            let ns = Namespace::decode(env.raw.as_slice())
+                .map_err(|e| format!("invalid Namespace: {e}"))?;
             Ok(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta_json(ns.metadata)}))
         }
         ("v1", "Secret") => {
-            let s = Secret::decode(env.raw.as_slice()).map_err(|e| format!("invalid Secret: {e}"))?;
+            let s =
+                Secret::decode(env.raw.as_slice()).map_err(|e| format!("invalid Secret: {e}"))?;
             let b64 = base64::engine::general_purpose::STANDARD;
-            let data: BTreeMap<String, String> = s.data.into_iter().map(|(k, v)| (k, b64.encode(v))).collect();
+            let data: BTreeMap<String, String> = s
+                .data
+                .into_iter()
+                .map(|(k, v)| (k, b64.encode(v)))
+                .collect();
             let mut obj = json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta_json(s.metadata), "data": data});
             if let Some(t) = s.type_ {
                 obj["type"] = json!(t);
@@ -157,7 +165,13 @@ mod tests {
     use super::*;
 
     fn envelope(kind: &str, raw: Vec<u8>) -> Vec<u8> {
-        let env = Unknown { type_meta: Some(TypeMeta { api_version: "v1".into(), kind: kind.into() }), raw };
+        let env = Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: "v1".into(),
+                kind: kind.into(),
+            }),
+            raw,
+        };
         let mut out = MAGIC.to_vec();
         out.extend(env.encode_to_vec());
         out
@@ -166,7 +180,11 @@ mod tests {
     #[test]
     fn secrets_round_trip_to_json() {
         let s = Secret {
-            metadata: Some(ObjectMeta { name: "x".into(), namespace: "acme".into(), ..Default::default() }),
+            metadata: Some(ObjectMeta {
+                name: "x".into(),
+                namespace: "acme".into(),
+                ..Default::default()
+            }),
             data: [("a".to_owned(), b"b".to_vec())].into(),
             type_: Some("Opaque".into()),
             ..Default::default()
@@ -175,6 +193,10 @@ mod tests {
         assert_eq!(v["metadata"]["name"], "x");
         assert_eq!(v["data"]["a"], "Yg==");
         assert!(decode(b"nope").is_err());
-        assert!(decode(&envelope("Pod", vec![])).unwrap_err().contains("not v1 Pod"));
+        assert!(
+            decode(&envelope("Pod", vec![]))
+                .unwrap_err()
+                .contains("not v1 Pod")
+        );
     }
 }

@@ -15,7 +15,10 @@ use paddock_api::{Cluster, ClusterSpec};
 use tokio::sync::Mutex;
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 struct Lat(Vec<Duration>);
@@ -35,14 +38,18 @@ impl Lat {
 }
 
 async fn client(kc: &std::path::Path) -> kube::Client {
-    let cfg = kube::Config::from_custom_kubeconfig(Kubeconfig::read_from(kc).expect("kubeconfig"), &KubeConfigOptions::default())
-        .await
-        .expect("config");
+    let cfg = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(kc).expect("kubeconfig"),
+        &KubeConfigOptions::default(),
+    )
+    .await
+    .expect("config");
     kube::Client::try_from(cfg).expect("client")
 }
 
 fn spec() -> ClusterSpec {
-    serde_json::from_value(serde_json::json!({"nodePools": [{"name": "default", "replicas": 2}]})).expect("spec")
+    serde_json::from_value(serde_json::json!({"nodePools": [{"name": "default", "replicas": 2}]}))
+        .expect("spec")
 }
 
 #[tokio::main]
@@ -50,17 +57,25 @@ async fn main() {
     let clients = env_or("PADDOCK_BENCH_CLIENTS", 16);
     let objects = env_or("PADDOCK_BENCH_OBJECTS", 4000);
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = paddock_apiserver::ServerConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().expect("addr"));
+    let cfg = paddock_apiserver::ServerConfig::new(
+        dir.path().join("data"),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
     let server = paddock_apiserver::start(cfg).await.expect("server");
     let kc = server.data.admin_kubeconfig();
     let mut cs = Vec::new();
     for _ in 0..clients {
         cs.push(client(&kc).await);
     }
-    println!("paddock API benchmark: {clients} concurrent clients over TLS, {objects} Clusters, embedded store (fsync per commit)");
+    println!(
+        "paddock API benchmark: {clients} concurrent clients over TLS, {objects} Clusters, embedded store (fsync per commit)"
+    );
     let mut ns = Namespace::default();
     ns.metadata.name = Some("bench".into());
-    Api::<Namespace>::all(cs[0].clone()).create(&PostParams::default(), &ns).await.expect("ns");
+    Api::<Namespace>::all(cs[0].clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("ns");
 
     // Watchers first, so they see every create.
     let watchers = 4;
@@ -68,8 +83,18 @@ async fn main() {
     let mut watch_tasks = Vec::new();
     for w in 0..watchers {
         let api: Api<Cluster> = Api::namespaced(cs[w % clients].clone(), "bench");
-        let rv = api.list(&ListParams::default()).await.expect("list").metadata.resource_version.expect("rv");
-        let mut stream = api.watch(&WatchParams::default().timeout(290), &rv).await.expect("watch").boxed();
+        let rv = api
+            .list(&ListParams::default())
+            .await
+            .expect("list")
+            .metadata
+            .resource_version
+            .expect("rv");
+        let mut stream = api
+            .watch(&WatchParams::default().timeout(290), &rv)
+            .await
+            .expect("watch")
+            .boxed();
         let sent = sent.clone();
         watch_tasks.push(tokio::spawn(async move {
             let mut lats = Vec::with_capacity(objects);
@@ -101,7 +126,9 @@ async fn main() {
                 let name = format!("c{i}-{n}");
                 let t = Instant::now();
                 sent.lock().await.insert(name.clone(), t);
-                api.create(&PostParams::default(), &Cluster::new(&name, spec())).await.expect("create");
+                api.create(&PostParams::default(), &Cluster::new(&name, spec()))
+                    .await
+                    .expect("create");
                 lats.push(t.elapsed());
             }
             lats
@@ -114,10 +141,18 @@ async fn main() {
     Lat(lats).report("create (fsynced)", start.elapsed());
     let mut wl = Vec::new();
     for t in watch_tasks {
-        wl.extend(tokio::time::timeout(Duration::from_secs(60), t).await.expect("watchers done").expect("task"));
+        wl.extend(
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("watchers done")
+                .expect("task"),
+        );
     }
     let n = wl.len();
-    Lat(wl).report(&format!("watch delivery ({watchers} watchers)"), start.elapsed());
+    Lat(wl).report(
+        &format!("watch delivery ({watchers} watchers)"),
+        start.elapsed(),
+    );
     let _ = n;
 
     let start = Instant::now();
@@ -146,7 +181,10 @@ async fn main() {
     for (what, lp) in [
         ("list all (one response)", ListParams::default()),
         ("list all (pages of 500)", ListParams::default().limit(500)),
-        ("list by label (0 match)", ListParams::default().labels("team=none")),
+        (
+            "list by label (0 match)",
+            ListParams::default().labels("team=none"),
+        ),
     ] {
         let start = Instant::now();
         let mut tasks = Vec::new();

@@ -14,7 +14,11 @@ use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 struct Server {
@@ -39,7 +43,13 @@ impl Drop for Server {
 async fn spawn(data: &std::path::Path) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .args(["server", "--data-dir", data.to_str().expect("path"), "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "server",
+            "--data-dir",
+            data.to_str().expect("path"),
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
         .env("PADDOCK_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -47,7 +57,10 @@ async fn spawn(data: &std::path::Path) -> Server {
         .expect("paddock server starts");
     let kc = data.join("admin.kubeconfig");
     // Owned by the guard from here on: a panic below still kills it.
-    let mut server = Server { child, client: None };
+    let mut server = Server {
+        child,
+        client: None,
+    };
     let client = eventually(20, "server to answer", || {
         let kc = kc.clone();
         async move {
@@ -85,16 +98,31 @@ async fn sigkill_mid_write_loses_nothing_acknowledged() {
             .collect();
         let want = acked.lock().expect("lock").clone();
         let missing: Vec<&String> = want.iter().filter(|n| !present.contains(*n)).collect();
-        assert!(missing.is_empty(), "round {round}: {} acknowledged writes lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} acknowledged writes lost, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
         if round > 0 {
             let c = api.get("counter").await.expect("counter");
-            let v: u64 = c.metadata.annotations.and_then(|a| a.get("n").cloned()).and_then(|n| n.parse().ok()).expect("n");
-            assert!(v >= counter_acked, "round {round}: counter at {v}, but {counter_acked} was acknowledged");
+            let v: u64 = c
+                .metadata
+                .annotations
+                .and_then(|a| a.get("n").cloned())
+                .and_then(|n| n.parse().ok())
+                .expect("n");
+            assert!(
+                v >= counter_acked,
+                "round {round}: counter at {v}, but {counter_acked} was acknowledged"
+            );
             counter_acked = v;
         } else {
             let mut c = Secret::default();
             c.metadata.name = Some("counter".into());
-            api.create(&PostParams::default(), &c).await.expect("counter");
+            api.create(&PostParams::default(), &c)
+                .await
+                .expect("counter");
         }
 
         // Writers: creates from several clients, and one sequence of updates.
@@ -122,7 +150,11 @@ async fn sigkill_mid_write_loses_nothing_acknowledged() {
                 let mut last = start;
                 for n in start + 1.. {
                     let p = json!({"metadata": {"annotations": {"n": n.to_string()}}});
-                    if api.patch("counter", &PatchParams::default(), &Patch::Merge(&p)).await.is_err() {
+                    if api
+                        .patch("counter", &PatchParams::default(), &Patch::Merge(&p))
+                        .await
+                        .is_err()
+                    {
                         break;
                     }
                     last = n;
@@ -145,8 +177,16 @@ async fn sigkill_mid_write_loses_nothing_acknowledged() {
     }
     let server = spawn(&data).await;
     let api: Api<Secret> = Api::namespaced(server.client(), "default");
-    let n = api.list(&ListParams::default()).await.expect("list").items.len();
+    let n = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .len();
     let acked = acked.lock().expect("lock").len();
-    assert!(n > acked, "all {acked} acknowledged creates plus the counter are there ({n})");
+    assert!(
+        n > acked,
+        "all {acked} acknowledged creates plus the counter are there ({n})"
+    );
     drop(server);
 }

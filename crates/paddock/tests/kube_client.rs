@@ -9,7 +9,9 @@ use std::time::Duration;
 use common::*;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+};
 use kube::runtime::watcher;
 use kube::{Error, ResourceExt};
 use paddock_api::machine::MachineSpec;
@@ -20,7 +22,9 @@ async fn org(client: &kube::Client, name: &str) {
     let api: Api<Namespace> = Api::all(client.clone());
     let mut ns = Namespace::default();
     ns.metadata.name = Some(name.into());
-    api.create(&PostParams::default(), &ns).await.expect("create org");
+    api.create(&PostParams::default(), &ns)
+        .await
+        .expect("create org");
 }
 
 fn machine(name: &str, host: Option<&str>, cluster: &str) -> Machine {
@@ -58,19 +62,41 @@ async fn selectors_pagination_and_dry_run() {
     for i in 0..25 {
         let host = if i % 2 == 0 { "host-a" } else { "host-b" };
         let cluster = if i < 10 { "one" } else { "two" };
-        api.create(&PostParams::default(), &machine(&format!("m{i:02}"), Some(host), cluster)).await.expect("create");
+        api.create(
+            &PostParams::default(),
+            &machine(&format!("m{i:02}"), Some(host), cluster),
+        )
+        .await
+        .expect("create");
     }
-    let on_a = api.list(&ListParams::default().fields("spec.hostName=host-a")).await.expect("field selector");
+    let on_a = api
+        .list(&ListParams::default().fields("spec.hostName=host-a"))
+        .await
+        .expect("field selector");
     assert_eq!(on_a.items.len(), 13);
-    assert!(on_a.items.iter().all(|m| m.spec.host_name.as_deref() == Some("host-a")));
+    assert!(
+        on_a.items
+            .iter()
+            .all(|m| m.spec.host_name.as_deref() == Some("host-a"))
+    );
     let two_on_b = api
-        .list(&ListParams::default().labels("paddock.io/cluster=two").fields("spec.hostName!=host-a"))
+        .list(
+            &ListParams::default()
+                .labels("paddock.io/cluster=two")
+                .fields("spec.hostName!=host-a"),
+        )
         .await
         .expect("both selectors");
     assert_eq!(two_on_b.items.len(), 7);
-    let set = api.list(&ListParams::default().labels("paddock.io/cluster in (one,three)")).await.expect("set selector");
+    let set = api
+        .list(&ListParams::default().labels("paddock.io/cluster in (one,three)"))
+        .await
+        .expect("set selector");
     assert_eq!(set.items.len(), 10);
-    let bad = api.list(&ListParams::default().fields("spec.cpu=1")).await.expect_err("unsupported field");
+    let bad = api
+        .list(&ListParams::default().fields("spec.cpu=1"))
+        .await
+        .expect_err("unsupported field");
     assert_eq!(api_code(bad), 400);
 
     // limit/continue walks every object exactly once, at one resourceVersion.
@@ -87,22 +113,46 @@ async fn selectors_pagination_and_dry_run() {
         }
     }
     assert_eq!(names.len(), 25);
-    assert_eq!(names, (0..25).map(|i| format!("m{i:02}")).collect::<Vec<_>>());
+    assert_eq!(
+        names,
+        (0..25).map(|i| format!("m{i:02}")).collect::<Vec<_>>()
+    );
     assert_eq!(rvs.len(), 4);
     assert!(rvs.windows(2).all(|w| w[0] == w[1]), "{rvs:?}");
 
     // dryRun=All validates and answers, but writes nothing.
-    let pp = PostParams { dry_run: true, ..Default::default() };
-    let dry = api.create(&pp, &machine("dry", None, "one")).await.expect("dry run create");
+    let pp = PostParams {
+        dry_run: true,
+        ..Default::default()
+    };
+    let dry = api
+        .create(&pp, &machine("dry", None, "one"))
+        .await
+        .expect("dry run create");
     assert_eq!(dry.name_any(), "dry");
     assert!(api.get_opt("dry").await.expect("get").is_none());
-    let dp = DeleteParams { dry_run: true, ..Default::default() };
+    let dp = DeleteParams {
+        dry_run: true,
+        ..Default::default()
+    };
     api.delete("m00", &dp).await.expect("dry run delete");
     assert!(api.get_opt("m00").await.expect("get").is_some());
 
     // deletecollection with a selector.
-    api.delete_collection(&DeleteParams::default(), &ListParams::default().labels("paddock.io/cluster=one")).await.expect("deletecollection");
-    assert_eq!(api.list(&ListParams::default()).await.expect("list").items.len(), 15);
+    api.delete_collection(
+        &DeleteParams::default(),
+        &ListParams::default().labels("paddock.io/cluster=one"),
+    )
+    .await
+    .expect("deletecollection");
+    assert_eq!(
+        api.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        15
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -110,58 +160,131 @@ async fn status_subresource_generation_and_conflicts() {
     let s = TestServer::start().await;
     org(&s.client, "acme").await;
     let api: Api<Cluster> = Api::namespaced(s.client.clone(), "acme");
-    let mut c = Cluster::new("demo", ClusterSpec { ..serde_json::from_value(json!({})).expect("defaults") });
-    c.status = Some(paddock_api::ClusterStatus { nodes_ready: 9, ..Default::default() });
-    let created = api.create(&PostParams::default(), &c).await.expect("create");
+    let mut c = Cluster::new(
+        "demo",
+        ClusterSpec {
+            ..serde_json::from_value(json!({})).expect("defaults")
+        },
+    );
+    c.status = Some(paddock_api::ClusterStatus {
+        nodes_ready: 9,
+        ..Default::default()
+    });
+    let created = api
+        .create(&PostParams::default(), &c)
+        .await
+        .expect("create");
     assert_eq!(created.status, None, "status is not settable on create");
     assert_eq!(created.metadata.generation, Some(1));
 
     // Status through /status; spec changes there are ignored.
     let st = json!({"spec": {"kubernetesVersion": "1.30.0"}, "status": {"phase": "Provisioning", "observedGeneration": 1, "nodesReady": 1}});
-    let after = api.patch_status("demo", &PatchParams::default(), &Patch::Merge(&st)).await.expect("patch status");
+    let after = api
+        .patch_status("demo", &PatchParams::default(), &Patch::Merge(&st))
+        .await
+        .expect("patch status");
     assert_eq!(after.spec.kubernetes_version, "1.31.2");
-    assert_eq!(after.status.as_ref().and_then(|s| s.observed_generation), Some(1));
-    assert_eq!(after.metadata.generation, Some(1), "status does not bump generation");
+    assert_eq!(
+        after.status.as_ref().and_then(|s| s.observed_generation),
+        Some(1)
+    );
+    assert_eq!(
+        after.metadata.generation,
+        Some(1),
+        "status does not bump generation"
+    );
 
     // Status changes through the main resource are ignored; spec changes bump generation.
     let main = json!({"spec": {"kubernetesVersion": "1.32.0"}, "status": {"phase": "Ready"}});
-    let after = api.patch("demo", &PatchParams::default(), &Patch::Merge(&main)).await.expect("patch");
+    let after = api
+        .patch("demo", &PatchParams::default(), &Patch::Merge(&main))
+        .await
+        .expect("patch");
     assert_eq!(after.metadata.generation, Some(2));
-    assert_eq!(after.status.as_ref().and_then(|s| s.phase), Some(paddock_api::ClusterPhase::Provisioning));
+    assert_eq!(
+        after.status.as_ref().and_then(|s| s.phase),
+        Some(paddock_api::ClusterPhase::Provisioning)
+    );
 
     // Optimistic concurrency: a stale resourceVersion is a 409.
     let mut stale = after.clone();
-    api.patch("demo", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}}))).await.expect("label");
+    api.patch(
+        "demo",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"a": "b"}}})),
+    )
+    .await
+    .expect("label");
     stale.spec.control_plane.replicas = 3;
-    let e = api.replace("demo", &PostParams::default(), &stale).await.expect_err("stale replace");
+    let e = api
+        .replace("demo", &PostParams::default(), &stale)
+        .await
+        .expect_err("stale replace");
     assert_eq!(api_code(e), 409);
-    let e = api.replace_status("demo", &PostParams::default(), &stale).await.expect_err("stale status");
+    let e = api
+        .replace_status("demo", &PostParams::default(), &stale)
+        .await
+        .expect_err("stale status");
     assert_eq!(api_code(e), 409);
     // With the current resourceVersion it goes through.
     let mut fresh = api.get("demo").await.expect("get");
     fresh.spec.control_plane.replicas = 3;
-    let r = api.replace("demo", &PostParams::default(), &fresh).await.expect("replace");
+    let r = api
+        .replace("demo", &PostParams::default(), &fresh)
+        .await
+        .expect("replace");
     assert_eq!(r.metadata.generation, Some(3));
 
     // Invalid updates are 422 with causes naming the field, and change nothing.
     let e = api
-        .patch("demo", &PatchParams::default(), &Patch::Merge(json!({"spec": {"controlPlane": {"replicas": 2}}})))
+        .patch(
+            "demo",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"controlPlane": {"replicas": 2}}})),
+        )
         .await
         .expect_err("invalid");
     match e {
         Error::Api(s) => {
             assert_eq!(s.code, 422);
-            assert!(s.message.contains("spec.controlPlane.replicas"), "{}", s.message);
+            assert!(
+                s.message.contains("spec.controlPlane.replicas"),
+                "{}",
+                s.message
+            );
         }
         other => panic!("{other}"),
     }
-    assert_eq!(api.get("demo").await.expect("get").spec.control_plane.replicas, 3);
-    let e = api.create(&PostParams::default(), &Cluster::new("Not_A_Name", c.spec.clone())).await.expect_err("bad name");
+    assert_eq!(
+        api.get("demo")
+            .await
+            .expect("get")
+            .spec
+            .control_plane
+            .replicas,
+        3
+    );
+    let e = api
+        .create(
+            &PostParams::default(),
+            &Cluster::new("Not_A_Name", c.spec.clone()),
+        )
+        .await
+        .expect_err("bad name");
     assert_eq!(api_code(e), 422);
-    let e = api.create(&PostParams::default(), &Cluster::new("demo", c.spec.clone())).await.expect_err("exists");
+    let e = api
+        .create(
+            &PostParams::default(),
+            &Cluster::new("demo", c.spec.clone()),
+        )
+        .await
+        .expect_err("exists");
     assert_eq!(api_code(e), 409);
     let missing: Api<Cluster> = Api::namespaced(s.client.clone(), "nowhere");
-    let e = missing.create(&PostParams::default(), &Cluster::new("x", c.spec.clone())).await.expect_err("no org");
+    let e = missing
+        .create(&PostParams::default(), &Cluster::new("x", c.spec.clone()))
+        .await
+        .expect_err("no org");
     assert_eq!(api_code(e), 404);
 }
 
@@ -174,22 +297,53 @@ async fn watch_events_bookmarks_and_gone() {
     .await;
     org(&s.client, "acme").await;
     let api: Api<Secret> = Api::namespaced(s.client.clone(), "acme");
-    let start = api.list(&ListParams::default()).await.expect("list").metadata.resource_version.expect("rv");
-    let mut w = api.watch(&WatchParams::default().labels("app=x"), &start).await.expect("watch").boxed();
+    let start = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .metadata
+        .resource_version
+        .expect("rv");
+    let mut w = api
+        .watch(&WatchParams::default().labels("app=x"), &start)
+        .await
+        .expect("watch")
+        .boxed();
 
     let mut sec = Secret::default();
     sec.metadata.name = Some("s1".into());
     sec.metadata.labels = Some([("app".to_owned(), "x".to_owned())].into());
-    api.create(&PostParams::default(), &sec).await.expect("create");
-    api.patch("s1", &PatchParams::default(), &Patch::Merge(json!({"stringData": {"k": "v"}}))).await.expect("patch");
+    api.create(&PostParams::default(), &sec)
+        .await
+        .expect("create");
+    api.patch(
+        "s1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"stringData": {"k": "v"}})),
+    )
+    .await
+    .expect("patch");
     // Losing the label reads as a DELETED for this watcher.
-    api.patch("s1", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"app": "y"}}}))).await.expect("relabel");
-    api.delete("s1", &DeleteParams::default()).await.expect("delete");
+    api.patch(
+        "s1",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"app": "y"}}})),
+    )
+    .await
+    .expect("relabel");
+    api.delete("s1", &DeleteParams::default())
+        .await
+        .expect("delete");
 
     let mut seen = Vec::new();
     let mut bookmark = false;
     while seen.len() < 3 || !bookmark {
-        match tokio::time::timeout(Duration::from_secs(10), w.try_next()).await.expect("event in time").expect("ok").expect("open") {
+        match tokio::time::timeout(Duration::from_secs(10), w.try_next())
+            .await
+            .expect("event in time")
+            .expect("ok")
+            .expect("open")
+        {
             WatchEvent::Added(o) => seen.push(("ADDED", o.name_any())),
             WatchEvent::Modified(o) => seen.push(("MODIFIED", o.name_any())),
             WatchEvent::Deleted(o) => seen.push(("DELETED", o.name_any())),
@@ -197,16 +351,32 @@ async fn watch_events_bookmarks_and_gone() {
             WatchEvent::Error(e) => panic!("watch error {e:?}"),
         }
     }
-    assert_eq!(seen, vec![("ADDED", "s1".into()), ("MODIFIED", "s1".into()), ("DELETED", "s1".into())]);
+    assert_eq!(
+        seen,
+        vec![
+            ("ADDED", "s1".into()),
+            ("MODIFIED", "s1".into()),
+            ("DELETED", "s1".into())
+        ]
+    );
 
     // Push the history past `start`: resuming from it is 410 Gone.
     for i in 0..30 {
         let mut s2 = Secret::default();
         s2.metadata.name = Some(format!("n{i}"));
-        api.create(&PostParams::default(), &s2).await.expect("create");
+        api.create(&PostParams::default(), &s2)
+            .await
+            .expect("create");
     }
-    let mut old = api.watch(&WatchParams::default(), &start).await.expect("watch").boxed();
-    match tokio::time::timeout(Duration::from_secs(5), old.try_next()).await.expect("in time") {
+    let mut old = api
+        .watch(&WatchParams::default(), &start)
+        .await
+        .expect("watch")
+        .boxed();
+    match tokio::time::timeout(Duration::from_secs(5), old.try_next())
+        .await
+        .expect("in time")
+    {
         Ok(Some(WatchEvent::Error(e))) => assert_eq!(e.code, 410, "{e:?}"),
         Err(Error::Api(e)) => assert_eq!(e.code, 410),
         other => panic!("expected 410 Gone, got {other:?}"),
@@ -232,25 +402,38 @@ async fn orphan_and_generate_name() {
     org(&s.client, "acme").await;
     let clusters: Api<Cluster> = Api::namespaced(s.client.clone(), "acme");
     let owner = clusters
-        .create(&PostParams::default(), &Cluster::new("demo", serde_json::from_value(json!({})).expect("spec")))
+        .create(
+            &PostParams::default(),
+            &Cluster::new("demo", serde_json::from_value(json!({})).expect("spec")),
+        )
         .await
         .expect("create");
     let machines: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
     let mut m = machine("", None, "demo");
     m.metadata.name = None;
     m.metadata.generate_name = Some("demo-worker-".into());
-    m.metadata.owner_references = Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
-        api_version: "paddock.io/v1alpha1".into(),
-        kind: "Cluster".into(),
-        name: "demo".into(),
-        uid: owner.uid().expect("uid"),
-        block_owner_deletion: Some(true),
-        controller: Some(true),
-    }]);
-    let m = machines.create(&PostParams::default(), &m).await.expect("create");
-    assert!(m.name_any().starts_with("demo-worker-") && m.name_any().len() == "demo-worker-".len() + 5);
+    m.metadata.owner_references = Some(vec![
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+            api_version: "paddock.io/v1alpha1".into(),
+            kind: "Cluster".into(),
+            name: "demo".into(),
+            uid: owner.uid().expect("uid"),
+            block_owner_deletion: Some(true),
+            controller: Some(true),
+        },
+    ]);
+    let m = machines
+        .create(&PostParams::default(), &m)
+        .await
+        .expect("create");
+    assert!(
+        m.name_any().starts_with("demo-worker-") && m.name_any().len() == "demo-worker-".len() + 5
+    );
 
-    clusters.delete("demo", &DeleteParams::orphan()).await.expect("orphan delete");
+    clusters
+        .delete("demo", &DeleteParams::orphan())
+        .await
+        .expect("orphan delete");
     let left = eventually(10, "owner to go", || async {
         match clusters.get_opt("demo").await.expect("get") {
             None => Some(machines.get(&m.name_any()).await.expect("machine stays")),
@@ -258,5 +441,11 @@ async fn orphan_and_generate_name() {
         }
     })
     .await;
-    assert!(left.metadata.owner_references.unwrap_or_default().is_empty(), "orphaned dependents lose the reference");
+    assert!(
+        left.metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty(),
+        "orphaned dependents lose the reference"
+    );
 }

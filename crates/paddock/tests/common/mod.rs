@@ -21,16 +21,27 @@ impl TestServer {
 
     pub async fn start_with(tweak: impl FnOnce(&mut paddock_apiserver::ServerConfig)) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cfg = paddock_apiserver::ServerConfig::new(dir.path().join("data"), "127.0.0.1:0".parse().expect("addr"));
+        let mut cfg = paddock_apiserver::ServerConfig::new(
+            dir.path().join("data"),
+            "127.0.0.1:0".parse().expect("addr"),
+        );
         cfg.gc_resync = Duration::from_secs(2);
         tweak(&mut cfg);
         let running = paddock_apiserver::start(cfg).await.expect("server starts");
         let client = client_for(&running.data.admin_kubeconfig()).await;
-        Self { dir, running: Some(running), client }
+        Self {
+            dir,
+            running: Some(running),
+            client,
+        }
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
-        self.running.as_ref().expect("running").data.admin_kubeconfig()
+        self.running
+            .as_ref()
+            .expect("running")
+            .data
+            .admin_kubeconfig()
     }
 
     pub fn url(&self) -> String {
@@ -53,13 +64,21 @@ impl TestServer {
     /// Runs kubectl and insists that it succeeds; returns stdout.
     pub fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args);
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn apply(&self, yaml: &str) -> String {
         let out = self.kubectl_stdin(&["apply", "-f", "-"], yaml);
-        assert!(out.status.success(), "kubectl apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -74,18 +93,29 @@ impl Drop for TestServer {
 
 pub async fn client_for(kubeconfig: &Path) -> kube::Client {
     let kc = Kubeconfig::read_from(kubeconfig).expect("kubeconfig");
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await.expect("config");
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .expect("config");
     kube::Client::try_from(cfg).expect("client")
 }
 
 pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
     use std::io::Write;
     let mut cmd = Command::new("kubectl");
-    cmd.env("KUBECONFIG", kubeconfig).env("KUBECACHEDIR", kubeconfig.with_file_name("kubecache")).args(args);
-    cmd.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+    cmd.env("KUBECONFIG", kubeconfig)
+        .env("KUBECACHEDIR", kubeconfig.with_file_name("kubecache"))
+        .args(args);
+    cmd.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     let mut child = cmd.spawn().expect("kubectl is installed");
     if let Some(s) = stdin {
-        child.stdin.take().expect("stdin").write_all(s.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(s.as_bytes())
+            .expect("write stdin");
     }
     drop(child.stdin.take());
     child.wait_with_output().expect("kubectl runs")
@@ -110,7 +140,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
