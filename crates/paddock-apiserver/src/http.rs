@@ -154,12 +154,7 @@ async fn serve(
     let table = wants_table(headers);
     let wrap = |obj: Value, code: StatusCode| {
         if table {
-            let rv = obj
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            json_response(code, &table::table(&res.columns, &[obj], &rv, None))
+            json_response(code, &table::single(&res.columns, obj))
         } else {
             json_response(code, &obj)
         }
@@ -302,12 +297,7 @@ async fn watch(
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
     let render = move |obj: Value| -> Value {
         if table {
-            let rv = obj
-                .pointer("/metadata/resourceVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned();
-            table::table(&res.columns, &[obj], &rv, None)
+            table::single(&res.columns, obj)
         } else {
             obj
         }

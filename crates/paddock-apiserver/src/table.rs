@@ -409,6 +409,16 @@ pub mod columns {
     }
 }
 
+/// A one-row `Table` of `obj`, at its own resourceVersion.
+pub fn single(cols: &[Column], obj: Value) -> Value {
+    let rv = obj
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    table(cols, &[obj], &rv, None)
+}
+
 /// Builds a `Table` of `objects` with the resource's columns.
 pub fn table(
     cols: &[Column],
