@@ -94,6 +94,12 @@ pub struct HostStatus {
     pub agent_version: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_heartbeat: Option<Time>,
+    /// Where the management plane reaches the agent (`unix:///path` or `https://addr:port`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_endpoint: Option<String>,
+    /// How VMs run here: `kvm` or `tcg` (software emulation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accelerator: Option<String>,
 }
 
 impl Validate for Host {

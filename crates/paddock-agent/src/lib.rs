@@ -1,0 +1,195 @@
+//! Paddock's host agent. It registers its `Host`, renews a `Lease` as
+//! heartbeat, watches the Machines bound to it and converges the host to
+//! them: per-cluster bridges and VXLAN devices, a tap and a QEMU VM per
+//! Machine, and each Machine's status.
+
+pub mod accel;
+pub mod endpoint;
+pub mod host;
+pub mod jsonsock;
+pub mod reconcile;
+pub mod seed;
+pub mod vm;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+use kube::Api;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use paddock_api::host::Resources;
+use paddock_api::{Cluster, Host, Machine, MachineImage};
+use tokio::sync::Notify;
+
+pub use accel::{Accel, AccelChoice};
+
+/// How the agent runs.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub name: String,
+    pub underlay: Ipv4Addr,
+    pub state_dir: PathBuf,
+    pub qemu: PathBuf,
+    pub accel: AccelChoice,
+    /// A kernel to boot for the KVM probe (else a boot sector).
+    pub probe_kernel: Option<PathBuf>,
+    pub default_image: String,
+    pub reserve: Resources,
+    pub stop_grace: Duration,
+    pub resync: Duration,
+    pub heartbeat: Duration,
+}
+
+/// Forwards TCP connections on a loopback port to the management API's unix
+/// socket; for labs whose hosts share the server's filesystem but not its
+/// network. Returns the local address.
+pub async fn forward_api_socket(socket: PathBuf) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the API forwarder")?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let socket = socket.clone();
+            tokio::spawn(async move {
+                match tokio::net::UnixStream::connect(&socket).await {
+                    Ok(mut unix) => {
+                        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(socket = %socket.display(), error = %e, "cannot reach the API socket")
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn watch<K>(api: Api<K>, notify: Arc<Notify>) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .touched_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::debug!(error = %e, "watch error; retrying");
+            }
+            notify.notify_one();
+        }
+    });
+    reader
+}
+
+/// Runs the agent until the process is stopped.
+pub async fn run(client: kube::Client, cfg: AgentConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("state dir {}", cfg.state_dir.display()))?;
+    let (accel, why) = accel::choose(
+        cfg.accel,
+        &cfg.qemu,
+        cfg.probe_kernel.as_deref(),
+        &cfg.state_dir,
+    )
+    .await;
+    tracing::info!(accel = accel.as_str(), reason = %why, "accelerator chosen");
+    let net = paddock_net::Net::connect().context("netlink")?;
+    let underlay_mtu = net
+        .underlay_mtu(cfg.underlay)
+        .await
+        .context("finding the underlay interface")?;
+    let overlay_mtu = underlay_mtu - paddock_net::VXLAN_OVERHEAD;
+
+    let notify = Arc::new(Notify::new());
+    let world = reconcile::World {
+        machines: watch(Api::<Machine>::all(client.clone()), notify.clone()),
+        hosts: watch(Api::<Host>::all(client.clone()), notify.clone()),
+        clusters: watch(Api::<Cluster>::all(client.clone()), notify.clone()),
+        images: watch(Api::<MachineImage>::all(client.clone()), notify.clone()),
+    };
+    for (what, ready) in [
+        ("machines", world.machines.wait_until_ready().await),
+        ("hosts", world.hosts.wait_until_ready().await),
+        ("clusters", world.clusters.wait_until_ready().await),
+        ("images", world.images.wait_until_ready().await),
+    ] {
+        ready.with_context(|| format!("initial list of {what}"))?;
+    }
+    let settings = reconcile::Settings {
+        host: cfg.name.clone(),
+        underlay: cfg.underlay,
+        state_dir: cfg.state_dir.clone(),
+        qemu: cfg.qemu.clone(),
+        accel,
+        default_image: cfg.default_image.clone(),
+        stop_grace: cfg.stop_grace,
+        overlay_mtu,
+    };
+    let r = Arc::new(reconcile::Reconciler::new(
+        settings,
+        world,
+        client.clone(),
+        net,
+    ));
+    let sock = cfg.state_dir.join("agent.sock");
+    {
+        let r = r.clone();
+        let sock = sock.clone();
+        tokio::spawn(async move {
+            if let Err(e) = endpoint::serve(&sock, r).await {
+                tracing::error!(error = %e, "agent endpoint failed");
+            }
+        });
+    }
+    let report = |allocated: Resources| host::HostReport {
+        name: cfg.name.clone(),
+        underlay: cfg.underlay,
+        reserve: cfg.reserve.clone(),
+        allocated,
+        endpoint: format!("unix://{}", sock.display()),
+        accel: accel.as_str().into(),
+    };
+    host::report(&client, &report(Resources::default()))
+        .await
+        .context("registering the host")?;
+    tracing::info!(host = %cfg.name, underlay = %cfg.underlay, overlay_mtu, "agent running");
+    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
+    let mut allocated = Resources::default();
+    loop {
+        match r.pass().await {
+            Ok(a) => allocated = a,
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "reconcile pass failed"),
+        }
+        tokio::select! {
+            _ = notify.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ = tokio::time::sleep(cfg.resync) => {}
+            _ = heartbeat.tick() => {
+                if let Err(e) = host::renew_lease(&client, &cfg.name).await {
+                    tracing::warn!(error = %e, "cannot renew lease");
+                }
+                if let Err(e) = host::report(&client, &report(allocated.clone())).await {
+                    tracing::warn!(error = %e, "cannot report host status");
+                }
+            }
+        }
+    }
+}

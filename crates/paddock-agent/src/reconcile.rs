@@ -1,0 +1,591 @@
+//! The host reconciler. Level-triggered and idempotent: each pass reads the
+//! wanted state (Machines bound here, their Clusters, images, the other
+//! hosts) and the actual state (links, FDB entries, VM directories and QEMU
+//! processes), and takes the steps that close the gap. It can be killed at
+//! any line; the next pass picks up from what it finds.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use paddock_api::host::Resources;
+use paddock_api::{Cluster, Host, Machine, MachineImage, MachinePhase, MachineStatus};
+use paddock_net::{FdbEntry, Mac, Net};
+use serde_json::json;
+
+use crate::accel::Accel;
+use crate::jsonsock;
+use crate::seed::Seed;
+use crate::vm::{self, Boot, LaunchSpec, VmDir};
+
+/// Settings of the reconciler.
+pub struct Settings {
+    pub host: String,
+    pub underlay: Ipv4Addr,
+    pub state_dir: PathBuf,
+    pub qemu: PathBuf,
+    pub accel: Accel,
+    pub default_image: String,
+    pub stop_grace: Duration,
+    pub overlay_mtu: u32,
+}
+
+/// The watched world.
+pub struct World {
+    pub machines: Store<Machine>,
+    pub hosts: Store<Host>,
+    pub clusters: Store<Cluster>,
+    pub images: Store<MachineImage>,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    next: Option<Instant>,
+    started: Option<Instant>,
+    last_error: Option<String>,
+}
+
+pub struct Reconciler {
+    pub settings: Settings,
+    pub world: World,
+    pub client: kube::Client,
+    net: Net,
+    backoff: Mutex<HashMap<String, Backoff>>,
+    /// Digests already verified, by (path, size, mtime).
+    verified: Mutex<HashSet<(PathBuf, u64, i64)>>,
+}
+
+/// What one Machine should be on this host.
+struct Wanted {
+    machine: Arc<Machine>,
+    spec: Result<LaunchSpec, String>,
+    seed: Option<Seed>,
+    vni: Option<u32>,
+}
+
+fn key(m: &Machine) -> (String, String) {
+    (m.namespace().unwrap_or_default(), m.name_any())
+}
+
+/// A stable MAC for a Machine that was given none: 52:54:00 + 3 bytes of its uid.
+fn mac_for(m: &Machine) -> String {
+    if let Some(mac) = &m.spec.mac {
+        return mac.clone();
+    }
+    let hex: Vec<u8> = m
+        .uid()
+        .unwrap_or_default()
+        .bytes()
+        .filter(u8::is_ascii_hexdigit)
+        .take(6)
+        .collect();
+    let h = String::from_utf8_lossy(&hex).into_owned();
+    format!(
+        "52:54:00:{}:{}:{}",
+        &h.get(0..2).unwrap_or("00"),
+        &h.get(2..4).unwrap_or("00"),
+        &h.get(4..6).unwrap_or("00")
+    )
+}
+
+fn file_url(url: &str) -> Result<PathBuf, String> {
+    url.strip_prefix("file://")
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            format!(
+                "{url}: this agent fetches file:// images only; put the image on the host's disk"
+            )
+        })
+}
+
+impl Reconciler {
+    pub fn new(settings: Settings, world: World, client: kube::Client, net: Net) -> Self {
+        Self {
+            settings,
+            world,
+            client,
+            net,
+            backoff: Mutex::default(),
+            verified: Mutex::default(),
+        }
+    }
+
+    fn verify(&self, path: &PathBuf, sha: Option<&str>) -> Result<(), String> {
+        let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let Some(want) = sha else { return Ok(()) };
+        let mtime = meta
+            .modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        let k = (path.clone(), meta.len(), mtime);
+        if self
+            .verified
+            .lock()
+            .map(|v| v.contains(&k))
+            .unwrap_or(false)
+        {
+            return Ok(());
+        }
+        use sha2::Digest;
+        let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let got: String = sha2::Sha256::digest(&data)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if got != want {
+            return Err(format!(
+                "{}: sha256 {got} does not match the image's {want}",
+                path.display()
+            ));
+        }
+        if let Ok(mut v) = self.verified.lock() {
+            v.insert(k);
+        }
+        Ok(())
+    }
+
+    fn wanted(&self, m: Arc<Machine>) -> Wanted {
+        let (ns, name) = key(&m);
+        let cluster = self.world.clusters.state().into_iter().find(|c| {
+            c.namespace().as_deref() == Some(ns.as_str()) && c.name_any() == m.spec.cluster_name
+        });
+        let overlay = cluster
+            .as_ref()
+            .and_then(|c| c.status.as_ref())
+            .and_then(|s| s.overlay.clone());
+        let mac = mac_for(&m);
+        let mtu = self.settings.overlay_mtu;
+        let uid = m.uid().unwrap_or_default();
+        let image_name = m
+            .spec
+            .image
+            .clone()
+            .unwrap_or_else(|| self.settings.default_image.clone());
+        let spec = (|| -> Result<LaunchSpec, String> {
+            let overlay = overlay.as_ref().ok_or_else(|| {
+                format!("cluster {} has no overlay network yet", m.spec.cluster_name)
+            })?;
+            let image = self
+                .world
+                .images
+                .state()
+                .into_iter()
+                .find(|i| i.name_any() == image_name)
+                .ok_or_else(|| format!("MachineImage {image_name:?} not found"))?;
+            let boot = match (&image.spec.kernel, &image.spec.disk) {
+                (Some(k), _) => {
+                    let kernel = file_url(&k.url)?;
+                    self.verify(&kernel, k.sha256.as_deref())?;
+                    let initrd = match &image.spec.initrd {
+                        Some(i) => {
+                            let p = file_url(&i.url)?;
+                            self.verify(&p, i.sha256.as_deref())?;
+                            Some(p)
+                        }
+                        None => None,
+                    };
+                    let mut cmdline = format!(
+                        "console=ttyS0 paddock.hostname={name} paddock.mtu={mtu} paddock.gw={}",
+                        overlay.gateway
+                    );
+                    if let Some(ip) = &m.spec.ip {
+                        cmdline.push_str(&format!(" paddock.ip={ip}"));
+                    }
+                    if let Some(extra) = &image.spec.cmdline {
+                        cmdline.push(' ');
+                        cmdline.push_str(extra);
+                    }
+                    Boot::Kernel {
+                        kernel,
+                        initrd,
+                        cmdline,
+                    }
+                }
+                (None, Some(d)) => {
+                    let base = file_url(&d.url)?;
+                    self.verify(&base, d.sha256.as_deref())?;
+                    Boot::Disk {
+                        base,
+                        size_bytes: m.spec.disk.bytes(),
+                    }
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "MachineImage {image_name:?} has neither kernel nor disk"
+                    ));
+                }
+            };
+            Ok(LaunchSpec {
+                uid: uid.clone(),
+                namespace: ns.clone(),
+                name: name.clone(),
+                cpu: m.spec.cpu,
+                memory_mib: m.spec.memory.mib(),
+                accel: self.settings.accel.as_str().into(),
+                boot,
+                tap: paddock_net::tap_name(&uid),
+                mac: mac.clone(),
+            })
+        })();
+        let seed = m.spec.ip.clone().map(|address| Seed {
+            instance_id: uid.clone(),
+            hostname: name.clone(),
+            mac: mac.clone(),
+            address,
+            gateway: overlay.as_ref().map(|o| o.gateway.clone()),
+            mtu,
+            user_data: String::new(),
+        });
+        Wanted {
+            machine: m,
+            spec,
+            seed,
+            vni: overlay.map(|o| o.vni),
+        }
+    }
+
+    /// One pass over the whole host.
+    pub async fn pass(&self) -> anyhow::Result<Resources> {
+        let me = &self.settings.host;
+        let all = self.world.machines.state();
+        let mine: Vec<Arc<Machine>> = all
+            .iter()
+            .filter(|m| {
+                m.spec.host_name.as_deref() == Some(me.as_str())
+                    && m.metadata.deletion_timestamp.is_none()
+            })
+            .cloned()
+            .collect();
+        let wanted: Vec<Wanted> = mine.into_iter().map(|m| self.wanted(m)).collect();
+
+        // Networks: one bridge and VXLAN per cluster carried here.
+        let hosts = self.world.hosts.state();
+        let vtep = |h: &str| -> Option<Ipv4Addr> {
+            hosts
+                .iter()
+                .find(|x| x.name_any() == h)?
+                .status
+                .as_ref()?
+                .underlay_ip
+                .as_deref()?
+                .parse()
+                .ok()
+        };
+        let mut vnis: BTreeSet<u32> = BTreeSet::new();
+        let mut bridges: HashMap<u32, u32> = HashMap::new();
+        for w in &wanted {
+            let Some(vni) = w.vni else { continue };
+            if !vnis.insert(vni) {
+                continue;
+            }
+            let mtu = self.settings.overlay_mtu;
+            let br = self
+                .net
+                .ensure_bridge(&paddock_net::bridge_name(vni), mtu)
+                .await?;
+            let vx = self
+                .net
+                .ensure_vxlan(
+                    &paddock_net::vxlan_name(vni),
+                    vni,
+                    self.settings.underlay,
+                    br,
+                    mtu,
+                )
+                .await?;
+            bridges.insert(vni, br);
+            let (ns, cluster) = (
+                w.machine.namespace().unwrap_or_default(),
+                w.machine.spec.cluster_name.clone(),
+            );
+            let mut fdb = BTreeSet::new();
+            for peer in all.iter().filter(|p| {
+                p.namespace().as_deref() == Some(ns.as_str()) && p.spec.cluster_name == cluster
+            }) {
+                let Some(h) = peer.spec.host_name.as_deref().filter(|h| *h != me.as_str()) else {
+                    continue;
+                };
+                let Some(dst) = vtep(h) else { continue };
+                fdb.insert(FdbEntry {
+                    mac: Mac::ZERO,
+                    dst,
+                });
+                if let Ok(mac) = mac_for(peer).parse::<Mac>() {
+                    fdb.insert(FdbEntry { mac, dst });
+                }
+            }
+            self.net
+                .sync_vxlan_fdb(&paddock_net::vxlan_name(vni), vx, &fdb)
+                .await?;
+        }
+
+        // VMs.
+        let mut allocated = Resources::default();
+        let mut keep_vms: HashSet<String> = HashSet::new();
+        let mut keep_taps: HashSet<String> = HashSet::new();
+        for w in &wanted {
+            let uid = w.machine.uid().unwrap_or_default();
+            keep_vms.insert(uid.clone());
+            allocated.cpu += w.machine.spec.cpu;
+            allocated.memory = allocated.memory.saturating_add(w.machine.spec.memory);
+            let vm = VmDir::new(&self.settings.state_dir, &uid);
+            let outcome = self.converge_vm(w, &vm, &bridges).await;
+            if let Ok(spec) = &w.spec {
+                keep_taps.insert(spec.tap.clone());
+            }
+            self.report(w, &vm, outcome).await;
+        }
+
+        // Whatever no Machine asks for anymore.
+        for vm in vm::list(&self.settings.state_dir) {
+            if keep_vms.contains(&vm.uid()) {
+                continue;
+            }
+            tracing::info!(vm = %vm.uid(), "stopping VM no Machine wants");
+            vm::stop(&vm, self.settings.stop_grace).await;
+            if vm.pid().is_none() {
+                if let Err(e) = std::fs::remove_dir_all(&vm.dir) {
+                    tracing::warn!(vm = %vm.uid(), error = %e, "cannot remove VM directory");
+                }
+                if let Ok(mut b) = self.backoff.lock() {
+                    b.remove(&vm.uid());
+                }
+            }
+        }
+        for link in self.net.links().await? {
+            let stale = if link.name.starts_with(paddock_net::TAP_PREFIX) {
+                !keep_taps.contains(&link.name)
+            } else if let Some(v) = link
+                .name
+                .strip_prefix(paddock_net::VXLAN_PREFIX)
+                .or_else(|| link.name.strip_prefix(paddock_net::BRIDGE_PREFIX))
+            {
+                v.parse::<u32>()
+                    .map(|v| !vnis.contains(&v))
+                    .unwrap_or(false)
+            } else {
+                false
+            };
+            if stale {
+                self.net.delete(&link.name).await?;
+            }
+        }
+        Ok(allocated)
+    }
+
+    /// Makes one VM run as wanted. Returns whether QEMU runs, or why not.
+    async fn converge_vm(
+        &self,
+        w: &Wanted,
+        vm: &VmDir,
+        bridges: &HashMap<u32, u32>,
+    ) -> Result<u32, String> {
+        let spec = w.spec.clone()?;
+        let vni = w.vni.ok_or("no overlay")?;
+        let br = *bridges.get(&vni).ok_or("no bridge")?;
+        let mac: Mac = spec.mac.parse().map_err(|e: String| e)?;
+        self.net
+            .ensure_tap(&spec.tap, br, self.settings.overlay_mtu, mac)
+            .await
+            .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
+        if let Some(pid) = vm.pid() {
+            if vm.launched().as_ref() == Some(&spec) {
+                if let Ok(mut b) = self.backoff.lock() {
+                    let e = b.entry(spec.uid.clone()).or_default();
+                    if e.started
+                        .is_some_and(|s| s.elapsed() > Duration::from_secs(60))
+                    {
+                        e.failures = 0;
+                    }
+                }
+                return Ok(pid);
+            }
+            tracing::info!(machine = %spec.name, "launch spec changed; restarting VM");
+            vm::stop(vm, self.settings.stop_grace).await;
+        }
+        // Not running: start, unless backing off after failures.
+        let now = Instant::now();
+        {
+            let b = self.backoff.lock().map_err(|_| "lock")?;
+            if let Some(e) = b.get(&spec.uid)
+                && e.next.is_some_and(|n| now < n)
+            {
+                return Err(e
+                    .last_error
+                    .clone()
+                    .unwrap_or_else(|| "restarting after a crash (backing off)".into()));
+            }
+        }
+        std::fs::create_dir_all(&vm.dir).map_err(|e| format!("{}: {e}", vm.dir.display()))?;
+        if let Some(seed) = &w.seed {
+            seed.write(&vm.seed())
+                .map_err(|e| format!("writing seed: {e}"))?;
+        } else if !vm.seed().exists() {
+            Seed {
+                instance_id: spec.uid.clone(),
+                hostname: spec.name.clone(),
+                mac: spec.mac.clone(),
+                address: String::new(),
+                gateway: None,
+                mtu: self.settings.overlay_mtu,
+                user_data: String::new(),
+            }
+            .write(&vm.seed())
+            .map_err(|e| format!("writing seed: {e}"))?;
+        }
+        let was_started = vm.launched().is_some();
+        let res = vm::start(&self.settings.qemu, &spec, vm, self.settings.accel).await;
+        let mut b = self.backoff.lock().map_err(|_| "lock")?;
+        let e = b.entry(spec.uid.clone()).or_default();
+        match res {
+            Ok(pid) => {
+                if was_started {
+                    e.failures += 1;
+                    tracing::warn!(machine = %spec.name, pid, restarts = e.failures, "QEMU was not running; restarted");
+                } else {
+                    tracing::info!(machine = %spec.name, pid, accel = %spec.accel, "started VM");
+                }
+                e.started = Some(now);
+                e.next = Some(now + Duration::from_secs(1 << e.failures.min(5)));
+                e.last_error = None;
+                Ok(pid)
+            }
+            Err(err) => {
+                e.failures += 1;
+                e.next = Some(now + Duration::from_secs(1 << e.failures.min(5)));
+                let msg = format!("{:#}", anyhow::Error::new(err));
+                e.last_error = Some(msg.clone());
+                tracing::warn!(machine = %spec.name, error = %msg, "VM failed to start");
+                Err(msg)
+            }
+        }
+    }
+
+    /// Writes the Machine's status if it changed.
+    async fn report(&self, w: &Wanted, vm: &VmDir, outcome: Result<u32, String>) {
+        let m = &w.machine;
+        let old = m.status.clone().unwrap_or_default();
+        let guest_ready = match &outcome {
+            Ok(_) => jsonsock::qga(&vm.qga(), Duration::from_millis(700))
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        let phase = match (&outcome, guest_ready) {
+            (Ok(_), true) => MachinePhase::Running,
+            (Ok(_), false) => MachinePhase::Starting,
+            (Err(_), _) if w.spec.is_err() => MachinePhase::Pending,
+            (Err(_), _) => MachinePhase::Failed,
+        };
+        let cond = |t: &str, ok: bool, reason: &str, msg: String| -> Condition {
+            let status = if ok { "True" } else { "False" }.to_owned();
+            let prev = old.conditions.iter().find(|c| c.type_ == t);
+            let since = match prev {
+                Some(p) if p.status == status => p.last_transition_time.clone(),
+                _ => Time(Timestamp::now()),
+            };
+            Condition {
+                type_: t.into(),
+                status,
+                reason: reason.into(),
+                message: msg,
+                last_transition_time: since,
+                observed_generation: m.metadata.generation,
+            }
+        };
+        let running = match &outcome {
+            Ok(pid) => cond(
+                "Running",
+                true,
+                "QemuRunning",
+                format!("QEMU pid {pid} ({})", self.settings.accel.as_str()),
+            ),
+            Err(e) => cond(
+                "Running",
+                false,
+                if w.spec.is_err() {
+                    "Waiting"
+                } else {
+                    "StartFailed"
+                },
+                e.clone(),
+            ),
+        };
+        let ready = if guest_ready {
+            cond(
+                "GuestReady",
+                true,
+                "GuestAgentAnswered",
+                "the guest agent answers".into(),
+            )
+        } else {
+            cond(
+                "GuestReady",
+                false,
+                "NoGuestAgent",
+                "the guest agent does not answer yet".into(),
+            )
+        };
+        let started_at = match (&outcome, old.started_at.clone()) {
+            (Ok(_), Some(t)) => Some(t),
+            (Ok(_), None) => Some(Time(Timestamp::now())),
+            (Err(_), _) => None,
+        };
+        let new = MachineStatus {
+            phase: Some(phase),
+            conditions: vec![running, ready],
+            observed_generation: m.metadata.generation,
+            started_at,
+            console_log: Some(vm.console().display().to_string()),
+        };
+        let same = old.phase == new.phase
+            && old.observed_generation == new.observed_generation
+            && old.console_log == new.console_log
+            && old.started_at.is_some() == new.started_at.is_some()
+            && old.conditions.len() == new.conditions.len()
+            && old.conditions.iter().zip(&new.conditions).all(|(a, b)| {
+                a.type_ == b.type_
+                    && a.status == b.status
+                    && a.reason == b.reason
+                    && a.message == b.message
+            });
+        if same {
+            return;
+        }
+        let (ns, name) = key(m);
+        let api: Api<Machine> = Api::namespaced(self.client.clone(), &ns);
+        if let Err(e) = api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": new})),
+            )
+            .await
+        {
+            tracing::warn!(machine = %name, error = %e, "cannot write machine status");
+        }
+    }
+
+    /// The VM directory of a Machine bound here, by namespace and name.
+    pub fn vm_of(&self, ns: &str, name: &str) -> Option<VmDir> {
+        let m = self
+            .world
+            .machines
+            .state()
+            .into_iter()
+            .find(|m| m.namespace().as_deref() == Some(ns) && m.name_any() == name)?;
+        if m.spec.host_name.as_deref() != Some(self.settings.host.as_str()) {
+            return None;
+        }
+        Some(VmDir::new(&self.settings.state_dir, &m.uid()?))
+    }
+}
