@@ -48,7 +48,10 @@ fn boot_sector() -> Vec<u8> {
     img
 }
 
-/// Boots a probe guest under KVM and reports whether it printed within `wait`.
+/// Boots a probe guest under KVM and reports whether it ran to the end
+/// within `wait`. With a kernel (and no root file system) the end is the
+/// kernel's panic, printed and followed by a reboot that ends QEMU: a guest
+/// that only gets through its first instructions does not pass.
 pub async fn kvm_works(
     qemu: &Path,
     probe_kernel: Option<&Path>,
@@ -83,7 +86,7 @@ pub async fn kvm_works(
         Some(k) => {
             cmd.arg("-kernel")
                 .arg(k)
-                .args(["-append", "console=ttyS0 earlyprintk=ttyS0 panic=-1"]);
+                .args(["-append", "console=ttyS0 panic=-1"]);
         }
         None => {
             let img = work.join("kvm-probe.img");
@@ -100,19 +103,23 @@ pub async fn kvm_works(
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("starting {}: {e}", qemu.display()))?;
+    let want: &[u8] = if probe_kernel.is_some() {
+        b"Kernel panic"
+    } else {
+        b"K"
+    };
+    let seen = |out: &Path| {
+        std::fs::read(out)
+            .map(|b| b.windows(want.len()).any(|w| w == want))
+            .unwrap_or(false)
+    };
     let deadline = tokio::time::Instant::now() + wait;
     let printed = loop {
-        if std::fs::metadata(&out)
-            .map(|m| m.len() > 0)
-            .unwrap_or(false)
-        {
+        if seen(&out) {
             break true;
         }
-        if let Ok(Some(status)) = child.try_wait() {
-            break std::fs::metadata(&out)
-                .map(|m| m.len() > 0)
-                .unwrap_or(false)
-                && status.success();
+        if let Ok(Some(_)) = child.try_wait() {
+            break seen(&out);
         }
         if tokio::time::Instant::now() > deadline {
             break false;
@@ -125,7 +132,7 @@ pub async fn kvm_works(
         Ok(())
     } else {
         Err(format!(
-            "a KVM guest printed nothing in {}s",
+            "a KVM probe guest did not finish booting in {}s",
             wait.as_secs()
         ))
     }
@@ -142,7 +149,7 @@ pub async fn choose(
         AccelChoice::Kvm => (Accel::Kvm, "forced by --accel kvm".into()),
         AccelChoice::Tcg => (Accel::Tcg, "forced by --accel tcg".into()),
         AccelChoice::Auto => {
-            match kvm_works(qemu, probe_kernel, work, Duration::from_secs(8)).await {
+            match kvm_works(qemu, probe_kernel, work, Duration::from_secs(10)).await {
                 Ok(()) => (Accel::Kvm, "KVM probe guest ran".into()),
                 Err(why) => (Accel::Tcg, format!("falling back to TCG: {why}")),
             }

@@ -264,7 +264,6 @@ pub async fn stop(vm: &VmDir, grace: Duration) {
     }
     if alive(pid) {
         tracing::warn!(pid, vm = %vm.dir.display(), "QEMU ignored quit; killing");
-        // SAFETY-free: kill(2) through libc on a pid we verified is our QEMU.
         kill(pid);
     }
 }

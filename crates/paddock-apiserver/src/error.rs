@@ -53,6 +53,8 @@ pub enum ApiError {
     TooLarge(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 fn join(errs: &[FieldError]) -> String {
@@ -102,6 +104,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -119,6 +122,7 @@ impl ApiError {
             Self::UnsupportedMediaType(_) => "UnsupportedMediaType",
             Self::TooLarge(_) => "RequestEntityTooLarge",
             Self::Internal(_) => "InternalError",
+            Self::Unavailable(_) => "ServiceUnavailable",
         }
     }
 

@@ -145,7 +145,11 @@ async fn serve(
         namespace,
         name,
         status,
+        agent,
     } = route::parse(uri.path())?;
+    if let (Some(call), Some(ns), Some(name)) = (agent, namespace.as_deref(), name.as_deref()) {
+        return crate::agent_proxy::forward(api, ns, name, call, method, body).await;
+    }
     let p: Params = Query::try_from_uri(uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;

@@ -2,6 +2,7 @@
 //! (discovery, CRUD, watch, patch, selectors, tables, OpenAPI) over the
 //! [`paddock_store::Store`], behind TLS and bearer-token authentication.
 
+pub mod agent_proxy;
 pub mod api;
 pub mod auth;
 pub mod bootstrap;
@@ -51,6 +52,8 @@ pub struct ServerConfig {
     pub gc_resync: Duration,
     /// Changes kept for watch resume.
     pub history: usize,
+    /// Also serve on this unix socket (for lab hosts in other network namespaces).
+    pub unix_socket: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -62,6 +65,7 @@ impl ServerConfig {
             bookmark_every: Duration::from_secs(30),
             gc_resync: Duration::from_secs(30),
             history: StoreOptions::default().history,
+            unix_socket: None,
         }
     }
 }
@@ -76,6 +80,8 @@ pub enum ServerError {
     Tls(#[from] tls::TlsError),
     #[error("cannot listen on {0}")]
     Listen(SocketAddr, #[source] std::io::Error),
+    #[error("cannot listen on unix socket {0}")]
+    ListenUnix(String, #[source] std::io::Error),
 }
 
 /// The routes, given the shared state.
@@ -145,13 +151,20 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         auth: Arc::new(data.authenticator.clone()),
     };
     let tls = tls::server_config(&data.serving.cert_pem, &data.serving.key_pem)?;
-    let serve = tokio::spawn(tls::serve(listener, tls, router(state)));
-    let gc = tokio::spawn(gc::run(api.clone(), config.gc_resync));
+    let app = router(state);
+    let mut tasks = vec![tokio::spawn(tls::serve(listener, tls.clone(), app.clone()))];
+    if let Some(path) = &config.unix_socket {
+        let _ = std::fs::remove_file(path);
+        let ul = tokio::net::UnixListener::bind(path)
+            .map_err(|e| ServerError::ListenUnix(path.display().to_string(), e))?;
+        tasks.push(tokio::spawn(tls::serve_unix(ul, tls, app)));
+    }
+    tasks.push(tokio::spawn(gc::run(api.clone(), config.gc_resync)));
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "paddock server listening");
     Ok(Running {
         addr,
         data,
         api,
-        tasks: vec![serve, gc],
+        tasks,
     })
 }

@@ -10,6 +10,24 @@ pub struct Target {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub status: bool,
+    /// A request the management plane passes on to the Machine's host agent.
+    pub agent: Option<AgentCall>,
+}
+
+/// Machine subresources served by the host agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentCall {
+    Exec,
+    Console,
+}
+
+impl AgentCall {
+    pub fn path(self) -> &'static str {
+        match self {
+            AgentCall::Exec => "exec",
+            AgentCall::Console => "console",
+        }
+    }
 }
 
 impl std::fmt::Debug for Resource {
@@ -34,12 +52,14 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
             namespace: None,
             name: None,
             status: false,
+            agent: None,
         },
         ["namespaces", ns, "status"] if group.is_empty() => Target {
             res: find("namespaces")?,
             namespace: None,
             name: owned(ns),
             status: true,
+            agent: None,
         },
         ["namespaces", ns, plural] => {
             let res = find(plural)?;
@@ -51,6 +71,7 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
                 namespace: owned(ns),
                 name: None,
                 status: false,
+                agent: None,
             }
         }
         ["namespaces", ns, plural, name] => {
@@ -63,6 +84,7 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
                 namespace: owned(ns),
                 name: owned(name),
                 status: false,
+                agent: None,
             }
         }
         ["namespaces", ns, plural, name, "status"] => {
@@ -75,8 +97,26 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
                 namespace: owned(ns),
                 name: owned(name),
                 status: true,
+                agent: None,
             }
         }
+        [
+            "namespaces",
+            ns,
+            "machines",
+            name,
+            call @ ("exec" | "console"),
+        ] if group == paddock_api::GROUP => Target {
+            res: find("machines")?,
+            namespace: owned(ns),
+            name: owned(name),
+            status: false,
+            agent: Some(if *call == "exec" {
+                AgentCall::Exec
+            } else {
+                AgentCall::Console
+            }),
+        },
         [plural, name] => {
             let res = find(plural)?;
             if res.namespaced {
@@ -87,6 +127,7 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
                 namespace: None,
                 name: owned(name),
                 status: false,
+                agent: None,
             }
         }
         [plural, name, "status"] => {
@@ -99,6 +140,7 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
                 namespace: None,
                 name: owned(name),
                 status: true,
+                agent: None,
             }
         }
         _ => return Err(ApiError::NoRoute),

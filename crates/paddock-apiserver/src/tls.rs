@@ -1,7 +1,6 @@
 //! TLS termination: a rustls acceptor in front of the router, HTTP/1.1 and
 //! HTTP/2 by ALPN.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -9,7 +8,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UnixListener};
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
@@ -44,36 +43,56 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<ServerConfig, TlsE
     Ok(cfg)
 }
 
-/// Accepts connections until the task is dropped.
+/// Serves one accepted connection: TLS handshake, then HTTP/1.1 or HTTP/2.
+fn serve_conn<S>(acceptor: TlsAcceptor, stream: S, app: Router, peer: String)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let stream = match acceptor.accept(stream).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+        };
+        let svc = hyper::service::service_fn(move |req| app.clone().call(req));
+        if let Err(e) = auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), svc)
+            .await
+        {
+            tracing::debug!(%peer, error = %e, "connection ended");
+        }
+    });
+}
+
+/// Accepts TCP connections until the task is dropped.
 pub async fn serve(listener: TcpListener, tls: ServerConfig, app: Router) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
     loop {
-        let (tcp, peer): (_, SocketAddr) = match listener.accept().await {
-            Ok(c) => c,
+        match listener.accept().await {
+            Ok((tcp, peer)) => {
+                let _ = tcp.set_nodelay(true);
+                serve_conn(acceptor.clone(), tcp, app.clone(), peer.to_string());
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let svc = hyper::service::service_fn(move |req| app.clone().call(req));
-            if let Err(e) = auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await
-            {
-                tracing::debug!(%peer, error = %e, "connection ended");
+        }
+    }
+}
+
+/// Accepts connections on a unix socket (the same TLS and authentication).
+pub async fn serve_unix(listener: UnixListener, tls: ServerConfig, app: Router) {
+    let acceptor = TlsAcceptor::from(Arc::new(tls));
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => serve_conn(acceptor.clone(), s, app.clone(), "unix".into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
-        });
+        }
     }
 }

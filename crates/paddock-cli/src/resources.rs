@@ -40,6 +40,71 @@ pub enum MachineCommand {
         #[arg(short = 'A', long = "all-orgs", conflicts_with = "org")]
         all: bool,
     },
+    /// Run a command inside the VM (through its guest agent); exits with its status.
+    Exec {
+        name: String,
+        /// Organization (namespace); the kubeconfig's namespace when omitted.
+        #[arg(short = 'n', long = "org")]
+        org: Option<String>,
+        /// Seconds the command may run.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// The command and its arguments, after `--`.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show the VM's serial console log.
+    Console {
+        name: String,
+        /// Organization (namespace); the kubeconfig's namespace when omitted.
+        #[arg(short = 'n', long = "org")]
+        org: Option<String>,
+    },
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ExecResult {
+    exit_code: i64,
+    stdout: String,
+    stderr: String,
+}
+
+fn machine_path(client: &Client, org: Option<&str>, name: &str, sub: &str) -> String {
+    let ns = org.map_or_else(|| client.default_namespace().to_owned(), str::to_owned);
+    format!("/apis/paddock.io/v1alpha1/namespaces/{ns}/machines/{name}/{sub}")
+}
+
+async fn exec(
+    client: &Client,
+    org: Option<&str>,
+    name: &str,
+    timeout: u64,
+    command: Vec<String>,
+) -> CliResult {
+    let body =
+        serde_json::to_vec(&serde_json::json!({"command": command, "timeoutSeconds": timeout}))
+            .map_err(|e| CliError::new(Exit::Failure, e.to_string()))?;
+    let req = http::Request::post(machine_path(client, org, name, "exec"))
+        .header("content-type", "application/json")
+        .body(body)
+        .map_err(|e| CliError::new(Exit::Failure, e.to_string()))?;
+    let res: ExecResult = client.request(req).await?;
+    print!("{}", res.stdout);
+    eprint!("{}", res.stderr);
+    if res.exit_code != 0 {
+        // The guest command's own status, as ssh and kubectl exec do.
+        std::process::exit(i32::try_from(res.exit_code).unwrap_or(1).clamp(1, 255));
+    }
+    Ok(())
+}
+
+async fn console(client: &Client, org: Option<&str>, name: &str) -> CliResult {
+    let req = http::Request::get(machine_path(client, org, name, "console"))
+        .body(Vec::new())
+        .map_err(|e| CliError::new(Exit::Failure, e.to_string()))?;
+    print!("{}", client.request_text(req).await?);
+    Ok(())
 }
 
 #[derive(Debug, Subcommand)]
@@ -120,7 +185,18 @@ pub async fn org(cmd: OrgCommand, client: &Client, out: Format) -> CliResult {
 }
 
 pub async fn machine(cmd: MachineCommand, client: &Client, out: Format) -> CliResult {
-    let MachineCommand::List { org, all } = cmd;
+    let (org, all) = match cmd {
+        MachineCommand::List { org, all } => (org, all),
+        MachineCommand::Exec {
+            name,
+            org,
+            timeout,
+            command,
+        } => return exec(client, org.as_deref(), &name, timeout, command).await,
+        MachineCommand::Console { name, org } => {
+            return console(client, org.as_deref(), &name).await;
+        }
+    };
     let api: Api<Machine> = match (all, org) {
         (true, _) => Api::all(client.clone()),
         (false, Some(o)) => Api::namespaced(client.clone(), &o),

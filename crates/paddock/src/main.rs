@@ -26,6 +26,8 @@ struct Cli {
 enum Command {
     /// Run the management plane: API server, store and controllers.
     Server(ServerArgs),
+    /// Run the host agent: this host's Machines as QEMU VMs on VXLAN overlays.
+    Agent(AgentArgs),
     #[command(flatten)]
     User(paddock_cli::Command),
 }
@@ -44,6 +46,55 @@ struct ServerArgs {
     /// Seconds between watch bookmarks.
     #[arg(long, default_value_t = 30, hide = true)]
     bookmark_seconds: u64,
+    /// Also serve the API on this unix socket (lab hosts in other network namespaces).
+    #[arg(long)]
+    unix_socket: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// URL of the management API (else the kubeconfig's).
+    #[arg(long)]
+    server: Option<String>,
+    /// Kubeconfig with the agent's credentials.
+    #[arg(long, env = "PADDOCK_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Bearer token (instead of the kubeconfig's credentials).
+    #[arg(long, env = "PADDOCK_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Reach the API through this unix socket (a lab host in its own network namespace).
+    #[arg(long, conflicts_with = "server")]
+    api_socket: Option<PathBuf>,
+    /// Name of this host (default: the hostname).
+    #[arg(long)]
+    name: Option<String>,
+    /// Underlay address: this host's VTEP.
+    #[arg(long)]
+    underlay_ip: std::net::Ipv4Addr,
+    /// Where VM directories live.
+    #[arg(long, default_value = "/var/lib/paddock/agent")]
+    state_dir: PathBuf,
+    /// QEMU binary.
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    /// Accelerator: probe KVM and fall back to TCG (auto), or force one.
+    #[arg(long, value_enum, default_value = "auto")]
+    accel: paddock_agent::AccelChoice,
+    /// Kernel to boot for the KVM probe.
+    #[arg(long)]
+    probe_kernel: Option<PathBuf>,
+    /// MachineImage for Machines that name none.
+    #[arg(long, default_value = "dev")]
+    default_image: String,
+    /// vCPUs kept back for the host.
+    #[arg(long, default_value_t = 0)]
+    reserve_cpu: u32,
+    /// Memory kept back for the host.
+    #[arg(long, default_value = "512Mi")]
+    reserve_memory: paddock_api::Memory,
+    /// Seconds a VM gets to power off before it is stopped hard.
+    #[arg(long, default_value_t = 10)]
+    stop_grace: u64,
 }
 
 fn init_tracing() {
@@ -61,6 +112,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let mut config = paddock_apiserver::ServerConfig::new(data_dir, args.listen);
     config.sans = args.sans;
     config.bookmark_every = Duration::from_secs(args.bookmark_seconds.max(1));
+    config.unix_socket = args.unix_socket;
     let running = paddock_apiserver::start(config)
         .await
         .map_err(anyhow::Error::new)
@@ -80,11 +132,72 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn agent(args: AgentArgs) -> anyhow::Result<()> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    init_tracing();
+    let kc = args
+        .kubeconfig
+        .clone()
+        .unwrap_or_else(|| paddock_cli::default_data_dir().join("admin.kubeconfig"));
+    let kubeconfig = Kubeconfig::read_from(&kc)
+        .with_context(|| format!("reading kubeconfig {}", kc.display()))?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+            .await
+            .context("kubeconfig")?;
+    if let Some(socket) = &args.api_socket {
+        let addr = paddock_agent::forward_api_socket(socket.clone()).await?;
+        config.cluster_url = format!("https://{addr}").parse().context("forwarder URL")?;
+    } else if let Some(server) = &args.server {
+        config.cluster_url = server
+            .parse()
+            .with_context(|| format!("--server {server}"))?;
+    }
+    if let Some(t) = &args.token {
+        config.auth_info.token = Some(t.clone().into());
+    }
+    let client = kube::Client::try_from(config).context("API client")?;
+    let name = match args.name {
+        Some(n) => n,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("hostname")?
+            .trim()
+            .to_owned(),
+    };
+    let cfg = paddock_agent::AgentConfig {
+        name,
+        underlay: args.underlay_ip,
+        state_dir: args.state_dir,
+        qemu: args.qemu,
+        accel: args.accel,
+        probe_kernel: args.probe_kernel,
+        default_image: args.default_image,
+        reserve: paddock_api::host::Resources {
+            cpu: args.reserve_cpu,
+            memory: args.reserve_memory,
+        },
+        stop_grace: Duration::from_secs(args.stop_grace),
+        resync: Duration::from_secs(2),
+        heartbeat: Duration::from_secs(10),
+    };
+    tokio::select! {
+        r = paddock_agent::run(client, cfg) => r,
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Server(args) => match server(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Agent(args) => match agent(args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

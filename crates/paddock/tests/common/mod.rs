@@ -2,6 +2,8 @@
 //! client and a kubectl that use its admin kubeconfig.
 #![allow(dead_code)]
 
+pub mod lab;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;

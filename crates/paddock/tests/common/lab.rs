@@ -1,0 +1,207 @@
+//! A data center on one machine for end-to-end tests: a fabric bridge in a
+//! network namespace of its own, hosts as network namespaces wired to it by
+//! veth pairs, an agent per host. Everything is removed on drop, also when
+//! the test fails: agents, the QEMU processes they started, namespaces.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub fn sh(cmd: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
+    assert!(
+        out.status.success(),
+        "{cmd}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn sh_ok(cmd: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// The dev image, built by the project's script if the cache lacks it.
+pub fn dev_image() -> PathBuf {
+    let dir = std::env::var_os("PADDOCK_DEV_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/paddock/dev-image"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-dev-image.sh");
+    let ok = Command::new(&script)
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .expect("build-dev-image.sh")
+        .success();
+    assert!(ok, "building the dev image failed");
+    dir
+}
+
+pub fn sha256(path: &Path) -> String {
+    sh(&format!("sha256sum {}", path.display()))
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+pub struct Host {
+    pub name: String,
+    pub netns: String,
+    pub underlay: String,
+    pub state: PathBuf,
+    pub log: PathBuf,
+    pub agent: Option<Child>,
+}
+
+pub struct Lab {
+    pub id: String,
+    pub fabric: String,
+    pub hosts: Vec<Host>,
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    /// A fabric and `n` hosts with underlay addresses 10.77.0.11, .12, ...
+    pub fn new(dir: &Path, n: usize) -> Self {
+        let id = format!("{:x}", std::process::id() % 0xffff);
+        let fabric = format!("pdt{id}-fab");
+        let mut lab = Lab {
+            id: id.clone(),
+            fabric: fabric.clone(),
+            hosts: Vec::new(),
+            dir: dir.to_owned(),
+        };
+        sh(&format!("ip netns add {fabric}"));
+        sh(&format!(
+            "ip -n {fabric} link add fab0 type bridge && ip -n {fabric} link set fab0 up && ip -n {fabric} link set lo up"
+        ));
+        for i in 1..=n {
+            let netns = format!("pdt{id}-h{i}");
+            let underlay = format!("10.77.0.{}", 10 + i);
+            // Pushed into the hosts' namespaces before anything is up; nothing touches the root namespace.
+            lab.hosts.push(Host {
+                name: format!("host-{i}"),
+                netns: netns.clone(),
+                underlay: underlay.clone(),
+                state: dir.join(format!("host-{i}")),
+                log: dir.join(format!("agent-{i}.log")),
+                agent: None,
+            });
+            sh(&format!("ip netns add {netns}"));
+            sh(&format!(
+                "ip link add u{id}h{i} netns {netns} type veth peer name f{id}h{i} netns {fabric}"
+            ));
+            sh(&format!("ip -n {fabric} link set f{id}h{i} master fab0 up"));
+            sh(&format!(
+                "ip -n {netns} link set lo up && ip -n {netns} link set u{id}h{i} name eth0 && ip -n {netns} addr add {underlay}/24 dev eth0 && ip -n {netns} link set eth0 up"
+            ));
+        }
+        lab
+    }
+
+    /// Starts (or restarts) the agent of host `i` (0-based).
+    pub fn start_agent(&mut self, i: usize, kubeconfig: &Path, api_socket: &Path, image: &Path) {
+        let h = &mut self.hosts[i];
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&h.log)
+            .expect("log");
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &h.netns,
+                env!("CARGO_BIN_EXE_paddock"),
+                "agent",
+            ])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .arg("--api-socket")
+            .arg(api_socket)
+            .args([
+                "--name",
+                &h.name,
+                "--underlay-ip",
+                &h.underlay,
+                "--stop-grace",
+                "1",
+            ])
+            .arg("--state-dir")
+            .arg(&h.state)
+            .arg("--probe-kernel")
+            .arg(image.join("vmlinuz"))
+            .env("PADDOCK_LOG", "info,paddock_agent=debug")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("agent starts");
+        h.agent = Some(child);
+    }
+
+    /// SIGKILLs the agent of host `i`.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut c) = self.hosts[i].agent.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn exec(&self, i: usize, cmd: &str) -> String {
+        sh(&format!("ip netns exec {} {cmd}", self.hosts[i].netns))
+    }
+
+    /// QEMU processes started for this lab.
+    pub fn qemu_pids(&self) -> Vec<u32> {
+        let needle = self.dir.to_string_lossy().into_owned();
+        let mut pids = Vec::new();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
+            let cmd = String::from_utf8_lossy(&cmd);
+            if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for h in &self.hosts {
+                let log = std::fs::read_to_string(&h.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("--- agent log of {} (last 40 lines) ---", h.name);
+                for l in tail.iter().rev() {
+                    eprintln!("{l}");
+                }
+            }
+        }
+        for i in 0..self.hosts.len() {
+            self.kill_agent(i);
+        }
+        for pid in self.qemu_pids() {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        for h in &self.hosts {
+            let _ = Command::new("ip").args(["netns", "del", &h.netns]).status();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.fabric])
+            .status();
+    }
+}
