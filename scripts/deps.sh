@@ -3,12 +3,19 @@
 # machine. Idempotent; asks nothing. Usage: scripts/deps.sh [runtime|test]
 set -euo pipefail
 
-want=(curl openssl ca-certificates)
+# QEMU and the networking tools for hosts; curl/openssl for the tests and
+# the quick start; the dev image's build tools.
+want=(curl openssl ca-certificates iproute2 qemu-system-x86 qemu-utils busybox-static cpio kmod gzip)
 
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Installing bookworm's qemu-system-x86 removes a backported qemu-utils:
+# install bookworm's qemu-utils with it.
+case " ${missing[*]} " in
+  *" qemu-system-x86 "*) case " ${missing[*]} " in *" qemu-utils "*) ;; *) missing+=(qemu-utils) ;; esac ;;
+esac
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
     echo "deps: need root to install: ${missing[*]}" >&2
@@ -17,8 +24,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "deps: installing ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # qemu-utils from bookworm itself: a newer backport may be installed, and
+  # it cannot live beside bookworm's qemu-system-x86.
+  args=()
+  for p in "${missing[@]}"; do
+    case "$p" in
+      qemu-utils) args+=("qemu-utils/bookworm") ;;
+      *) args+=("$p") ;;
+    esac
+  done
+  apt-get install -y -qq --no-install-recommends --allow-downgrades "${args[@]}" >/dev/null
 fi
+for cmd in qemu-system-x86_64 qemu-img ip; do
+  command -v "$cmd" >/dev/null || { echo "deps: $cmd is missing after installing packages" >&2; exit 1; }
+done
 
 if [ "${1:-runtime}" = test ] && ! command -v kubectl >/dev/null; then
   echo "deps: the tests drive the real kubectl, which Debian 12 does not package;" >&2

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs what it needs, then every unit,
-# integration and end-to-end test of the workspace.
+# Runs the whole test suite: installs what it needs, builds the dev node
+# image, then runs every unit, integration and end-to-end test (the
+# end-to-end tests start real QEMU VMs in network namespaces: run as root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test
+export PADDOCK_DEV_IMAGE=${PADDOCK_DEV_IMAGE:-/var/cache/paddock/dev-image}
+scripts/build-dev-image.sh "$PADDOCK_DEV_IMAGE" >/dev/null
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --test-threads=2

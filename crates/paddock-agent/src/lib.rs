@@ -180,7 +180,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> anyhow::Result<()> {
             Err(e) => tracing::warn!(error = format!("{e:#}"), "reconcile pass failed"),
         }
         tokio::select! {
-            _ = notify.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ = notify.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
             _ = tokio::time::sleep(cfg.resync) => {}
             _ = heartbeat.tick() => {
                 if let Err(e) = host::renew_lease(&client, &cfg.name).await {

@@ -61,6 +61,8 @@ pub struct Reconciler {
     backoff: Mutex<HashMap<String, Backoff>>,
     /// Digests already verified, by (path, size, mtime).
     verified: Mutex<HashSet<(PathBuf, u64, i64)>>,
+    /// VMs whose status is being read and written right now.
+    reporting: Mutex<HashSet<String>>,
 }
 
 /// What one Machine should be on this host.
@@ -115,6 +117,7 @@ impl Reconciler {
             net,
             backoff: Mutex::default(),
             verified: Mutex::default(),
+            reporting: Mutex::default(),
         }
     }
 
@@ -254,7 +257,7 @@ impl Reconciler {
     }
 
     /// One pass over the whole host.
-    pub async fn pass(&self) -> anyhow::Result<Resources> {
+    pub async fn pass(self: &Arc<Self>) -> anyhow::Result<Resources> {
         let me = &self.settings.host;
         let all = self.world.machines.state();
         let mine: Vec<Arc<Machine>> = all
@@ -328,10 +331,12 @@ impl Reconciler {
                 .await?;
         }
 
-        // VMs.
+        // VMs: start what is missing first; status is read afterwards, so a
+        // slow guest agent never delays a VM's start.
         let mut allocated = Resources::default();
         let mut keep_vms: HashSet<String> = HashSet::new();
         let mut keep_taps: HashSet<String> = HashSet::new();
+        let mut outcomes = Vec::with_capacity(wanted.len());
         for w in &wanted {
             let uid = w.machine.uid().unwrap_or_default();
             keep_vms.insert(uid.clone());
@@ -342,7 +347,25 @@ impl Reconciler {
             if let Ok(spec) = &w.spec {
                 keep_taps.insert(spec.tap.clone());
             }
-            self.report(w, &vm, outcome).await;
+            outcomes.push((w, vm, outcome));
+        }
+        for (w, vm, outcome) in outcomes {
+            let uid = vm.uid();
+            let fresh = self
+                .reporting
+                .lock()
+                .map(|mut r| r.insert(uid.clone()))
+                .unwrap_or(false);
+            if !fresh {
+                continue;
+            }
+            let (this, machine, spec_ok) = (self.clone(), w.machine.clone(), w.spec.is_ok());
+            tokio::spawn(async move {
+                this.report(&machine, spec_ok, &vm, outcome).await;
+                if let Ok(mut r) = this.reporting.lock() {
+                    r.remove(&uid);
+                }
+            });
         }
 
         // Whatever no Machine asks for anymore.
@@ -471,8 +494,7 @@ impl Reconciler {
     }
 
     /// Writes the Machine's status if it changed.
-    async fn report(&self, w: &Wanted, vm: &VmDir, outcome: Result<u32, String>) {
-        let m = &w.machine;
+    async fn report(&self, m: &Machine, spec_ok: bool, vm: &VmDir, outcome: Result<u32, String>) {
         let old = m.status.clone().unwrap_or_default();
         let guest_ready = match &outcome {
             Ok(_) => jsonsock::qga(&vm.qga(), Duration::from_millis(700))
@@ -483,7 +505,7 @@ impl Reconciler {
         let phase = match (&outcome, guest_ready) {
             (Ok(_), true) => MachinePhase::Running,
             (Ok(_), false) => MachinePhase::Starting,
-            (Err(_), _) if w.spec.is_err() => MachinePhase::Pending,
+            (Err(_), _) if !spec_ok => MachinePhase::Pending,
             (Err(_), _) => MachinePhase::Failed,
         };
         let cond = |t: &str, ok: bool, reason: &str, msg: String| -> Condition {
@@ -512,11 +534,7 @@ impl Reconciler {
             Err(e) => cond(
                 "Running",
                 false,
-                if w.spec.is_err() {
-                    "Waiting"
-                } else {
-                    "StartFailed"
-                },
+                if spec_ok { "StartFailed" } else { "Waiting" },
                 e.clone(),
             ),
         };
