@@ -5,7 +5,7 @@ set -euo pipefail
 
 # QEMU and the networking tools for hosts; curl/openssl for the tests and
 # the quick start; the dev image's build tools.
-want=(curl openssl ca-certificates iproute2 qemu-system-x86 qemu-utils busybox-static cpio kmod gzip)
+want=(curl openssl ca-certificates iproute2 nftables qemu-system-x86 qemu-utils busybox-static cpio kmod gzip)
 
 missing=()
 for p in "${want[@]}"; do
@@ -35,7 +35,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
   apt-get install -y -qq --no-install-recommends --allow-downgrades "${args[@]}" >/dev/null
 fi
-for cmd in qemu-system-x86_64 qemu-img ip; do
+for cmd in qemu-system-x86_64 qemu-img ip nft; do
   command -v "$cmd" >/dev/null || { echo "deps: $cmd is missing after installing packages" >&2; exit 1; }
 done
 

@@ -17,6 +17,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use paddock_api::host::Resources;
 use paddock_api::{Cluster, Host, Machine, MachineImage, MachinePhase, MachineStatus};
+use paddock_net::guard::SourceGuard;
 use paddock_net::{FdbEntry, Mac, Net};
 use serde_json::json;
 
@@ -63,6 +64,8 @@ pub struct Reconciler {
     verified: Mutex<HashSet<(PathBuf, u64, i64)>>,
     /// VMs whose status is being read and written right now.
     reporting: Mutex<HashSet<String>>,
+    /// Source guards last applied (none yet: apply on the first pass).
+    guards: Mutex<Option<Vec<SourceGuard>>>,
 }
 
 /// What one Machine should be on this host.
@@ -118,6 +121,7 @@ impl Reconciler {
             backoff: Mutex::default(),
             verified: Mutex::default(),
             reporting: Mutex::default(),
+            guards: Mutex::default(),
         }
     }
 
@@ -329,6 +333,36 @@ impl Reconciler {
             self.net
                 .sync_vxlan_fdb(&paddock_net::vxlan_name(vni), vx, &fdb)
                 .await?;
+        }
+
+        // Source guards before any VM can send.
+        let guards: Vec<SourceGuard> = wanted
+            .iter()
+            .filter_map(|w| {
+                let spec = w.spec.as_ref().ok()?;
+                Some(SourceGuard {
+                    tap: spec.tap.clone(),
+                    mac: spec.mac.parse().ok()?,
+                    ip: w
+                        .machine
+                        .spec
+                        .ip
+                        .as_deref()
+                        .and_then(|c| c.split('/').next())
+                        .and_then(|a| a.parse().ok()),
+                })
+            })
+            .collect();
+        let applied = self
+            .guards
+            .lock()
+            .map(|g| g.as_ref() == Some(&guards))
+            .unwrap_or(false);
+        if !applied {
+            paddock_net::guard::apply(&guards).await?;
+            if let Ok(mut g) = self.guards.lock() {
+                *g = Some(guards);
+            }
         }
 
         // VMs: start what is missing first; status is read afterwards, so a

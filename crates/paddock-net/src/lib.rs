@@ -3,6 +3,7 @@
 //! bridge, and static forwarding entries (no learning) towards the VTEPs of
 //! the other hosts that carry the cluster.
 
+pub mod guard;
 mod tap;
 
 use std::collections::BTreeSet;
@@ -291,7 +292,8 @@ impl Net {
     }
 
     /// A VM's tap on the cluster bridge. The port only forwards frames from
-    /// `mac` (locked port, static entry, no learning).
+    /// `mac` (locked port, static entry, no learning); [`guard::sync`] adds
+    /// the IP check.
     pub async fn ensure_tap(&self, name: &str, bridge: u32, mtu: u32, mac: Mac) -> Result<u32> {
         if self.link(name).await?.is_none() {
             tap::create_persistent_tap(name).map_err(|e| NetError::Tap(name.to_owned(), e))?;

@@ -98,6 +98,12 @@ fn overlay_devices_and_fdb_converge() {
                     .await
                     .expect("vxlan");
                 net.ensure_tap("pdtapabc", br, mtu, mac).await.expect("tap");
+                let g = paddock_net::guard::SourceGuard {
+                    tap: "pdtapabc".into(),
+                    mac,
+                    ip: Some(Ipv4Addr::new(10, 100, 0, 7)),
+                };
+                paddock_net::guard::apply(&[g]).await.expect("guards");
                 net.sync_vxlan_fdb("pdvx42", vx, &want2).await.expect("fdb");
                 assert_eq!(net.vxlan_fdb(vx).await.expect("fdb"), want2);
             }
@@ -127,6 +133,11 @@ fn overlay_devices_and_fdb_converge() {
             && fdb.contains("52:54:00:00:00:08 dst 10.99.0.3"),
         "{fdb}"
     );
+    let nft = ns.ip("nft list table bridge paddock");
+    assert!(
+        nft.contains("iifname \"pdtapabc\" ip saddr != 10.100.0.7 drop"),
+        "{nft}"
+    );
     let fdb = ns.ip("bridge fdb show dev pdtapabc");
     assert!(
         fdb.contains("52:54:00:00:00:07") && fdb.contains("static"),
@@ -154,6 +165,9 @@ fn overlay_devices_and_fdb_converge() {
                 .index;
             net.sync_vxlan_fdb("pdvx42", vx, &one).await.expect("fdb");
             assert_eq!(net.vxlan_fdb(vx).await.expect("fdb"), one);
+            paddock_net::guard::apply(&[])
+                .await
+                .expect("guards removed");
             for l in ["pdtapabc", "pdvx42", "pdbr42"] {
                 net.delete(l).await.expect("delete");
                 net.delete(l).await.expect("delete twice is fine");
@@ -162,4 +176,5 @@ fn overlay_devices_and_fdb_converge() {
     });
     let links = ns.ip("ip -o link show");
     assert!(!links.contains("pd"), "{links}");
+    assert!(!ns.ip("nft list tables").contains("paddock"));
 }

@@ -213,6 +213,27 @@ async fn overlays_isolation_adoption_and_cleanup() {
         let (ok, out) = exec(&s, "red-1", &format!("ping -c 2 -W 2 {target}"));
         assert!(!ok, "red-1 must not reach {target}: {out}");
     }
+    // A VM can send only from its own MAC and IP.
+    let (ok, out) = exec(
+        &s,
+        "red-1",
+        "ip addr add 10.100.1.99/24 dev eth0 && ping -c 2 -W 2 -I 10.100.1.99 10.100.1.12",
+    );
+    assert!(!ok, "a spoofed source address must not get through: {out}");
+    exec(&s, "red-1", "ip addr del 10.100.1.99/24 dev eth0");
+    let (ok, out) = exec(
+        &s,
+        "red-1",
+        "ip link set eth0 down && ip link set eth0 address 52:54:00:00:01:99 && ip link set eth0 up && ping -c 2 -W 2 10.100.1.12",
+    );
+    assert!(!ok, "a spoofed MAC must not get through: {out}");
+    let (ok, out) = exec(
+        &s,
+        "red-1",
+        "ip link set eth0 down && ip link set eth0 address 52:54:00:00:01:11 && ip link set eth0 up && ip route add default via 10.100.1.1 2>/dev/null; ping -c 2 -W 3 10.100.1.12",
+    );
+    assert!(ok, "with its own MAC again red-1 gets through: {out}");
+
     // Exec reports the guest command's exit status; unknown machines are a clean 404.
     let (ok, _) = exec(&s, "red-2", "exit 3");
     assert!(!ok);
@@ -314,6 +335,11 @@ async fn overlays_isolation_adoption_and_cleanup() {
                 .then_some(())
         })
         .await;
+        assert!(
+            !lab.exec(h, "nft list tables").contains("paddock"),
+            "source guards left on host-{}",
+            h + 1
+        );
         let fdb = lab.exec(h, "bridge fdb show");
         assert!(!fdb.contains("dst 10.77."), "host-{}: {fdb}", h + 1);
         let vms = lab.hosts[h].state.join("vms");
