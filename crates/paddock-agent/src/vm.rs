@@ -159,8 +159,6 @@ pub fn qemu_args(spec: &LaunchSpec, vm: &VmDir, accel: Accel) -> Vec<String> {
         format!("tap,id=net0,ifname={},script=no,downscript=no", spec.tap),
         "-device".into(),
         format!("virtio-net-pci,netdev=net0,mac={}", spec.mac),
-        "-drive".into(),
-        format!("file={},format=raw,if=virtio,readonly=on", d(vm.seed())),
         "-pidfile".into(),
         d(vm.pidfile()),
         "-daemonize".into(),
@@ -182,12 +180,24 @@ pub fn qemu_args(spec: &LaunchSpec, vm: &VmDir, accel: Accel) -> Vec<String> {
             }
         }
         Boot::Disk { .. } => {
+            // The root disk first (vda), and the one the firmware boots.
             a.extend([
                 "-drive".into(),
-                format!("file={},format=qcow2,if=virtio", d(vm.disk())),
+                format!("file={},format=qcow2,if=none,id=root", d(vm.disk())),
+                "-device".into(),
+                "virtio-blk-pci,drive=root,bootindex=1".into(),
             ]);
         }
     }
+    a.extend([
+        "-drive".into(),
+        format!(
+            "file={},format=raw,if=none,id=seed,readonly=on",
+            d(vm.seed())
+        ),
+        "-device".into(),
+        "virtio-blk-pci,drive=seed".into(),
+    ]);
     a
 }
 

@@ -349,3 +349,124 @@ async fn overlays_isolation_adoption_and_cleanup() {
         assert!(left.is_empty(), "VM directories left: {left:?}");
     }
 }
+
+/// Disk-image boot: a qcow2 overlay on the cached base image, kept across
+/// VM restarts. The base is a one-sector disk whose boot code prints 'K' to
+/// the serial console.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_image_boot_keeps_its_overlay() {
+    let image = dev_image();
+    let s = TestServer::start_with(|c| {
+        c.unix_socket = Some(c.data_dir.join("api.sock"));
+    })
+    .await;
+    let socket = s.data_dir().join("api.sock");
+    let mut lab = Lab::new(s.dir.path(), 1);
+    let client = s.client.clone();
+    let raw = s.dir.path().join("boot.raw");
+    let mut sector = vec![0xBA, 0xF8, 0x03, 0xB0, b'K', 0xEE, 0xF4, 0xEB, 0xFE];
+    sector.resize(510, 0);
+    sector.extend([0x55, 0xAA]);
+    sector.resize(1 << 20, 0);
+    std::fs::write(&raw, &sector).expect("raw");
+    let base = s.dir.path().join("base.qcow2");
+    sh(&format!(
+        "qemu-img convert -f raw -O qcow2 {} {}",
+        raw.display(),
+        base.display()
+    ));
+
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("acme".into());
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("org");
+    let mi: MachineImage = serde_json::from_value(json!({
+        "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": "bootsector"},
+        "spec": {"disk": {"url": format!("file://{}", base.display()), "sha256": sha256(&base), "format": "qcow2"}}
+    }))
+    .expect("image");
+    Api::<MachineImage>::all(client.clone())
+        .create(&PostParams::default(), &mi)
+        .await
+        .expect("image");
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), "acme");
+    clusters
+        .create(
+            &PostParams::default(),
+            &Cluster::new("d", serde_json::from_value(json!({})).expect("spec")),
+        )
+        .await
+        .expect("cluster");
+    let st = json!({"status": {"overlay": {"vni": 2001, "subnet": "10.102.0.0/24", "gateway": "10.102.0.1"}}});
+    clusters
+        .patch_status("d", &PatchParams::default(), &Patch::Merge(&st))
+        .await
+        .expect("overlay");
+    let machines: Api<Machine> = Api::namespaced(client.clone(), "acme");
+    let spec = MachineSpec {
+        cluster_name: "d".into(),
+        role: MachineRole::Worker,
+        pool: None,
+        cpu: 1,
+        memory: Memory::from_mib(128),
+        disk: Memory::from_gib(2),
+        image: Some("bootsector".into()),
+        host_name: Some("host-1".into()),
+        mac: None,
+        ip: None,
+    };
+    let m = machines
+        .create(&PostParams::default(), &Machine::new("disk-1", spec))
+        .await
+        .expect("machine");
+    lab.start_agent(0, &s.kubeconfig(), &socket, &image);
+    let vmdir = lab.hosts[0].state.join("vms").join(m.uid().expect("uid"));
+    eventually(60, "the boot sector to print", || async {
+        std::fs::read_to_string(vmdir.join("console.log"))
+            .ok()
+            .filter(|c| c.contains('K'))
+            .map(drop)
+    })
+    .await;
+    let info = sh(&format!(
+        "qemu-img info -U --output=json {}",
+        vmdir.join("disk.qcow2").display()
+    ));
+    assert!(
+        info.contains(&*base.to_string_lossy()) && info.contains("2147483648"),
+        "overlay on the base, sized from the Machine: {info}"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(vmdir.join("disk.qcow2"))
+        .expect("disk")
+        .ino();
+    let pid = std::fs::read_to_string(vmdir.join("qemu.pid")).expect("pid");
+    sh(&format!("kill -9 {}", pid.trim()));
+    eventually(60, "restart", || async {
+        let p = std::fs::read_to_string(vmdir.join("qemu.pid")).ok()?;
+        (p.trim() != pid.trim() && std::path::Path::new(&format!("/proc/{}", p.trim())).exists())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        std::fs::metadata(vmdir.join("disk.qcow2"))
+            .expect("disk")
+            .ino(),
+        inode,
+        "the overlay is kept across restarts"
+    );
+    machines
+        .delete("disk-1", &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(60, "VM to go", || async {
+        lab.qemu_pids().is_empty().then_some(())
+    })
+    .await;
+    eventually(30, "directory to go", || async {
+        (!vmdir.exists()).then_some(())
+    })
+    .await;
+}

@@ -70,7 +70,9 @@ pub struct Lab {
 impl Lab {
     /// A fabric and `n` hosts with underlay addresses 10.77.0.11, .12, ...
     pub fn new(dir: &Path, n: usize) -> Self {
-        let id = format!("{:x}", std::process::id() % 0xffff);
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let seq = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let id = format!("{:x}{seq}", std::process::id() % 0xffff);
         let fabric = format!("pdt{id}-fab");
         let mut lab = Lab {
             id: id.clone(),
