@@ -11,14 +11,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::TestServer;
-use common::lab::{Lab, dev_image, sh, sha256};
-use k8s_openapi::api::core::v1::Namespace;
+use common::lab::{self, sh};
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams};
 use paddock_api::machine::MachineSpec;
-use paddock_api::{Cluster, Machine, MachineImage, MachineRole, Memory};
-use serde_json::json;
+use paddock_api::{Machine, MachineRole, Memory};
 
 const ROUNDS: usize = 6;
 
@@ -37,41 +34,10 @@ fn stats(mut v: Vec<Duration>) -> (f64, f64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let image = dev_image();
-    let s = TestServer::start_with(|c| c.unix_socket = Some(c.data_dir.join("api.sock"))).await;
-    let socket = s.data_dir().join("api.sock");
-    let mut lab = Lab::new(s.dir.path(), 1);
+    let (s, mut lab, socket, image) = lab::start(1, "bench").await;
     let client = s.client.clone();
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some("bench".into());
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("ns");
+    lab::cluster_with_overlay(&client, "bench", "c", 3001, "10.101.0.0/24", "10.101.0.1").await;
     let (k, i) = (image.join("vmlinuz"), image.join("initrd.img"));
-    let mi: MachineImage = serde_json::from_value(json!({
-        "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": "dev"},
-        "spec": {"kernel": {"url": format!("file://{}", k.display()), "sha256": sha256(&k)},
-                 "initrd": {"url": format!("file://{}", i.display()), "sha256": sha256(&i)}}
-    }))
-    .expect("image");
-    Api::<MachineImage>::all(client.clone())
-        .create(&PostParams::default(), &mi)
-        .await
-        .expect("image");
-    let clusters: Api<Cluster> = Api::namespaced(client.clone(), "bench");
-    clusters
-        .create(
-            &PostParams::default(),
-            &Cluster::new("c", serde_json::from_value(json!({})).expect("spec")),
-        )
-        .await
-        .expect("cluster");
-    let st = json!({"status": {"overlay": {"vni": 3001, "subnet": "10.101.0.0/24", "gateway": "10.101.0.1"}}});
-    clusters
-        .patch_status("c", &PatchParams::default(), &Patch::Merge(&st))
-        .await
-        .expect("overlay");
     lab.start_agent(0, &s.kubeconfig(), &socket, &image);
     let hosts: Api<paddock_api::Host> = Api::all(client.clone());
     common::eventually(60, "host registered", || async {

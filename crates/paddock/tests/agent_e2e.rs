@@ -10,13 +10,12 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::lab::{Lab, dev_image, sh, sha256};
+use common::lab::{self, Lab, sh, sha256};
 use common::*;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use paddock_api::machine::MachineSpec;
-use paddock_api::{Cluster, Machine, MachineImage, MachineRole, Memory};
+use paddock_api::{Machine, MachineRole, Memory};
 use serde_json::json;
 
 struct Vm {
@@ -113,47 +112,11 @@ fn pid_of(lab: &Lab, host: usize, uid: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn overlays_isolation_adoption_and_cleanup() {
-    let image = dev_image();
-    let s = TestServer::start_with(|c| {
-        c.unix_socket = Some(c.data_dir.join("api.sock"));
-    })
-    .await;
-    let socket = s.data_dir().join("api.sock");
-    let mut lab = Lab::new(s.dir.path(), 3);
+    let (s, mut lab, socket, image) = lab::start(3, "acme").await;
     let client = s.client.clone();
-
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some("acme".into());
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("org");
-    let (k, i) = (image.join("vmlinuz"), image.join("initrd.img"));
-    let mi: MachineImage = serde_json::from_value(json!({
-        "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": "dev"},
-        "spec": {"kernel": {"url": format!("file://{}", k.display()), "sha256": sha256(&k)},
-                 "initrd": {"url": format!("file://{}", i.display()), "sha256": sha256(&i)}}
-    }))
-    .expect("image");
-    Api::<MachineImage>::all(client.clone())
-        .create(&PostParams::default(), &mi)
-        .await
-        .expect("image");
-    let clusters: Api<Cluster> = Api::namespaced(client.clone(), "acme");
+    // The cluster controller allocates overlays (a later issue); here the test does.
     for (name, vni) in [("red", 1001), ("blue", 1002)] {
-        clusters
-            .create(
-                &PostParams::default(),
-                &Cluster::new(name, serde_json::from_value(json!({})).expect("spec")),
-            )
-            .await
-            .expect("cluster");
-        // The cluster controller allocates overlays (a later issue); here the test does.
-        let st = json!({"status": {"overlay": {"vni": vni, "subnet": "10.100.1.0/24", "gateway": "10.100.1.1"}}});
-        clusters
-            .patch_status(name, &PatchParams::default(), &Patch::Merge(&st))
-            .await
-            .expect("overlay");
+        lab::cluster_with_overlay(&client, "acme", name, vni, "10.100.1.0/24", "10.100.1.1").await;
     }
     let machines: Api<Machine> = Api::namespaced(client.clone(), "acme");
     for vm in &VMS {
@@ -355,13 +318,7 @@ async fn overlays_isolation_adoption_and_cleanup() {
 /// the serial console.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_image_boot_keeps_its_overlay() {
-    let image = dev_image();
-    let s = TestServer::start_with(|c| {
-        c.unix_socket = Some(c.data_dir.join("api.sock"));
-    })
-    .await;
-    let socket = s.data_dir().join("api.sock");
-    let mut lab = Lab::new(s.dir.path(), 1);
+    let (s, mut lab, socket, image) = lab::start(1, "acme").await;
     let client = s.client.clone();
     let raw = s.dir.path().join("boot.raw");
     let mut sector = vec![0xBA, 0xF8, 0x03, 0xB0, b'K', 0xEE, 0xF4, 0xEB, 0xFE];
@@ -376,34 +333,14 @@ async fn disk_image_boot_keeps_its_overlay() {
         base.display()
     ));
 
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some("acme".into());
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("org");
-    let mi: MachineImage = serde_json::from_value(json!({
-        "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": "bootsector"},
-        "spec": {"disk": {"url": format!("file://{}", base.display()), "sha256": sha256(&base), "format": "qcow2"}}
-    }))
-    .expect("image");
-    Api::<MachineImage>::all(client.clone())
-        .create(&PostParams::default(), &mi)
-        .await
-        .expect("image");
-    let clusters: Api<Cluster> = Api::namespaced(client.clone(), "acme");
-    clusters
-        .create(
-            &PostParams::default(),
-            &Cluster::new("d", serde_json::from_value(json!({})).expect("spec")),
-        )
-        .await
-        .expect("cluster");
-    let st = json!({"status": {"overlay": {"vni": 2001, "subnet": "10.102.0.0/24", "gateway": "10.102.0.1"}}});
-    clusters
-        .patch_status("d", &PatchParams::default(), &Patch::Merge(&st))
-        .await
-        .expect("overlay");
+    let base_url = format!("file://{}", base.display());
+    lab::create_image(
+        &client,
+        "bootsector",
+        json!({"disk": {"url": base_url, "sha256": sha256(&base), "format": "qcow2"}}),
+    )
+    .await;
+    lab::cluster_with_overlay(&client, "acme", "d", 2001, "10.102.0.0/24", "10.102.0.1").await;
     let machines: Api<Machine> = Api::namespaced(client.clone(), "acme");
     let spec = MachineSpec {
         cluster_name: "d".into(),

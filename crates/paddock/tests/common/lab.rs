@@ -207,3 +207,68 @@ impl Drop for Lab {
             .status();
     }
 }
+
+/// A server with a unix socket for lab hosts, an organization, the dev
+/// MachineImage (named "dev"), and a lab of `hosts` hosts.
+pub async fn start(hosts: usize, org: &str) -> (super::TestServer, Lab, PathBuf, PathBuf) {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, PostParams};
+    let image = dev_image();
+    let s =
+        super::TestServer::start_with(|c| c.unix_socket = Some(c.data_dir.join("api.sock"))).await;
+    let socket = s.data_dir().join("api.sock");
+    let lab = Lab::new(s.dir.path(), hosts);
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some(org.into());
+    Api::<Namespace>::all(s.client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("org");
+    let (k, i) = (image.join("vmlinuz"), image.join("initrd.img"));
+    create_image(
+        &s.client,
+        "dev",
+        serde_json::json!({
+            "kernel": {"url": format!("file://{}", k.display()), "sha256": sha256(&k)},
+            "initrd": {"url": format!("file://{}", i.display()), "sha256": sha256(&i)}
+        }),
+    )
+    .await;
+    (s, lab, socket, image)
+}
+
+pub async fn create_image(client: &kube::Client, name: &str, spec: serde_json::Value) {
+    use kube::api::{Api, PostParams};
+    let mi: paddock_api::MachineImage = serde_json::from_value(serde_json::json!({
+        "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": name}, "spec": spec
+    }))
+    .expect("image");
+    Api::<paddock_api::MachineImage>::all(client.clone())
+        .create(&PostParams::default(), &mi)
+        .await
+        .expect("image");
+}
+
+/// A Cluster with its overlay set as the cluster controller would.
+pub async fn cluster_with_overlay(
+    client: &kube::Client,
+    org: &str,
+    name: &str,
+    vni: u32,
+    subnet: &str,
+    gateway: &str,
+) {
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let api: Api<paddock_api::Cluster> = Api::namespaced(client.clone(), org);
+    let spec = serde_json::from_value(serde_json::json!({})).expect("spec");
+    api.create(
+        &PostParams::default(),
+        &paddock_api::Cluster::new(name, spec),
+    )
+    .await
+    .expect("cluster");
+    let st = serde_json::json!({"status": {"overlay": {"vni": vni, "subnet": subnet, "gateway": gateway}}});
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&st))
+        .await
+        .expect("overlay");
+}
