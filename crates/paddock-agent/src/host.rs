@@ -13,8 +13,6 @@ use serde_json::json;
 
 /// Namespace of host leases.
 pub const LEASE_NAMESPACE: &str = "paddock-system";
-/// How long a lease holds without renewal.
-pub const LEASE_SECONDS: i32 = 40;
 
 /// CPUs and memory of this machine.
 pub fn capacity() -> Resources {
@@ -83,11 +81,11 @@ pub async fn report(client: &kube::Client, r: &HostReport) -> kube::Result<()> {
 }
 
 /// Renews (or takes) the host's lease.
-pub async fn renew_lease(client: &kube::Client, name: &str) -> kube::Result<()> {
+pub async fn renew_lease(client: &kube::Client, name: &str, lease_seconds: i32) -> kube::Result<()> {
     let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let lease_name = format!("host-{name}");
     let now = MicroTime(Timestamp::now());
-    let spec = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now}});
+    let spec = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": lease_seconds, "renewTime": now}});
     match api
         .patch(&lease_name, &PatchParams::default(), &Patch::Merge(&spec))
         .await

@@ -172,6 +172,8 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> anyhow::Result<()> {
         .await
         .context("registering the host")?;
     tracing::info!(host = %cfg.name, underlay = %cfg.underlay, overlay_mtu, "agent running");
+    // A lease outlives three missed heartbeats.
+    let lease_seconds = i32::try_from(cfg.heartbeat.as_secs().max(1) * 4).unwrap_or(40);
     let mut heartbeat = tokio::time::interval(cfg.heartbeat);
     let mut allocated = Resources::default();
     loop {
@@ -183,7 +185,7 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> anyhow::Result<()> {
             _ = notify.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
             _ = tokio::time::sleep(cfg.resync) => {}
             _ = heartbeat.tick() => {
-                if let Err(e) = host::renew_lease(&client, &cfg.name).await {
+                if let Err(e) = host::renew_lease(&client, &cfg.name, lease_seconds).await {
                     tracing::warn!(error = %e, "cannot renew lease");
                 }
                 if let Err(e) = host::report(&client, &report(allocated.clone())).await {

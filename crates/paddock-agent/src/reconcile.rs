@@ -592,9 +592,12 @@ impl Reconciler {
             (Ok(_), None) => Some(Time(Timestamp::now())),
             (Err(_), _) => None,
         };
+        // Conditions other controllers own (Scheduled) stay as they are.
+        let mut conditions: Vec<Condition> = old.conditions.iter().filter(|c| c.type_ != "Running" && c.type_ != "GuestReady").cloned().collect();
+        conditions.extend([running, ready]);
         let new = MachineStatus {
             phase: Some(phase),
-            conditions: vec![running, ready],
+            conditions,
             observed_generation: m.metadata.generation,
             started_at,
             console_log: Some(vm.console().display().to_string()),

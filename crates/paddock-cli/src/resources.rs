@@ -111,6 +111,25 @@ async fn console(client: &Client, org: Option<&str>, name: &str) -> CliResult {
 pub enum HostCommand {
     /// List hosts.
     List,
+    /// Mark a host unschedulable: no new machines go there.
+    Cordon { name: String },
+    /// Make a host schedulable again.
+    Uncordon { name: String },
+    /// Cordon a host and move its machines elsewhere (they are deleted and
+    /// their clusters' controllers make replacements).
+    Drain {
+        name: String,
+        /// Wait until no machine is left on the host.
+        #[arg(long)]
+        wait: bool,
+    },
+}
+
+async fn set_unschedulable(api: &Api<Host>, name: &str, on: bool) -> CliResult {
+    let patch = serde_json::json!({"spec": {"unschedulable": on}});
+    api.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+    println!("host {name} {}", if on { "cordoned" } else { "uncordoned" });
+    Ok(())
 }
 
 pub async fn org(cmd: OrgCommand, client: &Client, out: Format) -> CliResult {
@@ -240,7 +259,34 @@ pub async fn machine(cmd: MachineCommand, client: &Client, out: Format) -> CliRe
 }
 
 pub async fn host(cmd: HostCommand, client: &Client, out: Format) -> CliResult {
-    let HostCommand::List = cmd;
+    let hosts: Api<Host> = Api::all(client.clone());
+    match cmd {
+        HostCommand::List => {}
+        HostCommand::Cordon { name } => return set_unschedulable(&hosts, &name, true).await,
+        HostCommand::Uncordon { name } => return set_unschedulable(&hosts, &name, false).await,
+        HostCommand::Drain { name, wait } => {
+            hosts.get(&name).await?;
+            set_unschedulable(&hosts, &name, true).await?;
+            let machines: Api<Machine> = Api::all(client.clone());
+            let lp = ListParams::default().fields(&format!("spec.hostName={name}"));
+            for m in machines.list(&lp).await?.items {
+                let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
+                api.delete(&m.name_any(), &DeleteParams::default()).await?;
+                println!("machine {}/{} evicted", m.namespace().unwrap_or_default(), m.name_any());
+            }
+            if wait {
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
+                while !machines.list(&lp).await?.items.is_empty() {
+                    if tokio::time::Instant::now() > deadline {
+                        return Err(CliError::new(Exit::Timeout, format!("machines still on host {name} after 600s")));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                println!("host {name} drained");
+            }
+            return Ok(());
+        }
+    }
     let list = Api::<Host>::all(client.clone())
         .list(&ListParams::default())
         .await?;

@@ -49,6 +49,27 @@ struct ServerArgs {
     /// Also serve the API on this unix socket (lab hosts in other network namespaces).
     #[arg(long)]
     unix_socket: Option<PathBuf>,
+    /// Seconds a host may be NotReady before its Machines are replaced elsewhere.
+    #[arg(long, default_value_t = 60)]
+    host_grace_seconds: u64,
+    /// First VNI of the overlay pool.
+    #[arg(long, default_value_t = 1000)]
+    vni_base: u32,
+    /// Number of overlays (VNI and /24) in the pool.
+    #[arg(long, default_value_t = 4096)]
+    vni_count: u32,
+    /// First /24 of the overlay subnet pool.
+    #[arg(long, default_value = "10.64.0.0")]
+    subnet_base: std::net::Ipv4Addr,
+    /// How many times its CPUs a host may be committed.
+    #[arg(long, default_value_t = 4.0)]
+    cpu_overcommit: f64,
+    /// Pack workers onto few hosts instead of spreading them.
+    #[arg(long)]
+    pack_workers: bool,
+    /// Run only the API, no controllers.
+    #[arg(long, hide = true)]
+    no_controllers: bool,
 }
 
 #[derive(clap::Args)]
@@ -95,6 +116,9 @@ struct AgentArgs {
     /// Seconds a VM gets to power off before it is stopped hard.
     #[arg(long, default_value_t = 10)]
     stop_grace: u64,
+    /// Seconds between heartbeats (the lease lasts four).
+    #[arg(long, default_value_t = 10)]
+    heartbeat_seconds: u64,
 }
 
 fn init_tracing() {
@@ -104,6 +128,13 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn admin_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let kc = Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
 }
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
@@ -117,6 +148,19 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         .await
         .map_err(anyhow::Error::new)
         .context("starting the server")?;
+    if !args.no_controllers {
+        let cfg = paddock_controllers::Config {
+            vni_base: args.vni_base,
+            vni_count: args.vni_count,
+            subnet_base: args.subnet_base,
+            cpu_overcommit: args.cpu_overcommit,
+            spread_workers: !args.pack_workers,
+            host_grace: Duration::from_secs(args.host_grace_seconds),
+            ..Default::default()
+        };
+        let client = admin_client(&running.data.admin_kubeconfig()).await?;
+        tokio::spawn(paddock_controllers::run(client, cfg));
+    }
     eprintln!(
         "paddock server listening on {}\nadmin kubeconfig: {}",
         running.data.url,
@@ -178,7 +222,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         },
         stop_grace: Duration::from_secs(args.stop_grace),
         resync: Duration::from_secs(2),
-        heartbeat: Duration::from_secs(10),
+        heartbeat: Duration::from_secs(args.heartbeat_seconds.max(1)),
     };
     tokio::select! {
         r = paddock_agent::run(client, cfg) => r,

@@ -61,6 +61,8 @@ pub struct Host {
 }
 
 pub struct Lab {
+    /// Extra arguments for every agent.
+    pub agent_args: Vec<String>,
     pub id: String,
     pub fabric: String,
     pub hosts: Vec<Host>,
@@ -75,6 +77,7 @@ impl Lab {
         let id = format!("{:x}{seq}", std::process::id() % 0xffff);
         let fabric = format!("pdt{id}-fab");
         let mut lab = Lab {
+            agent_args: Vec::new(),
             id: id.clone(),
             fabric: fabric.clone(),
             hosts: Vec::new(),
@@ -140,6 +143,7 @@ impl Lab {
             .arg(&h.state)
             .arg("--probe-kernel")
             .arg(image.join("vmlinuz"))
+            .args(&self.agent_args)
             .env("PADDOCK_LOG", "info,paddock_agent=debug")
             .stdout(log.try_clone().expect("log"))
             .stderr(log)
@@ -154,6 +158,19 @@ impl Lab {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// A host dies: its agent, its VMs and its network namespace go at once.
+    pub fn destroy_host(&mut self, i: usize) {
+        self.kill_agent(i);
+        let needle = self.hosts[i].state.to_string_lossy().into_owned();
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+            if String::from_utf8_lossy(&cmd).contains(&needle) {
+                let _ = Command::new("kill").args(["-9", &e.file_name().to_string_lossy()]).status();
+            }
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.hosts[i].netns]).status();
     }
 
     pub fn exec(&self, i: usize, cmd: &str) -> String {

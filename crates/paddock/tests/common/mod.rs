@@ -14,6 +14,7 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub running: Option<paddock_apiserver::Running>,
     pub client: kube::Client,
+    controllers: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -35,7 +36,14 @@ impl TestServer {
             dir,
             running: Some(running),
             client,
+            controllers: None,
         }
+    }
+
+    /// Also runs the controllers, in-process, as `paddock server` does.
+    pub fn with_controllers(mut self, cfg: paddock_controllers::Config) -> Self {
+        self.controllers = Some(tokio::spawn(paddock_controllers::run(self.client.clone(), cfg)));
+        self
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -87,6 +95,9 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
+        if let Some(c) = self.controllers.take() {
+            c.abort();
+        }
         if let Some(r) = self.running.take() {
             r.shutdown();
         }

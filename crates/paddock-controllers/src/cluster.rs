@@ -1,0 +1,288 @@
+//! The cluster controller: finalizer, overlay, one Machine per control-plane
+//! replica and per node-pool replica, scaling, and the Cluster's status.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use paddock_api::cluster::OverlayStatus;
+use paddock_api::machine::MachineSpec;
+use paddock_api::{Cluster, ClusterPhase, ClusterStatus, LABEL_CLUSTER, LABEL_POOL, LABEL_ROLE, Machine, MachineRole, Memory};
+use serde_json::json;
+
+use crate::{Config, events, overlay};
+
+pub const FINALIZER: &str = "paddock.io/cluster";
+
+struct Ctx {
+    client: kube::Client,
+    cfg: Arc<Config>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Error(anyhow::Error);
+
+impl From<anyhow::Error> for Error {
+    fn from(e: anyhow::Error) -> Self {
+        Self(e)
+    }
+}
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Self {
+        Self(e.into())
+    }
+}
+
+/// One group of identical Machines: the control plane or a node pool.
+struct Group {
+    role: MachineRole,
+    pool: Option<String>,
+    replicas: u32,
+    cpu: u32,
+    memory: Memory,
+    disk: Memory,
+    image: Option<String>,
+}
+
+fn groups(c: &Cluster) -> Vec<Group> {
+    let cp = &c.spec.control_plane;
+    let mut g = vec![Group {
+        role: MachineRole::ControlPlane,
+        pool: None,
+        replicas: cp.replicas,
+        cpu: cp.cpu,
+        memory: cp.memory,
+        disk: cp.disk,
+        image: cp.image.clone(),
+    }];
+    for p in &c.spec.node_pools {
+        g.push(Group {
+            role: MachineRole::Worker,
+            pool: Some(p.name.clone()),
+            replicas: p.replicas,
+            cpu: p.cpu,
+            memory: p.memory,
+            disk: p.disk,
+            image: p.image.clone(),
+        });
+    }
+    g
+}
+
+fn in_group(m: &Machine, g: &Group) -> bool {
+    m.spec.role == g.role && m.spec.pool == g.pool
+}
+
+pub fn guest_ready(m: &Machine) -> bool {
+    m.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "GuestReady" && c.status == "True"))
+}
+
+/// Host index (last octet) of a Machine's overlay address.
+fn host_index(m: &Machine) -> Option<u32> {
+    m.spec.ip.as_deref()?.split('/').next()?.rsplit('.').next()?.parse().ok()
+}
+
+fn address(o: &OverlayStatus, idx: u32) -> (String, String) {
+    let net: std::net::Ipv4Addr = o.subnet.split('/').next().and_then(|a| a.parse().ok()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let ip = std::net::Ipv4Addr::from(u32::from(net) + idx);
+    let v = o.vni;
+    let mac = format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff, idx & 0xff);
+    (format!("{ip}/24"), mac)
+}
+
+async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let ns = c.namespace().unwrap_or_default();
+    let name = c.name_any();
+    let uid = c.uid().unwrap_or_default();
+    let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &ns);
+    let machines: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
+    let mine = machines.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"))).await?.items;
+
+    if c.metadata.deletion_timestamp.is_some() {
+        let mut left = 0;
+        for m in &mine {
+            left += 1;
+            if m.metadata.deletion_timestamp.is_none() {
+                match machines.delete(&m.name_any(), &DeleteParams::default()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        if left > 0 {
+            set_status(&clusters, &c, ClusterPhase::Deleting, None, &mine, format!("deleting {left} machines")).await?;
+            return Ok(Action::requeue(Duration::from_secs(1)));
+        }
+        overlay::release(&ctx.client, &uid).await?;
+        let fins: Vec<String> = c.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+        clusters
+            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": fins, "resourceVersion": c.resource_version()}})))
+            .await?;
+        events::record(&ctx.client, c.as_ref(), false, "Deleted", "machines deleted and overlay returned to the pool".into()).await;
+        return Ok(Action::await_change());
+    }
+
+    if !c.finalizers().iter().any(|f| f == FINALIZER) {
+        let mut fins = c.finalizers().to_vec();
+        fins.push(FINALIZER.into());
+        clusters
+            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": fins, "resourceVersion": c.resource_version()}})))
+            .await?;
+        return Ok(Action::requeue(Duration::ZERO));
+    }
+
+    let overlay = match c.status.as_ref().and_then(|s| s.overlay.clone()) {
+        Some(o) => o,
+        None => {
+            let o = overlay::ensure(&ctx.client, &ctx.cfg, &uid).await?;
+            let st = json!({"status": {"overlay": o, "phase": "Provisioning"}});
+            clusters.patch_status(&name, &PatchParams::default(), &Patch::Merge(&st)).await?;
+            events::record(&ctx.client, c.as_ref(), false, "OverlayAllocated", format!("VNI {} and subnet {}", o.vni, o.subnet)).await;
+            return Ok(Action::requeue(Duration::ZERO));
+        }
+    };
+
+    // Scale every group to its replicas; Machines of removed pools go.
+    let groups = groups(&c);
+    let mut used: HashSet<u32> = mine.iter().filter_map(host_index).collect();
+    let owner = OwnerReference {
+        api_version: Cluster::api_version(&()).into_owned(),
+        kind: Cluster::kind(&()).into_owned(),
+        name: name.clone(),
+        uid: uid.clone(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let live: Vec<&Machine> = mine.iter().filter(|m| m.metadata.deletion_timestamp.is_none()).collect();
+    for m in &live {
+        if !groups.iter().any(|g| in_group(m, g)) {
+            machines.delete(&m.name_any(), &DeleteParams::default()).await?;
+            events::record(&ctx.client, c.as_ref(), false, "MachineDeleted", format!("{}: its node pool was removed", m.name_any())).await;
+        }
+    }
+    for g in &groups {
+        let mut current: Vec<&&Machine> = live.iter().filter(|m| in_group(m, g)).collect();
+        let want = g.replicas as usize;
+        let label = g.pool.clone().unwrap_or_else(|| "cp".into());
+        if current.len() < want {
+            for _ in current.len()..want {
+                let idx = (10..255).find(|i| !used.contains(i)).ok_or_else(|| anyhow::anyhow!("no overlay addresses left in {}", overlay.subnet))?;
+                used.insert(idx);
+                let (ip, mac) = address(&overlay, idx);
+                let mut labels = BTreeMap::from([(LABEL_CLUSTER.to_owned(), name.clone()), (LABEL_ROLE.to_owned(), g.role.as_str().to_owned())]);
+                if let Some(p) = &g.pool {
+                    labels.insert(LABEL_POOL.to_owned(), p.clone());
+                }
+                let mut m = Machine::new(
+                    "",
+                    MachineSpec {
+                        cluster_name: name.clone(),
+                        role: g.role,
+                        pool: g.pool.clone(),
+                        cpu: g.cpu,
+                        memory: g.memory,
+                        disk: g.disk,
+                        image: g.image.clone(),
+                        host_name: None,
+                        mac: Some(mac),
+                        ip: Some(ip.clone()),
+                    },
+                );
+                m.metadata.name = None;
+                m.metadata.generate_name = Some(format!("{name}-{label}-"));
+                m.metadata.labels = Some(labels);
+                m.metadata.owner_references = Some(vec![owner.clone()]);
+                let created = machines.create(&PostParams::default(), &m).await?;
+                events::record(&ctx.client, c.as_ref(), false, "MachineCreated", format!("{} ({}, {ip})", created.name_any(), g.role.as_str())).await;
+            }
+        } else if current.len() > want {
+            // Not-ready machines go first, then the newest.
+            current.sort_by_key(|m| (guest_ready(m), std::cmp::Reverse(m.metadata.creation_timestamp.clone().map(|t| t.0))));
+            for m in current.iter().take(current.len() - want) {
+                machines.delete(&m.name_any(), &DeleteParams::default()).await?;
+                events::record(&ctx.client, c.as_ref(), false, "MachineDeleted", format!("{}: scaling {label} down to {want}", m.name_any())).await;
+            }
+        }
+    }
+
+    let mine = machines.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"))).await?.items;
+    let live: Vec<Machine> = mine.into_iter().filter(|m| m.metadata.deletion_timestamp.is_none()).collect();
+    let ready_cp = live.iter().filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m)).count() as u32;
+    let ready_w = live.iter().filter(|m| m.spec.role == MachineRole::Worker && guest_ready(m)).count() as u32;
+    let want_w = c.spec.worker_replicas();
+    let all = ready_cp == c.spec.control_plane.replicas && ready_w == want_w && live.len() as u32 == c.spec.control_plane.replicas + want_w;
+    let unscheduled = live.iter().filter(|m| m.spec.host_name.is_none()).count();
+    let (phase, why) = if all {
+        (ClusterPhase::Ready, "every machine is ready".to_owned())
+    } else if unscheduled > 0 && live.iter().all(|m| m.spec.host_name.is_none()) {
+        (ClusterPhase::Pending, format!("{unscheduled} machines wait for a host"))
+    } else {
+        (ClusterPhase::Provisioning, format!("{} of {} machines ready", ready_cp + ready_w, c.spec.control_plane.replicas + want_w))
+    };
+    let was = c.status.as_ref().and_then(|s| s.phase);
+    set_status(&clusters, &c, phase, Some(overlay), &live, why.clone()).await?;
+    if was != Some(phase) && phase == ClusterPhase::Ready {
+        events::record(&ctx.client, c.as_ref(), false, "Ready", why).await;
+    }
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+async fn set_status(api: &Api<Cluster>, c: &Cluster, phase: ClusterPhase, overlay: Option<OverlayStatus>, live: &[Machine], why: String) -> Result<(), Error> {
+    let old = c.status.clone().unwrap_or_default();
+    let ready = phase == ClusterPhase::Ready;
+    let prev = old.conditions.iter().find(|x| x.type_ == "Ready");
+    let status_str = if ready { "True" } else { "False" };
+    let since = match prev {
+        Some(p) if p.status == status_str => p.last_transition_time.clone(),
+        _ => Time(Timestamp::now()),
+    };
+    let st = ClusterStatus {
+        phase: Some(phase),
+        conditions: vec![Condition {
+            type_: "Ready".into(),
+            status: status_str.into(),
+            reason: format!("{phase:?}"),
+            message: why,
+            last_transition_time: since,
+            observed_generation: c.metadata.generation,
+        }],
+        observed_generation: c.metadata.generation,
+        overlay: overlay.or(old.overlay.clone()),
+        api_endpoint: old.api_endpoint.clone(),
+        control_plane_ready: live.iter().filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m)).count() as u32,
+        nodes_ready: live.iter().filter(|m| m.spec.role == MachineRole::Worker && guest_ready(m)).count() as u32,
+    };
+    let same = old.phase == st.phase
+        && old.observed_generation == st.observed_generation
+        && old.control_plane_ready == st.control_plane_ready
+        && old.nodes_ready == st.nodes_ready
+        && old.overlay == st.overlay
+        && old.conditions.first().map(|x| (&x.status, &x.message)) == st.conditions.first().map(|x| (&x.status, &x.message));
+    if !same {
+        api.patch_status(&c.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": st}))).await?;
+    }
+    Ok(())
+}
+
+fn error_policy(c: Arc<Cluster>, e: &Error, _: Arc<Ctx>) -> Action {
+    tracing::warn!(cluster = %c.name_any(), error = %e, "reconcile failed; retrying");
+    Action::requeue(Duration::from_secs(2))
+}
+
+pub async fn run(client: kube::Client, cfg: Arc<Config>) {
+    let ctx = Arc::new(Ctx { client: client.clone(), cfg });
+    Controller::new(Api::<Cluster>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Machine>::all(client), watcher::Config::default())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
+}

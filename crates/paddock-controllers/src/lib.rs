@@ -1,0 +1,60 @@
+//! Paddock's controllers, run inside `paddock server`: the cluster
+//! controller (overlay, Machines, scaling, status), the scheduler (binds
+//! Machines to Hosts) and host health (leases, NotReady, replacement). Each
+//! is level-triggered: it reads the world through the API and takes the
+//! next step; any of them can be killed at any line.
+
+pub mod cluster;
+pub mod events;
+pub mod health;
+pub mod overlay;
+pub mod scheduler;
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+/// Tunables of the controllers.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// First VNI handed out.
+    pub vni_base: u32,
+    /// How many VNIs (and /24 subnets) the pool holds.
+    pub vni_count: u32,
+    /// Subnets are carved as /24s from here on (10.64.0.0 gives 10.64.0.0/24, 10.64.1.0/24, ...).
+    pub subnet_base: Ipv4Addr,
+    /// CPUs may be committed up to this many times what a host has.
+    pub cpu_overcommit: f64,
+    /// Memory may be committed up to this many times what a host has.
+    pub memory_overcommit: f64,
+    /// Spread workers over hosts (else pack them).
+    pub spread_workers: bool,
+    /// How long a host may be NotReady before its Machines are replaced.
+    pub host_grace: Duration,
+    /// Label naming a host's rack.
+    pub rack_label: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            vni_base: 1000,
+            vni_count: 4096,
+            subnet_base: Ipv4Addr::new(10, 64, 0, 0),
+            cpu_overcommit: 4.0,
+            memory_overcommit: 1.0,
+            spread_workers: true,
+            host_grace: Duration::from_secs(60),
+            rack_label: "paddock.io/rack".into(),
+        }
+    }
+}
+
+/// Runs every controller until the returned future is dropped.
+pub async fn run(client: kube::Client, cfg: Config) {
+    let cfg = std::sync::Arc::new(cfg);
+    tokio::join!(
+        cluster::run(client.clone(), cfg.clone()),
+        scheduler::run(client.clone(), cfg.clone()),
+        health::run(client, cfg),
+    );
+}

@@ -1,0 +1,76 @@
+//! Overlay allocation: a VNI and a /24 per cluster, claimed as a `Lease`
+//! named `overlay-<vni>` in `paddock-system`. Creating the claim is the
+//! allocation (the API's create is atomic), so concurrent clusters never
+//! share one; deleting it returns the pair to the pool.
+
+use std::net::Ipv4Addr;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use paddock_api::cluster::OverlayStatus;
+
+use crate::Config;
+
+pub const NAMESPACE: &str = "paddock-system";
+
+fn claim_name(vni: u32) -> String {
+    format!("overlay-{vni}")
+}
+
+/// The overlay of pool slot `idx`.
+pub fn slot(cfg: &Config, idx: u32) -> OverlayStatus {
+    let base = u32::from(cfg.subnet_base);
+    let net = Ipv4Addr::from(base + (idx << 8));
+    let gw = Ipv4Addr::from(base + (idx << 8) + 1);
+    OverlayStatus { vni: cfg.vni_base + idx, subnet: format!("{net}/24"), gateway: gw.to_string() }
+}
+
+/// The overlay held by `holder` (a cluster uid), claiming the lowest free slot if none.
+pub async fn ensure(client: &kube::Client, cfg: &Config, holder: &str) -> anyhow::Result<OverlayStatus> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    let claims = api.list(&ListParams::default()).await?;
+    let mut taken = std::collections::HashSet::new();
+    for l in &claims.items {
+        let Some(vni) = l.metadata.name.as_deref().and_then(|n| n.strip_prefix("overlay-")).and_then(|v| v.parse::<u32>().ok()) else {
+            continue;
+        };
+        if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(holder) {
+            return Ok(slot(cfg, vni - cfg.vni_base));
+        }
+        taken.insert(vni);
+    }
+    for idx in 0..cfg.vni_count {
+        let vni = cfg.vni_base + idx;
+        if taken.contains(&vni) {
+            continue;
+        }
+        let lease = Lease {
+            metadata: ObjectMeta { name: Some(claim_name(vni)), ..Default::default() },
+            spec: Some(LeaseSpec { holder_identity: Some(holder.into()), ..Default::default() }),
+        };
+        match api.create(&PostParams::default(), &lease).await {
+            Ok(_) => return Ok(slot(cfg, idx)),
+            // Someone else took it between our list and create: try the next.
+            Err(kube::Error::Api(e)) if e.code == 409 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::bail!("the overlay pool is exhausted ({} VNIs from {})", cfg.vni_count, cfg.vni_base)
+}
+
+/// Returns `holder`'s overlay to the pool.
+pub async fn release(client: &kube::Client, holder: &str) -> anyhow::Result<()> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
+    for l in api.list(&ListParams::default()).await?.items {
+        let name = l.metadata.name.clone().unwrap_or_default();
+        if name.starts_with("overlay-") && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(holder) {
+            match api.delete(&name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    Ok(())
+}

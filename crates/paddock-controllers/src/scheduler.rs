@@ -1,0 +1,209 @@
+//! The scheduler: binds each unbound Machine to a Ready, schedulable Host
+//! with room for its cpu and memory; spreads a cluster's control plane over
+//! hosts (and racks); spreads or packs workers. A Machine that fits nowhere
+//! stays Pending with a condition that says why.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::ResourceExt;
+use paddock_api::{Host, HostPhase, Machine, MachinePhase, MachineRole, Memory};
+use serde_json::json;
+
+use crate::Config;
+
+/// What a host offers and what is bound to it.
+#[derive(Debug, Clone)]
+pub struct Room {
+    pub name: String,
+    pub rack: Option<String>,
+    pub cpu: f64,
+    pub memory: f64,
+    pub used_cpu: f64,
+    pub used_memory: f64,
+}
+
+impl Room {
+    fn free_cpu(&self) -> f64 {
+        self.cpu - self.used_cpu
+    }
+    fn free_memory(&self) -> f64 {
+        self.memory - self.used_memory
+    }
+    fn fits(&self, m: &Machine) -> bool {
+        self.free_cpu() >= f64::from(m.spec.cpu) && self.free_memory() >= m.spec.memory.bytes() as f64
+    }
+}
+
+/// Capacity of every schedulable, Ready host, less what is bound there.
+pub fn rooms(cfg: &Config, hosts: &[Arc<Host>], machines: &[Arc<Machine>]) -> Vec<Room> {
+    let mut rooms: Vec<Room> = hosts
+        .iter()
+        .filter(|h| !h.spec.unschedulable && h.metadata.deletion_timestamp.is_none())
+        .filter(|h| h.status.as_ref().and_then(|s| s.phase) == Some(HostPhase::Ready))
+        .filter_map(|h| {
+            let a = h.status.as_ref()?.allocatable.clone()?;
+            Some(Room {
+                name: h.name_any(),
+                rack: h.labels().get(&cfg.rack_label).cloned(),
+                cpu: f64::from(a.cpu) * cfg.cpu_overcommit,
+                memory: a.memory.bytes() as f64 * cfg.memory_overcommit,
+                used_cpu: 0.0,
+                used_memory: 0.0,
+            })
+        })
+        .collect();
+    let index: HashMap<String, usize> = rooms.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+    for m in machines {
+        if let Some(i) = m.spec.host_name.as_ref().and_then(|h| index.get(h)) {
+            rooms[*i].used_cpu += f64::from(m.spec.cpu);
+            rooms[*i].used_memory += m.spec.memory.bytes() as f64;
+        }
+    }
+    rooms
+}
+
+/// Where `m` should go, or why it cannot go anywhere.
+pub fn place(cfg: &Config, m: &Machine, rooms: &[Room], machines: &[Arc<Machine>]) -> Result<usize, String> {
+    let ns = m.namespace();
+    let same_cluster = |h: &str, role: Option<MachineRole>| {
+        machines
+            .iter()
+            .filter(|o| o.namespace() == ns && o.spec.cluster_name == m.spec.cluster_name && o.spec.host_name.as_deref() == Some(h))
+            .filter(|o| role.is_none_or(|r| o.spec.role == r))
+            .count()
+    };
+    let fits: Vec<usize> = (0..rooms.len()).filter(|&i| rooms[i].fits(m)).collect();
+    if fits.is_empty() {
+        if rooms.is_empty() {
+            return Err("no Ready, schedulable host".into());
+        }
+        let best = rooms.iter().max_by(|a, b| a.free_memory().total_cmp(&b.free_memory())).map(|r| (r.name.clone(), r.free_memory(), r.free_cpu()));
+        let (host, mem, cpu) = best.unwrap_or_default();
+        let mem = Memory::from_bytes(mem.max(0.0) as u64);
+        return Err(format!("needs {} cpu and {} memory; largest free is {mem} memory and {cpu:.0} cpu on {host}", m.spec.cpu, m.spec.memory));
+    }
+    if m.spec.role == MachineRole::ControlPlane {
+        // Spread: a host without this cluster's control plane if there is one
+        // (required then); among those, a rack without one.
+        let cp_racks: Vec<Option<String>> = rooms
+            .iter()
+            .filter(|r| same_cluster(&r.name, Some(MachineRole::ControlPlane)) > 0)
+            .map(|r| r.rack.clone())
+            .collect();
+        let free_hosts: Vec<usize> = fits.iter().copied().filter(|&i| same_cluster(&rooms[i].name, Some(MachineRole::ControlPlane)) == 0).collect();
+        let pool = if free_hosts.is_empty() { fits.clone() } else { free_hosts };
+        let new_rack: Vec<usize> = pool.iter().copied().filter(|&i| rooms[i].rack.is_some() && !cp_racks.contains(&rooms[i].rack)).collect();
+        let pool = if new_rack.is_empty() { pool } else { new_rack };
+        return pool.into_iter().max_by(|&a, &b| rooms[a].free_memory().total_cmp(&rooms[b].free_memory())).ok_or_else(|| "no host".into());
+    }
+    let pick = if cfg.spread_workers {
+        fits.iter().copied().min_by(|&a, &b| {
+            (same_cluster(&rooms[a].name, None), std::cmp::Reverse(rooms[a].free_memory() as u64))
+                .cmp(&(same_cluster(&rooms[b].name, None), std::cmp::Reverse(rooms[b].free_memory() as u64)))
+        })
+    } else {
+        fits.iter().copied().min_by(|&a, &b| rooms[a].free_memory().total_cmp(&rooms[b].free_memory()))
+    };
+    pick.ok_or_else(|| "no host".into())
+}
+
+fn scheduled_condition(m: &Machine, ok: bool, reason: &str, message: String) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let prev = m.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Scheduled"));
+    let since = match prev {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Time(Timestamp::now()),
+    };
+    Condition { type_: "Scheduled".into(), status: status.into(), reason: reason.into(), message, last_transition_time: since, observed_generation: m.metadata.generation }
+}
+
+/// The Machine's conditions with `c` put in place of its type.
+fn with_condition(m: &Machine, c: Condition) -> Vec<Condition> {
+    let mut out: Vec<Condition> = m.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    out.retain(|x| x.type_ != c.type_);
+    out.push(c);
+    out
+}
+
+/// One pass: every unbound Machine, control planes first.
+pub async fn pass(client: &kube::Client, cfg: &Config, hosts: &[Arc<Host>], machines: &[Arc<Machine>]) -> usize {
+    let mut rooms = rooms(cfg, hosts, machines);
+    let mut pending: Vec<&Arc<Machine>> = machines.iter().filter(|m| m.spec.host_name.is_none() && m.metadata.deletion_timestamp.is_none()).collect();
+    pending.sort_by_key(|m| (m.spec.role != MachineRole::ControlPlane, m.metadata.creation_timestamp.clone().map(|t| t.0)));
+    let mut bound_now: Vec<Arc<Machine>> = machines.to_vec();
+    let mut bound = 0;
+    for m in pending {
+        let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
+        match place(cfg, m, &rooms, &bound_now) {
+            Ok(i) => {
+                let host = rooms[i].name.clone();
+                // The resourceVersion makes the bind conditional: a Machine
+                // that changed meanwhile is left for the next pass.
+                let patch = json!({"metadata": {"resourceVersion": m.resource_version()}, "spec": {"hostName": host}});
+                match api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                    Ok(updated) => {
+                        rooms[i].used_cpu += f64::from(m.spec.cpu);
+                        rooms[i].used_memory += m.spec.memory.bytes() as f64;
+                        bound += 1;
+                        tracing::info!(machine = %m.name_any(), %host, "bound");
+                        let c = scheduled_condition(&updated, true, "Bound", format!("bound to {host}"));
+                        let phase = updated.status.as_ref().and_then(|s| s.phase).unwrap_or(MachinePhase::Scheduled);
+                        let st = json!({"status": {"conditions": with_condition(&updated, c), "phase": phase}});
+                        let _ = api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(&st)).await;
+                        bound_now.push(Arc::new(updated));
+                    }
+                    Err(e) => tracing::debug!(machine = %m.name_any(), error = %e, "bind lost a race; next pass"),
+                }
+            }
+            Err(why) => {
+                let c = scheduled_condition(m, false, "Unschedulable", why.clone());
+                let same = m.status.as_ref().is_some_and(|s| s.conditions.iter().any(|x| x.type_ == "Scheduled" && x.message == why));
+                if !same {
+                    tracing::info!(machine = %m.name_any(), reason = %why, "unschedulable");
+                    let st = json!({"status": {"conditions": with_condition(m, c), "phase": "Pending"}});
+                    let _ = api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(&st)).await;
+                    crate::events::record(client, m.as_ref(), true, "FailedScheduling", why).await;
+                }
+            }
+        }
+    }
+    bound
+}
+
+pub async fn run(client: kube::Client, cfg: Arc<Config>) {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let machines = store::<Machine>(Api::all(client.clone()), notify.clone());
+    let hosts = store::<Host>(Api::all(client.clone()), notify.clone());
+    let _ = machines.wait_until_ready().await;
+    let _ = hosts.wait_until_ready().await;
+    loop {
+        pass(&client, &cfg, &hosts.state(), &machines.state()).await;
+        tokio::select! {
+            _ = notify.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// A reflector store that pokes `notify` on every change.
+pub fn store<K>(api: Api<K>, notify: Arc<tokio::sync::Notify>) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()).default_backoff()).touched_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while stream.next().await.is_some() {
+            notify.notify_one();
+        }
+    });
+    reader
+}
