@@ -9,6 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod dev;
+
 #[derive(Parser)]
 #[command(
     name = "paddock",
@@ -28,8 +30,32 @@ enum Command {
     Server(ServerArgs),
     /// Run the host agent: this host's Machines as QEMU VMs on VXLAN overlays.
     Agent(AgentArgs),
+    /// A whole lab on this machine (root): server, hosts in network namespaces, dev image.
+    #[command(subcommand)]
+    Dev(DevCommand),
     #[command(flatten)]
     User(paddock_cli::Command),
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Start the lab in the background (idempotent); returns when it is ready.
+    Up {
+        /// Number of hosts.
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        /// Where the lab keeps its state and logs.
+        #[arg(long, default_value = "/var/lib/paddock-dev")]
+        data_dir: PathBuf,
+        /// Where the dev node image is built and cached.
+        #[arg(long, default_value = "/var/cache/paddock/dev-image")]
+        image_dir: PathBuf,
+    },
+    /// Stop and remove all of the lab (idempotent).
+    Down {
+        #[arg(long, default_value = "/var/lib/paddock-dev")]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(clap::Args)]
@@ -248,6 +274,19 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Dev(cmd) => {
+            let res = match cmd {
+                DevCommand::Up { hosts, data_dir, image_dir } => dev::up(dev::Up { hosts, data_dir, image_dir }).await,
+                DevCommand::Down { data_dir } => dev::down(&data_dir),
+            };
+            match res {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::User(cmd) => paddock_cli::run(cmd, cli.global).await,
     }
 }

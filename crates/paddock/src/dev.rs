@@ -1,0 +1,206 @@
+//! `paddock dev up|down`: a whole lab on one machine. The server, N hosts —
+//! network namespaces on a fabric bridge in a namespace of its own, each
+//! with its agent — and the dev node image, all started in the background.
+//! Both commands are idempotent.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use kube::api::{Api, PostParams};
+
+const FABRIC: &str = "paddock-fabric";
+const IMAGE_SCRIPT: &str = include_str!("../../../scripts/build-dev-image.sh");
+
+fn host_ns(i: usize) -> String {
+    format!("paddock-host{i}")
+}
+
+fn sh(cmd: &str) -> anyhow::Result<()> {
+    let out = Command::new("sh").arg("-c").arg(cmd).output().with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+fn alive(pidfile: &Path) -> bool {
+    std::fs::read_to_string(pidfile)
+        .ok()
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+}
+
+/// Starts `args` detached from this process (own session), logging to `log`.
+fn spawn_detached(args: &[String], log: &Path, pidfile: &Path) -> anyhow::Result<()> {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("log {}", log.display()))?;
+    let child = Command::new("setsid")
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {}", args.first().map_or("", String::as_str)))?;
+    std::fs::write(pidfile, child.id().to_string())?;
+    Ok(())
+}
+
+fn netns_exists(name: &str) -> bool {
+    Path::new("/run/netns").join(name).exists()
+}
+
+pub struct Up {
+    pub hosts: usize,
+    pub data_dir: PathBuf,
+    pub image_dir: PathBuf,
+}
+
+pub async fn up(u: Up) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("finding the paddock binary")?;
+    let exe = exe.display().to_string();
+    let d = &u.data_dir;
+    std::fs::create_dir_all(d)?;
+    let socket = d.join("api.sock");
+    let kubeconfig = d.join("server/admin.kubeconfig");
+
+    eprintln!("• dev node image");
+    let script = d.join("build-dev-image.sh");
+    std::fs::write(&script, IMAGE_SCRIPT)?;
+    let st = Command::new("bash").arg(&script).arg(&u.image_dir).stdout(Stdio::null()).status()?;
+    if !st.success() {
+        bail!("building the dev image failed");
+    }
+
+    eprintln!("• management plane");
+    if !alive(&d.join("server.pid")) {
+        let args: Vec<String> = vec![
+            exe.clone(),
+            "server".into(),
+            "--data-dir".into(),
+            d.join("server").display().to_string(),
+            "--unix-socket".into(),
+            socket.display().to_string(),
+            "--host-grace-seconds".into(),
+            "30".into(),
+        ];
+        spawn_detached(&args, &d.join("server.log"), &d.join("server.pid"))?;
+    }
+    let client = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(kc) = kube::config::Kubeconfig::read_from(&kubeconfig)
+                && let Ok(cfg) = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await
+                && let Ok(c) = kube::Client::try_from(cfg)
+                && c.apiserver_version().await.is_ok()
+            {
+                break c;
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("the server did not answer; see {}", d.join("server.log").display());
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let (k, i) = (u.image_dir.join("vmlinuz"), u.image_dir.join("initrd.img"));
+    let images: Api<paddock_api::MachineImage> = Api::all(client.clone());
+    if images.get_opt("dev").await?.is_none() {
+        let mi: paddock_api::MachineImage = serde_json::from_value(serde_json::json!({
+            "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": "dev"},
+            "spec": {"kernel": {"url": format!("file://{}", k.display())}, "initrd": {"url": format!("file://{}", i.display())}}
+        }))?;
+        images.create(&PostParams::default(), &mi).await?;
+    }
+
+    eprintln!("• {} hosts", u.hosts);
+    if !netns_exists(FABRIC) {
+        sh(&format!("ip netns add {FABRIC} && ip -n {FABRIC} link add fabric0 type bridge && ip -n {FABRIC} link set fabric0 up"))?;
+    }
+    for n in 1..=u.hosts {
+        let ns = host_ns(n);
+        let ip = format!("10.77.0.{}", 10 + n);
+        if !netns_exists(&ns) {
+            sh(&format!(
+                "ip netns add {ns} && ip link add pdh{n} netns {ns} type veth peer name pdf{n} netns {FABRIC} && \
+                 ip -n {FABRIC} link set pdf{n} master fabric0 up && ip -n {ns} link set lo up && \
+                 ip -n {ns} link set pdh{n} name eth0 && ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up"
+            ))?;
+        }
+        let pidfile = d.join(format!("agent-{n}.pid"));
+        if !alive(&pidfile) {
+            let args: Vec<String> = [
+                "ip", "netns", "exec", &ns, &exe, "agent", "--api-socket", &socket.display().to_string(), "--kubeconfig",
+                &kubeconfig.display().to_string(), "--name", &format!("host-{n}"), "--underlay-ip", &ip, "--state-dir",
+                &d.join(format!("hosts/host-{n}")).display().to_string(), "--probe-kernel", &k.display().to_string(),
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+            spawn_detached(&args, &d.join(format!("agent-{n}.log")), &pidfile)?;
+        }
+    }
+    let hosts: Api<paddock_api::Host> = Api::all(client);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let ready = hosts
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|h| h.status.as_ref().and_then(|s| s.phase) == Some(paddock_api::HostPhase::Ready))
+            .count();
+        if ready >= u.hosts {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("only {ready} of {} hosts Ready; see {}/agent-*.log", u.hosts, d.display());
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!(
+        "Paddock lab is up: {} hosts, logs in {dir}.\n\nNext:\n  export KUBECONFIG={kc}\n  paddock cluster create demo --workers 2 --wait\n  paddock cluster list\n  kubectl get clusters,machines -A\n  paddock dev down",
+        u.hosts,
+        dir = d.display(),
+        kc = kubeconfig.display()
+    );
+    Ok(())
+}
+
+pub fn down(data_dir: &Path) -> anyhow::Result<()> {
+    let kill = |pidfile: &Path| {
+        if let Some(pid) = std::fs::read_to_string(pidfile).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
+            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        }
+        let _ = std::fs::remove_file(pidfile);
+    };
+    if let Ok(rd) = std::fs::read_dir(data_dir) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("agent-") && name.ends_with(".pid") {
+                kill(&e.path());
+            }
+        }
+    }
+    // VMs outlive agents by design: stop the lab's QEMUs by their directory.
+    let needle = data_dir.display().to_string();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
+            let _ = Command::new("kill").args(["-9", &e.file_name().to_string_lossy()]).status();
+        }
+    }
+    kill(&data_dir.join("server.pid"));
+    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == FABRIC || name.starts_with("paddock-host") {
+            let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    if data_dir.exists() {
+        std::fs::remove_dir_all(data_dir).with_context(|| format!("removing {}", data_dir.display()))?;
+    }
+    println!("Paddock lab removed.");
+    Ok(())
+}
