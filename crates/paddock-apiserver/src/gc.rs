@@ -55,7 +55,7 @@ pub async fn run(api: Api, resync: Duration) {
                     watch = api.store.watch("/registry/", api.store.revision()).ok();
                 }
                 // Let a burst of changes settle into one pass.
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 if let Some(w) = watch.as_mut() {
                     while let Ok(Some(_)) = tokio::time::timeout(Duration::ZERO, w.next()).await {}
                 }

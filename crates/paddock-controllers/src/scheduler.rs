@@ -69,16 +69,37 @@ pub fn rooms(cfg: &Config, hosts: &[Arc<Host>], machines: &[Arc<Machine>]) -> Ve
     rooms
 }
 
+/// Per cluster and host: (control-plane machines, all machines) bound there.
+#[derive(Default)]
+pub struct Spread(HashMap<(String, String), HashMap<String, (usize, usize)>>);
+
+impl Spread {
+    pub fn new(machines: &[Arc<Machine>]) -> Self {
+        let mut s = Self::default();
+        for m in machines {
+            if let Some(h) = &m.spec.host_name {
+                s.add(m, h);
+            }
+        }
+        s
+    }
+    fn key(m: &Machine) -> (String, String) {
+        (m.namespace().unwrap_or_default(), m.spec.cluster_name.clone())
+    }
+    pub fn add(&mut self, m: &Machine, host: &str) {
+        let e = self.0.entry(Self::key(m)).or_default().entry(host.to_owned()).or_default();
+        if m.spec.role == MachineRole::ControlPlane {
+            e.0 += 1;
+        }
+        e.1 += 1;
+    }
+    fn count(&self, m: &Machine, host: &str) -> (usize, usize) {
+        self.0.get(&Self::key(m)).and_then(|h| h.get(host)).copied().unwrap_or_default()
+    }
+}
+
 /// Where `m` should go, or why it cannot go anywhere.
-pub fn place(cfg: &Config, m: &Machine, rooms: &[Room], machines: &[Arc<Machine>]) -> Result<usize, String> {
-    let ns = m.namespace();
-    let same_cluster = |h: &str, role: Option<MachineRole>| {
-        machines
-            .iter()
-            .filter(|o| o.namespace() == ns && o.spec.cluster_name == m.spec.cluster_name && o.spec.host_name.as_deref() == Some(h))
-            .filter(|o| role.is_none_or(|r| o.spec.role == r))
-            .count()
-    };
+pub fn place(cfg: &Config, m: &Machine, rooms: &[Room], spread: &Spread) -> Result<usize, String> {
     let fits: Vec<usize> = (0..rooms.len()).filter(|&i| rooms[i].fits(m)).collect();
     if fits.is_empty() {
         if rooms.is_empty() {
@@ -92,12 +113,8 @@ pub fn place(cfg: &Config, m: &Machine, rooms: &[Room], machines: &[Arc<Machine>
     if m.spec.role == MachineRole::ControlPlane {
         // Spread: a host without this cluster's control plane if there is one
         // (required then); among those, a rack without one.
-        let cp_racks: Vec<Option<String>> = rooms
-            .iter()
-            .filter(|r| same_cluster(&r.name, Some(MachineRole::ControlPlane)) > 0)
-            .map(|r| r.rack.clone())
-            .collect();
-        let free_hosts: Vec<usize> = fits.iter().copied().filter(|&i| same_cluster(&rooms[i].name, Some(MachineRole::ControlPlane)) == 0).collect();
+        let cp_racks: Vec<Option<String>> = rooms.iter().filter(|r| spread.count(m, &r.name).0 > 0).map(|r| r.rack.clone()).collect();
+        let free_hosts: Vec<usize> = fits.iter().copied().filter(|&i| spread.count(m, &rooms[i].name).0 == 0).collect();
         let pool = if free_hosts.is_empty() { fits.clone() } else { free_hosts };
         let new_rack: Vec<usize> = pool.iter().copied().filter(|&i| rooms[i].rack.is_some() && !cp_racks.contains(&rooms[i].rack)).collect();
         let pool = if new_rack.is_empty() { pool } else { new_rack };
@@ -105,8 +122,8 @@ pub fn place(cfg: &Config, m: &Machine, rooms: &[Room], machines: &[Arc<Machine>
     }
     let pick = if cfg.spread_workers {
         fits.iter().copied().min_by(|&a, &b| {
-            (same_cluster(&rooms[a].name, None), std::cmp::Reverse(rooms[a].free_memory() as u64))
-                .cmp(&(same_cluster(&rooms[b].name, None), std::cmp::Reverse(rooms[b].free_memory() as u64)))
+            (spread.count(m, &rooms[a].name).1, std::cmp::Reverse(rooms[a].free_memory() as u64))
+                .cmp(&(spread.count(m, &rooms[b].name).1, std::cmp::Reverse(rooms[b].free_memory() as u64)))
         })
     } else {
         fits.iter().copied().min_by(|&a, &b| rooms[a].free_memory().total_cmp(&rooms[b].free_memory()))
@@ -132,49 +149,67 @@ fn with_condition(m: &Machine, c: Condition) -> Vec<Condition> {
     out
 }
 
-/// One pass: every unbound Machine, control planes first.
+/// One pass: every unbound Machine, control planes first. Placements are
+/// decided in order against the capacity left; the binds then go out
+/// concurrently, each conditional on the Machine's resourceVersion.
 pub async fn pass(client: &kube::Client, cfg: &Config, hosts: &[Arc<Host>], machines: &[Arc<Machine>]) -> usize {
     let mut rooms = rooms(cfg, hosts, machines);
     let mut pending: Vec<&Arc<Machine>> = machines.iter().filter(|m| m.spec.host_name.is_none() && m.metadata.deletion_timestamp.is_none()).collect();
     pending.sort_by_key(|m| (m.spec.role != MachineRole::ControlPlane, m.metadata.creation_timestamp.clone().map(|t| t.0)));
-    let mut bound_now: Vec<Arc<Machine>> = machines.to_vec();
-    let mut bound = 0;
+    let mut spread = Spread::new(machines);
+    let mut plans = Vec::with_capacity(pending.len());
     for m in pending {
-        let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
-        match place(cfg, m, &rooms, &bound_now) {
+        match place(cfg, m, &rooms, &spread) {
             Ok(i) => {
-                let host = rooms[i].name.clone();
-                // The resourceVersion makes the bind conditional: a Machine
-                // that changed meanwhile is left for the next pass.
-                let patch = json!({"metadata": {"resourceVersion": m.resource_version()}, "spec": {"hostName": host}});
-                match api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
-                    Ok(updated) => {
-                        rooms[i].used_cpu += f64::from(m.spec.cpu);
-                        rooms[i].used_memory += m.spec.memory.bytes() as f64;
-                        bound += 1;
-                        tracing::info!(machine = %m.name_any(), %host, "bound");
-                        let c = scheduled_condition(&updated, true, "Bound", format!("bound to {host}"));
-                        let phase = updated.status.as_ref().and_then(|s| s.phase).unwrap_or(MachinePhase::Scheduled);
-                        let st = json!({"status": {"conditions": with_condition(&updated, c), "phase": phase}});
-                        let _ = api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(&st)).await;
-                        bound_now.push(Arc::new(updated));
-                    }
-                    Err(e) => tracing::debug!(machine = %m.name_any(), error = %e, "bind lost a race; next pass"),
-                }
+                rooms[i].used_cpu += f64::from(m.spec.cpu);
+                rooms[i].used_memory += m.spec.memory.bytes() as f64;
+                spread.add(m, &rooms[i].name);
+                plans.push((m.clone(), Ok(rooms[i].name.clone())));
             }
-            Err(why) => {
-                let c = scheduled_condition(m, false, "Unschedulable", why.clone());
-                let same = m.status.as_ref().is_some_and(|s| s.conditions.iter().any(|x| x.type_ == "Scheduled" && x.message == why));
-                if !same {
-                    tracing::info!(machine = %m.name_any(), reason = %why, "unschedulable");
-                    let st = json!({"status": {"conditions": with_condition(m, c), "phase": "Pending"}});
+            Err(why) => plans.push((m.clone(), Err(why))),
+        }
+    }
+    futures::stream::iter(plans)
+        .map(|(m, plan)| async move { apply(client, &m, plan).await })
+        .buffer_unordered(32)
+        .filter(|bound| futures::future::ready(*bound))
+        .count()
+        .await
+}
+
+/// Binds `m` to the planned host, or records why it has none. True if bound.
+async fn apply(client: &kube::Client, m: &Machine, plan: Result<String, String>) -> bool {
+    let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
+    match plan {
+        Ok(host) => {
+            let patch = json!({"metadata": {"resourceVersion": m.resource_version()}, "spec": {"hostName": host}});
+            match api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(updated) => {
+                    tracing::debug!(machine = %m.name_any(), %host, "bound");
+                    let c = scheduled_condition(&updated, true, "Bound", format!("bound to {host}"));
+                    let phase = updated.status.as_ref().and_then(|s| s.phase).unwrap_or(MachinePhase::Scheduled);
+                    let st = json!({"status": {"conditions": with_condition(&updated, c), "phase": phase}});
                     let _ = api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(&st)).await;
-                    crate::events::record(client, m.as_ref(), true, "FailedScheduling", why).await;
+                    true
+                }
+                Err(e) => {
+                    tracing::debug!(machine = %m.name_any(), error = %e, "bind lost a race; next pass");
+                    false
                 }
             }
         }
+        Err(why) => {
+            let same = m.status.as_ref().is_some_and(|s| s.conditions.iter().any(|x| x.type_ == "Scheduled" && x.message == why));
+            if !same {
+                tracing::info!(machine = %m.name_any(), reason = %why, "unschedulable");
+                let c = scheduled_condition(m, false, "Unschedulable", why.clone());
+                let st = json!({"status": {"conditions": with_condition(m, c), "phase": "Pending"}});
+                let _ = api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(&st)).await;
+                crate::events::record(client, m, true, "FailedScheduling", why).await;
+            }
+            false
+        }
     }
-    bound
 }
 
 pub async fn run(client: kube::Client, cfg: Arc<Config>) {

@@ -1,0 +1,122 @@
+//! The control plane alone at scale: 1,000 hosts kept Ready by *simulated
+//! agents* (they register a Host and hold its Lease, and run nothing; they
+//! exist only in this benchmark) and 1,000 clusters of 10 Machines each,
+//! placed by the real cluster controller and scheduler over the real API
+//! server and store. Prints placements per second and create-to-bound
+//! latency. `cargo bench -p paddock --bench control_plane`
+//! (PADDOCK_BENCH_HOSTS, PADDOCK_BENCH_CLUSTERS to tune).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use paddock_api::{Cluster, Host, HostSpec, Machine};
+use serde_json::json;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// A simulated agent: registers its Host as Ready with room, holds its Lease. Runs no VMs.
+async fn simulated_agent(client: kube::Client, n: usize) {
+    let name = format!("sim-host-{n:04}");
+    let hosts: Api<Host> = Api::all(client.clone());
+    hosts.create(&PostParams::default(), &Host::new(&name, HostSpec::default())).await.expect("host");
+    let st = json!({"status": {"phase": "Ready", "underlayIp": format!("10.200.{}.{}", n / 250, n % 250 + 1),
+        "capacity": {"cpu": 64, "memory": "256Gi"}, "allocatable": {"cpu": 64, "memory": "256Gi"}}});
+    hosts.patch_status(&name, &PatchParams::default(), &Patch::Merge(&st)).await.expect("host status");
+    let mut lease = Lease::default();
+    lease.metadata.name = Some(format!("host-{name}"));
+    lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+        holder_identity: Some(name),
+        lease_duration_seconds: Some(3600),
+        renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+        ..Default::default()
+    });
+    Api::<Lease>::namespaced(client, "paddock-system").create(&PostParams::default(), &lease).await.expect("lease");
+}
+
+#[tokio::main]
+async fn main() {
+    let n_hosts = env_or("PADDOCK_BENCH_HOSTS", 1000);
+    let n_clusters = env_or("PADDOCK_BENCH_CLUSTERS", 1000);
+    let per_cluster = 10;
+    let total = n_clusters * per_cluster;
+    let s = TestServer::start().await;
+    let client = s.client.clone();
+    println!("control plane at scale: {n_hosts} hosts (simulated agents), {n_clusters} clusters x {per_cluster} machines = {total} machines");
+
+    let t = Instant::now();
+    futures::stream::iter(0..n_hosts).for_each_concurrent(32, |n| simulated_agent(client.clone(), n)).await;
+    println!("  {n_hosts} simulated hosts registered in {:.1} s", t.elapsed().as_secs_f64());
+    let s = s.with_controllers(paddock_controllers::Config::default());
+
+    let mut ns = Namespace::default();
+    ns.metadata.name = Some("bench".into());
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("ns");
+
+    // Watch every Machine: when it is first seen, and when it is seen bound.
+    let seen: Arc<Mutex<HashMap<String, (Instant, Option<Instant>)>>> = Arc::default();
+    let machines: Api<Machine> = Api::all(client.clone());
+    let watch = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let mut stream = watcher::watcher(machines, watcher::Config::default()).boxed();
+            while let Ok(Some(ev)) = stream.try_next().await {
+                if let watcher::Event::Apply(m) | watcher::Event::InitApply(m) = ev {
+                    let now = Instant::now();
+                    let mut s = seen.lock().expect("lock");
+                    let e = s.entry(m.uid().unwrap_or_default()).or_insert((now, None));
+                    if m.spec.host_name.is_some() && e.1.is_none() {
+                        e.1 = Some(now);
+                    }
+                }
+            }
+        })
+    };
+
+    let start = Instant::now();
+    let clusters: Api<Cluster> = Api::namespaced(client.clone(), "bench");
+    futures::stream::iter(0..n_clusters)
+        .for_each_concurrent(16, |i| {
+            let clusters = clusters.clone();
+            async move {
+                let spec = serde_json::from_value(json!({"nodePools": [{"name": "w", "replicas": per_cluster - 1, "cpu": 1, "memory": "1Gi"}]})).expect("spec");
+                clusters.create(&PostParams::default(), &Cluster::new(&format!("c{i:04}"), spec)).await.expect("cluster");
+            }
+        })
+        .await;
+    println!("  {n_clusters} clusters created in {:.1} s", start.elapsed().as_secs_f64());
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let bound = seen.lock().expect("lock").values().filter(|v| v.1.is_some()).count();
+        if bound >= total || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    watch.abort();
+    let s2 = seen.lock().expect("lock");
+    let first = s2.values().map(|v| v.0).min().expect("machines");
+    let last = s2.values().filter_map(|v| v.1).max().expect("bound");
+    let mut lat: Vec<Duration> = s2.values().filter_map(|v| Some(v.1? - v.0)).collect();
+    lat.sort();
+    let n = lat.len();
+    let pct = |p: f64| lat[((n as f64 * p) as usize).min(n - 1)].as_secs_f64() * 1e3;
+    println!("  machines bound: {n} of {total}, all within {:.1} s of the first cluster create", (last - start).as_secs_f64());
+    println!("  placements per second (first machine seen -> last bound): {:.0}", n as f64 / (last - first).as_secs_f64());
+    println!("  create-to-bound latency: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms", pct(0.5), pct(0.99), pct(1.0));
+    drop(s2);
+    drop(s);
+}
