@@ -1,16 +1,16 @@
 //! The cluster controller: finalizer, overlay, one Machine per control-plane
 //! replica and per node-pool replica, scaling, and the Cluster's status.
 
-use std::collections::{BTreeMap, HashSet};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
 use kube::{Resource, ResourceExt};
 use paddock_api::cluster::OverlayStatus;
 use paddock_api::machine::MachineSpec;
@@ -24,6 +24,46 @@ pub const FINALIZER: &str = "paddock.io/cluster";
 struct Ctx {
     client: kube::Client,
     cfg: Arc<Config>,
+    /// Every Machine, as the watch last saw it: reads come from here, not
+    /// from a list per reconcile.
+    machines: reflector::Store<Machine>,
+    /// Per cluster uid, Machines this controller created or deleted that the
+    /// cache has not shown yet. While any is outstanding the cache is behind
+    /// our own writes, so the cluster is not acted on (it would count wrong).
+    expect: Mutex<HashMap<String, HashSet<(String, bool)>>>,
+}
+
+impl Ctx {
+    fn cached(&self, ns: &str, cluster: &str) -> Vec<Machine> {
+        self.machines
+            .state()
+            .iter()
+            .filter(|m| m.namespace().as_deref() == Some(ns) && m.labels().get(LABEL_CLUSTER).map(String::as_str) == Some(cluster))
+            .map(|m| (**m).clone())
+            .collect()
+    }
+
+    /// True when every expected create shows in the cache and every expected
+    /// delete shows as gone or deleting.
+    fn caught_up(&self, uid: &str, mine: &[Machine]) -> bool {
+        let Ok(mut e) = self.expect.lock() else { return true };
+        let Some(set) = e.get_mut(uid) else { return true };
+        set.retain(|(name, created)| {
+            let m = mine.iter().find(|m| m.name_any() == *name);
+            if *created { m.is_none() } else { m.is_some_and(|m| m.metadata.deletion_timestamp.is_none()) }
+        });
+        let done = set.is_empty();
+        if done {
+            e.remove(uid);
+        }
+        done
+    }
+
+    fn expect(&self, uid: &str, name: String, created: bool) {
+        if let Ok(mut e) = self.expect.lock() {
+            e.entry(uid.to_owned()).or_default().insert((name, created));
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +144,10 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let uid = c.uid().unwrap_or_default();
     let clusters: Api<Cluster> = Api::namespaced(ctx.client.clone(), &ns);
     let machines: Api<Machine> = Api::namespaced(ctx.client.clone(), &ns);
-    let mine = machines.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"))).await?.items;
+    let mine = ctx.cached(&ns, &name);
+    if !ctx.caught_up(&uid, &mine) {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
 
     if c.metadata.deletion_timestamp.is_some() {
         let mut left = 0;
@@ -166,6 +209,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     for m in &live {
         if !groups.iter().any(|g| in_group(m, g)) {
             machines.delete(&m.name_any(), &DeleteParams::default()).await?;
+            ctx.expect(&uid, m.name_any(), false);
             events::record(&ctx.client, c.as_ref(), false, "MachineDeleted", format!("{}: its node pool was removed", m.name_any())).await;
         }
     }
@@ -202,6 +246,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 m.metadata.labels = Some(labels);
                 m.metadata.owner_references = Some(vec![owner.clone()]);
                 let created = machines.create(&PostParams::default(), &m).await?;
+                ctx.expect(&uid, created.name_any(), true);
                 events::record(&ctx.client, c.as_ref(), false, "MachineCreated", format!("{} ({}, {ip})", created.name_any(), g.role.as_str())).await;
             }
         } else if current.len() > want {
@@ -209,12 +254,17 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             current.sort_by_key(|m| (guest_ready(m), std::cmp::Reverse(m.metadata.creation_timestamp.clone().map(|t| t.0))));
             for m in current.iter().take(current.len() - want) {
                 machines.delete(&m.name_any(), &DeleteParams::default()).await?;
+                ctx.expect(&uid, m.name_any(), false);
                 events::record(&ctx.client, c.as_ref(), false, "MachineDeleted", format!("{}: scaling {label} down to {want}", m.name_any())).await;
             }
         }
     }
 
-    let mine = machines.list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={name}"))).await?.items;
+    if !ctx.caught_up(&uid, &ctx.cached(&ns, &name)) {
+        // Our own writes are not in the cache yet: count again when they are.
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    let mine = ctx.cached(&ns, &name);
     let live: Vec<Machine> = mine.into_iter().filter(|m| m.metadata.deletion_timestamp.is_none()).collect();
     let ready_cp = live.iter().filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m)).count() as u32;
     let ready_w = live.iter().filter(|m| m.spec.role == MachineRole::Worker && guest_ready(m)).count() as u32;
@@ -279,7 +329,15 @@ fn error_policy(c: Arc<Cluster>, e: &Error, _: Arc<Ctx>) -> Action {
 }
 
 pub async fn run(client: kube::Client, cfg: Arc<Config>) {
-    let ctx = Arc::new(Ctx { client: client.clone(), cfg });
+    let (reader, writer) = reflector::store();
+    let cache = watcher::watcher(Api::<Machine>::all(client.clone()), watcher::Config::default()).default_backoff().reflect(writer);
+    tokio::spawn(cache.for_each(|_| futures::future::ready(())));
+    // Never act on an empty cache: it would read as "no machines yet".
+    if reader.wait_until_ready().await.is_err() {
+        tracing::error!("machine cache never became ready; cluster controller not started");
+        return;
+    }
+    let ctx = Arc::new(Ctx { client: client.clone(), cfg, machines: reader, expect: Mutex::default() });
     Controller::new(Api::<Cluster>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Machine>::all(client), watcher::Config::default())
         .run(reconcile, error_policy, ctx)

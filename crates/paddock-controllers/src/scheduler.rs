@@ -152,7 +152,29 @@ fn with_condition(m: &Machine, c: Condition) -> Vec<Condition> {
 /// One pass: every unbound Machine, control planes first. Placements are
 /// decided in order against the capacity left; the binds then go out
 /// concurrently, each conditional on the Machine's resourceVersion.
-pub async fn pass(client: &kube::Client, cfg: &Config, hosts: &[Arc<Host>], machines: &[Arc<Machine>]) -> usize {
+pub async fn pass(
+    client: &kube::Client,
+    cfg: &Config,
+    hosts: &[Arc<Host>],
+    machines: &[Arc<Machine>],
+    assumed: &mut HashMap<String, String>,
+) -> usize {
+    // Binds this scheduler made that the cache does not show yet count as
+    // made (kube-scheduler's "assume"): else the next pass would place
+    // against capacity and spread that are already taken.
+    assumed.retain(|uid, _| machines.iter().any(|m| m.uid().as_deref() == Some(uid.as_str()) && m.spec.host_name.is_none()));
+    let machines: Vec<Arc<Machine>> = machines
+        .iter()
+        .map(|m| match m.uid().and_then(|u| assumed.get(&u)) {
+            Some(h) => {
+                let mut a = (**m).clone();
+                a.spec.host_name = Some(h.clone());
+                Arc::new(a)
+            }
+            None => m.clone(),
+        })
+        .collect();
+    let machines = &machines[..];
     let mut rooms = rooms(cfg, hosts, machines);
     let mut pending: Vec<&Arc<Machine>> = machines.iter().filter(|m| m.spec.host_name.is_none() && m.metadata.deletion_timestamp.is_none()).collect();
     pending.sort_by_key(|m| (m.spec.role != MachineRole::ControlPlane, m.metadata.creation_timestamp.clone().map(|t| t.0)));
@@ -169,12 +191,23 @@ pub async fn pass(client: &kube::Client, cfg: &Config, hosts: &[Arc<Host>], mach
             Err(why) => plans.push((m.clone(), Err(why))),
         }
     }
-    futures::stream::iter(plans)
-        .map(|(m, plan)| async move { apply(client, &m, plan).await })
+    let results: Vec<(String, Option<String>)> = futures::stream::iter(plans)
+        .map(|(m, plan)| async move {
+            let host = plan.as_ref().ok().cloned();
+            let bound = apply(client, &m, plan).await;
+            (m.uid().unwrap_or_default(), host.filter(|_| bound))
+        })
         .buffer_unordered(32)
-        .filter(|bound| futures::future::ready(*bound))
-        .count()
-        .await
+        .collect()
+        .await;
+    let mut n = 0;
+    for (uid, host) in results {
+        if let Some(h) = host {
+            assumed.insert(uid, h);
+            n += 1;
+        }
+    }
+    n
 }
 
 /// Binds `m` to the planned host, or records why it has none. True if bound.
@@ -218,8 +251,9 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     let hosts = store::<Host>(Api::all(client.clone()), notify.clone());
     let _ = machines.wait_until_ready().await;
     let _ = hosts.wait_until_ready().await;
+    let mut assumed = HashMap::new();
     loop {
-        pass(&client, &cfg, &hosts.state(), &machines.state()).await;
+        pass(&client, &cfg, &hosts.state(), &machines.state(), &mut assumed).await;
         tokio::select! {
             _ = notify.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}

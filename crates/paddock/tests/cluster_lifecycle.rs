@@ -31,11 +31,19 @@ fn ok(s: &TestServer, args: &[&str]) -> String {
     stdout(&out)
 }
 
-fn start_agents(lab: &mut Lab, s: &TestServer, socket: &std::path::Path, image: &std::path::Path) {
+/// Starts every host's agent and waits until all hosts are Ready.
+async fn start_agents(lab: &mut Lab, s: &TestServer, socket: &std::path::Path, image: &std::path::Path) {
     lab.agent_args = vec!["--heartbeat-seconds".into(), "1".into()];
     for h in 0..lab.hosts.len() {
         lab.start_agent(h, &s.kubeconfig(), socket, image);
     }
+    let hosts: Api<paddock_api::Host> = Api::all(s.client.clone());
+    let n = lab.hosts.len();
+    eventually(60, "hosts Ready", || async {
+        let ready = hosts.list(&ListParams::default()).await.ok()?.items.iter().filter(|h| h.status.as_ref().and_then(|s| s.phase) == Some(paddock_api::HostPhase::Ready)).count();
+        (ready == n).then_some(())
+    })
+    .await;
 }
 
 async fn machines_of(api: &Api<Machine>, cluster: &str) -> Vec<Machine> {
@@ -46,7 +54,7 @@ async fn machines_of(api: &Api<Machine>, cluster: &str) -> Vec<Machine> {
 async fn create_scale_survive_a_host_and_delete() {
     let (s, mut lab, socket, image) = lab::start(3, "acme").await;
     let s = s.with_controllers(controllers());
-    start_agents(&mut lab, &s, &socket, &image);
+    start_agents(&mut lab, &s, &socket, &image).await;
     let machines: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
     let clusters: Api<Cluster> = Api::namespaced(s.client.clone(), "acme");
 
@@ -124,7 +132,7 @@ async fn unschedulable_until_a_host_with_room_joins() {
     assert_eq!(c.status.and_then(|s| s.phase), Some(ClusterPhase::Pending));
 
     // A host joins: the cluster runs.
-    start_agents(&mut lab, &s, &socket, &image);
+    start_agents(&mut lab, &s, &socket, &image).await;
     eventually(240, "small Ready", || async {
         (clusters.get("small").await.ok()?.status?.phase == Some(ClusterPhase::Ready)).then_some(())
     })
