@@ -81,7 +81,11 @@ pub async fn report(client: &kube::Client, r: &HostReport) -> kube::Result<()> {
 }
 
 /// Renews (or takes) the host's lease.
-pub async fn renew_lease(client: &kube::Client, name: &str, lease_seconds: i32) -> kube::Result<()> {
+pub async fn renew_lease(
+    client: &kube::Client,
+    name: &str,
+    lease_seconds: i32,
+) -> kube::Result<()> {
     let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
     let lease_name = format!("host-{name}");
     let now = MicroTime(Timestamp::now());

@@ -593,7 +593,12 @@ impl Reconciler {
             (Err(_), _) => None,
         };
         // Conditions other controllers own (Scheduled) stay as they are.
-        let mut conditions: Vec<Condition> = old.conditions.iter().filter(|c| c.type_ != "Running" && c.type_ != "GuestReady").cloned().collect();
+        let mut conditions: Vec<Condition> = old
+            .conditions
+            .iter()
+            .filter(|c| c.type_ != "Running" && c.type_ != "GuestReady")
+            .cloned()
+            .collect();
         conditions.extend([running, ready]);
         let new = MachineStatus {
             phase: Some(phase),

@@ -43,9 +43,18 @@ pub async fn run(api: Api, resync: Duration) {
         if let Err(e) = pass(&api).await {
             tracing::warn!(error = %e, "garbage collection pass failed");
         }
+        // Only a deletion, or an object marked for deletion, can give the
+        // collector work; anything else waits for the resync.
         let changed = async {
             match watch.as_mut() {
-                Some(w) => w.next().await.is_some(),
+                Some(w) => loop {
+                    match w.next().await {
+                        None => break false,
+                        Some(Ok(ev)) if creates_work(&ev) => break true,
+                        Some(Err(_)) => break false,
+                        Some(Ok(_)) => {}
+                    }
+                },
                 None => std::future::pending().await,
             }
         };
@@ -61,6 +70,15 @@ pub async fn run(api: Api, resync: Duration) {
                 }
             }
             _ = tokio::time::sleep(resync) => {}
+        }
+    }
+}
+
+fn creates_work(ev: &paddock_store::Event) -> bool {
+    match ev {
+        paddock_store::Event::Delete { .. } => true,
+        paddock_store::Event::Put { kv, .. } => {
+            kv.value.windows(17).any(|w| w == b"deletionTimestamp")
         }
     }
 }

@@ -127,7 +127,12 @@ pub enum HostCommand {
 
 async fn set_unschedulable(api: &Api<Host>, name: &str, on: bool) -> CliResult {
     let patch = serde_json::json!({"spec": {"unschedulable": on}});
-    api.patch(name, &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch)).await?;
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
     println!("host {name} {}", if on { "cordoned" } else { "uncordoned" });
     Ok(())
 }
@@ -270,15 +275,23 @@ pub async fn host(cmd: HostCommand, client: &Client, out: Format) -> CliResult {
             let machines: Api<Machine> = Api::all(client.clone());
             let lp = ListParams::default().fields(&format!("spec.hostName={name}"));
             for m in machines.list(&lp).await?.items {
-                let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
+                let api: Api<Machine> =
+                    Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
                 api.delete(&m.name_any(), &DeleteParams::default()).await?;
-                println!("machine {}/{} evicted", m.namespace().unwrap_or_default(), m.name_any());
+                println!(
+                    "machine {}/{} evicted",
+                    m.namespace().unwrap_or_default(),
+                    m.name_any()
+                );
             }
             if wait {
                 let deadline = tokio::time::Instant::now() + Duration::from_secs(600);
                 while !machines.list(&lp).await?.items.is_empty() {
                     if tokio::time::Instant::now() > deadline {
-                        return Err(CliError::new(Exit::Timeout, format!("machines still on host {name} after 600s")));
+                        return Err(CliError::new(
+                            Exit::Timeout,
+                            format!("machines still on host {name} after 600s"),
+                        ));
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }

@@ -10,11 +10,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use paddock_api::cluster::OverlayStatus;
 use paddock_api::machine::MachineSpec;
-use paddock_api::{Cluster, ClusterPhase, ClusterStatus, LABEL_CLUSTER, LABEL_POOL, LABEL_ROLE, Machine, MachineRole, Memory};
+use paddock_api::{
+    Cluster, ClusterPhase, ClusterStatus, LABEL_CLUSTER, LABEL_POOL, LABEL_ROLE, Machine,
+    MachineRole, Memory,
+};
 use serde_json::json;
 
 use crate::{Config, events, overlay};
@@ -24,9 +27,9 @@ pub const FINALIZER: &str = "paddock.io/cluster";
 struct Ctx {
     client: kube::Client,
     cfg: Arc<Config>,
-    /// Every Machine, as the watch last saw it: reads come from here, not
-    /// from a list per reconcile.
-    machines: reflector::Store<Machine>,
+    /// Every Machine, as the watch last saw it, by (namespace, cluster):
+    /// reads come from here, not from a list per reconcile.
+    machines: Arc<std::sync::RwLock<HashMap<(String, String), BTreeMap<String, Machine>>>>,
     /// Per cluster uid, Machines this controller created or deleted that the
     /// cache has not shown yet. While any is outstanding the cache is behind
     /// our own writes, so the cluster is not acted on (it would count wrong).
@@ -35,22 +38,30 @@ struct Ctx {
 
 impl Ctx {
     fn cached(&self, ns: &str, cluster: &str) -> Vec<Machine> {
-        self.machines
-            .state()
-            .iter()
-            .filter(|m| m.namespace().as_deref() == Some(ns) && m.labels().get(LABEL_CLUSTER).map(String::as_str) == Some(cluster))
-            .map(|m| (**m).clone())
-            .collect()
+        let Ok(idx) = self.machines.read() else {
+            return Vec::new();
+        };
+        idx.get(&(ns.to_owned(), cluster.to_owned()))
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// True when every expected create shows in the cache and every expected
     /// delete shows as gone or deleting.
     fn caught_up(&self, uid: &str, mine: &[Machine]) -> bool {
-        let Ok(mut e) = self.expect.lock() else { return true };
-        let Some(set) = e.get_mut(uid) else { return true };
+        let Ok(mut e) = self.expect.lock() else {
+            return true;
+        };
+        let Some(set) = e.get_mut(uid) else {
+            return true;
+        };
         set.retain(|(name, created)| {
             let m = mine.iter().find(|m| m.name_any() == *name);
-            if *created { m.is_none() } else { m.is_some_and(|m| m.metadata.deletion_timestamp.is_none()) }
+            if *created {
+                m.is_none()
+            } else {
+                m.is_some_and(|m| m.metadata.deletion_timestamp.is_none())
+            }
         });
         let done = set.is_empty();
         if done {
@@ -122,19 +133,42 @@ fn in_group(m: &Machine, g: &Group) -> bool {
 }
 
 pub fn guest_ready(m: &Machine) -> bool {
-    m.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "GuestReady" && c.status == "True"))
+    m.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "GuestReady" && c.status == "True")
+    })
 }
 
 /// Host index (last octet) of a Machine's overlay address.
 fn host_index(m: &Machine) -> Option<u32> {
-    m.spec.ip.as_deref()?.split('/').next()?.rsplit('.').next()?.parse().ok()
+    m.spec
+        .ip
+        .as_deref()?
+        .split('/')
+        .next()?
+        .rsplit('.')
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn address(o: &OverlayStatus, idx: u32) -> (String, String) {
-    let net: std::net::Ipv4Addr = o.subnet.split('/').next().and_then(|a| a.parse().ok()).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
+    let net: std::net::Ipv4Addr = o
+        .subnet
+        .split('/')
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
     let ip = std::net::Ipv4Addr::from(u32::from(net) + idx);
     let v = o.vni;
-    let mac = format!("52:54:{:02x}:{:02x}:{:02x}:{:02x}", (v >> 16) & 0xff, (v >> 8) & 0xff, v & 0xff, idx & 0xff);
+    let mac = format!(
+        "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
+        (v >> 16) & 0xff,
+        (v >> 8) & 0xff,
+        v & 0xff,
+        idx & 0xff
+    );
     (format!("{ip}/24"), mac)
 }
 
@@ -154,7 +188,10 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         for m in &mine {
             left += 1;
             if m.metadata.deletion_timestamp.is_none() {
-                match machines.delete(&m.name_any(), &DeleteParams::default()).await {
+                match machines
+                    .delete(&m.name_any(), &DeleteParams::default())
+                    .await
+                {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 => {}
                     Err(e) => return Err(e.into()),
@@ -162,15 +199,35 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             }
         }
         if left > 0 {
-            set_status(&clusters, &c, ClusterPhase::Deleting, None, &mine, format!("deleting {left} machines")).await?;
+            set_status(
+                &clusters,
+                &c,
+                ClusterPhase::Deleting,
+                None,
+                &mine,
+                format!("deleting {left} machines"),
+            )
+            .await?;
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
         overlay::release(&ctx.client, &uid).await?;
-        let fins: Vec<String> = c.finalizers().iter().filter(|f| *f != FINALIZER).cloned().collect();
+        let fins: Vec<String> = c
+            .finalizers()
+            .iter()
+            .filter(|f| *f != FINALIZER)
+            .cloned()
+            .collect();
         clusters
             .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": fins, "resourceVersion": c.resource_version()}})))
             .await?;
-        events::record(&ctx.client, c.as_ref(), false, "Deleted", "machines deleted and overlay returned to the pool".into()).await;
+        events::record(
+            &ctx.client,
+            c.as_ref(),
+            false,
+            "Deleted",
+            "machines deleted and overlay returned to the pool".into(),
+        )
+        .await;
         return Ok(Action::await_change());
     }
 
@@ -188,8 +245,17 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         None => {
             let o = overlay::ensure(&ctx.client, &ctx.cfg, &uid).await?;
             let st = json!({"status": {"overlay": o, "phase": "Provisioning"}});
-            clusters.patch_status(&name, &PatchParams::default(), &Patch::Merge(&st)).await?;
-            events::record(&ctx.client, c.as_ref(), false, "OverlayAllocated", format!("VNI {} and subnet {}", o.vni, o.subnet)).await;
+            clusters
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
+                .await?;
+            events::record(
+                &ctx.client,
+                c.as_ref(),
+                false,
+                "OverlayAllocated",
+                format!("VNI {} and subnet {}", o.vni, o.subnet),
+            )
+            .await;
             return Ok(Action::requeue(Duration::ZERO));
         }
     };
@@ -205,12 +271,24 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
-    let live: Vec<&Machine> = mine.iter().filter(|m| m.metadata.deletion_timestamp.is_none()).collect();
+    let live: Vec<&Machine> = mine
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .collect();
     for m in &live {
         if !groups.iter().any(|g| in_group(m, g)) {
-            machines.delete(&m.name_any(), &DeleteParams::default()).await?;
+            machines
+                .delete(&m.name_any(), &DeleteParams::default())
+                .await?;
             ctx.expect(&uid, m.name_any(), false);
-            events::record(&ctx.client, c.as_ref(), false, "MachineDeleted", format!("{}: its node pool was removed", m.name_any())).await;
+            events::record(
+                &ctx.client,
+                c.as_ref(),
+                false,
+                "MachineDeleted",
+                format!("{}: its node pool was removed", m.name_any()),
+            )
+            .await;
         }
     }
     for g in &groups {
@@ -219,10 +297,15 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         let label = g.pool.clone().unwrap_or_else(|| "cp".into());
         if current.len() < want {
             for _ in current.len()..want {
-                let idx = (10..255).find(|i| !used.contains(i)).ok_or_else(|| anyhow::anyhow!("no overlay addresses left in {}", overlay.subnet))?;
+                let idx = (10..255).find(|i| !used.contains(i)).ok_or_else(|| {
+                    anyhow::anyhow!("no overlay addresses left in {}", overlay.subnet)
+                })?;
                 used.insert(idx);
                 let (ip, mac) = address(&overlay, idx);
-                let mut labels = BTreeMap::from([(LABEL_CLUSTER.to_owned(), name.clone()), (LABEL_ROLE.to_owned(), g.role.as_str().to_owned())]);
+                let mut labels = BTreeMap::from([
+                    (LABEL_CLUSTER.to_owned(), name.clone()),
+                    (LABEL_ROLE.to_owned(), g.role.as_str().to_owned()),
+                ]);
                 if let Some(p) = &g.pool {
                     labels.insert(LABEL_POOL.to_owned(), p.clone());
                 }
@@ -247,15 +330,36 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 m.metadata.owner_references = Some(vec![owner.clone()]);
                 let created = machines.create(&PostParams::default(), &m).await?;
                 ctx.expect(&uid, created.name_any(), true);
-                events::record(&ctx.client, c.as_ref(), false, "MachineCreated", format!("{} ({}, {ip})", created.name_any(), g.role.as_str())).await;
+                events::record(
+                    &ctx.client,
+                    c.as_ref(),
+                    false,
+                    "MachineCreated",
+                    format!("{} ({}, {ip})", created.name_any(), g.role.as_str()),
+                )
+                .await;
             }
         } else if current.len() > want {
             // Not-ready machines go first, then the newest.
-            current.sort_by_key(|m| (guest_ready(m), std::cmp::Reverse(m.metadata.creation_timestamp.clone().map(|t| t.0))));
+            current.sort_by_key(|m| {
+                (
+                    guest_ready(m),
+                    std::cmp::Reverse(m.metadata.creation_timestamp.clone().map(|t| t.0)),
+                )
+            });
             for m in current.iter().take(current.len() - want) {
-                machines.delete(&m.name_any(), &DeleteParams::default()).await?;
+                machines
+                    .delete(&m.name_any(), &DeleteParams::default())
+                    .await?;
                 ctx.expect(&uid, m.name_any(), false);
-                events::record(&ctx.client, c.as_ref(), false, "MachineDeleted", format!("{}: scaling {label} down to {want}", m.name_any())).await;
+                events::record(
+                    &ctx.client,
+                    c.as_ref(),
+                    false,
+                    "MachineDeleted",
+                    format!("{}: scaling {label} down to {want}", m.name_any()),
+                )
+                .await;
             }
         }
     }
@@ -265,18 +369,39 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
     let mine = ctx.cached(&ns, &name);
-    let live: Vec<Machine> = mine.into_iter().filter(|m| m.metadata.deletion_timestamp.is_none()).collect();
-    let ready_cp = live.iter().filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m)).count() as u32;
-    let ready_w = live.iter().filter(|m| m.spec.role == MachineRole::Worker && guest_ready(m)).count() as u32;
+    let live: Vec<Machine> = mine
+        .into_iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .collect();
+    let ready_cp = live
+        .iter()
+        .filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m))
+        .count() as u32;
+    let ready_w = live
+        .iter()
+        .filter(|m| m.spec.role == MachineRole::Worker && guest_ready(m))
+        .count() as u32;
     let want_w = c.spec.worker_replicas();
-    let all = ready_cp == c.spec.control_plane.replicas && ready_w == want_w && live.len() as u32 == c.spec.control_plane.replicas + want_w;
+    let all = ready_cp == c.spec.control_plane.replicas
+        && ready_w == want_w
+        && live.len() as u32 == c.spec.control_plane.replicas + want_w;
     let unscheduled = live.iter().filter(|m| m.spec.host_name.is_none()).count();
     let (phase, why) = if all {
         (ClusterPhase::Ready, "every machine is ready".to_owned())
     } else if unscheduled > 0 && live.iter().all(|m| m.spec.host_name.is_none()) {
-        (ClusterPhase::Pending, format!("{unscheduled} machines wait for a host"))
+        (
+            ClusterPhase::Pending,
+            format!("{unscheduled} machines wait for a host"),
+        )
     } else {
-        (ClusterPhase::Provisioning, format!("{} of {} machines ready", ready_cp + ready_w, c.spec.control_plane.replicas + want_w))
+        (
+            ClusterPhase::Provisioning,
+            format!(
+                "{} of {} machines ready",
+                ready_cp + ready_w,
+                c.spec.control_plane.replicas + want_w
+            ),
+        )
     };
     let was = c.status.as_ref().and_then(|s| s.phase);
     set_status(&clusters, &c, phase, Some(overlay), &live, why.clone()).await?;
@@ -286,7 +411,14 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     Ok(Action::requeue(Duration::from_secs(30)))
 }
 
-async fn set_status(api: &Api<Cluster>, c: &Cluster, phase: ClusterPhase, overlay: Option<OverlayStatus>, live: &[Machine], why: String) -> Result<(), Error> {
+async fn set_status(
+    api: &Api<Cluster>,
+    c: &Cluster,
+    phase: ClusterPhase,
+    overlay: Option<OverlayStatus>,
+    live: &[Machine],
+    why: String,
+) -> Result<(), Error> {
     let old = c.status.clone().unwrap_or_default();
     let ready = phase == ClusterPhase::Ready;
     let prev = old.conditions.iter().find(|x| x.type_ == "Ready");
@@ -308,17 +440,29 @@ async fn set_status(api: &Api<Cluster>, c: &Cluster, phase: ClusterPhase, overla
         observed_generation: c.metadata.generation,
         overlay: overlay.or(old.overlay.clone()),
         api_endpoint: old.api_endpoint.clone(),
-        control_plane_ready: live.iter().filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m)).count() as u32,
-        nodes_ready: live.iter().filter(|m| m.spec.role == MachineRole::Worker && guest_ready(m)).count() as u32,
+        control_plane_ready: live
+            .iter()
+            .filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m))
+            .count() as u32,
+        nodes_ready: live
+            .iter()
+            .filter(|m| m.spec.role == MachineRole::Worker && guest_ready(m))
+            .count() as u32,
     };
     let same = old.phase == st.phase
         && old.observed_generation == st.observed_generation
         && old.control_plane_ready == st.control_plane_ready
         && old.nodes_ready == st.nodes_ready
         && old.overlay == st.overlay
-        && old.conditions.first().map(|x| (&x.status, &x.message)) == st.conditions.first().map(|x| (&x.status, &x.message));
+        && old.conditions.first().map(|x| (&x.status, &x.message))
+            == st.conditions.first().map(|x| (&x.status, &x.message));
     if !same {
-        api.patch_status(&c.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": st}))).await?;
+        api.patch_status(
+            &c.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": st})),
+        )
+        .await?;
     }
     Ok(())
 }
@@ -329,18 +473,69 @@ fn error_policy(c: Arc<Cluster>, e: &Error, _: Arc<Ctx>) -> Action {
 }
 
 pub async fn run(client: kube::Client, cfg: Arc<Config>) {
-    let (reader, writer) = reflector::store();
-    let cache = watcher::watcher(Api::<Machine>::all(client.clone()), watcher::Config::default()).default_backoff().reflect(writer);
-    tokio::spawn(cache.for_each(|_| futures::future::ready(())));
+    let index: Arc<std::sync::RwLock<HashMap<(String, String), BTreeMap<String, Machine>>>> =
+        Arc::default();
+    let key = |m: &Machine| {
+        (
+            m.namespace().unwrap_or_default(),
+            m.labels().get(LABEL_CLUSTER).cloned().unwrap_or_default(),
+        )
+    };
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    {
+        let index = index.clone();
+        let mut stream = watcher::watcher(
+            Api::<Machine>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .boxed();
+        tokio::spawn(async move {
+            let mut ready_tx = Some(ready_tx);
+            let mut fresh: HashMap<(String, String), BTreeMap<String, Machine>> = HashMap::new();
+            while let Some(ev) = stream.next().await {
+                let Ok(ev) = ev else { continue };
+                let Ok(mut idx) = index.write() else { return };
+                match ev {
+                    watcher::Event::Apply(m) => {
+                        idx.entry(key(&m)).or_default().insert(m.name_any(), m);
+                    }
+                    watcher::Event::Delete(m) => {
+                        if let Some(g) = idx.get_mut(&key(&m)) {
+                            g.remove(&m.name_any());
+                        }
+                    }
+                    watcher::Event::Init => fresh.clear(),
+                    watcher::Event::InitApply(m) => {
+                        fresh.entry(key(&m)).or_default().insert(m.name_any(), m);
+                    }
+                    watcher::Event::InitDone => {
+                        *idx = std::mem::take(&mut fresh);
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                }
+            }
+        });
+    }
     // Never act on an empty cache: it would read as "no machines yet".
-    if reader.wait_until_ready().await.is_err() {
+    if ready_rx.await.is_err() {
         tracing::error!("machine cache never became ready; cluster controller not started");
         return;
     }
-    let ctx = Arc::new(Ctx { client: client.clone(), cfg, machines: reader, expect: Mutex::default() });
-    Controller::new(Api::<Cluster>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<Machine>::all(client), watcher::Config::default())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|_| futures::future::ready(()))
-        .await;
+    let ctx = Arc::new(Ctx {
+        client: client.clone(),
+        cfg,
+        machines: index,
+        expect: Mutex::default(),
+    });
+    Controller::new(
+        Api::<Cluster>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Machine>::all(client), watcher::Config::default())
+    .run(reconcile, error_policy, ctx)
+    .for_each(|_| futures::future::ready(()))
+    .await;
 }

@@ -14,7 +14,11 @@ where
     let ns = obj.namespace().unwrap_or_else(|| "default".into());
     let now = Time(Timestamp::now());
     let ev = Event {
-        metadata: ObjectMeta { generate_name: Some(format!("{}.", obj.name_any())), namespace: Some(ns.clone()), ..Default::default() },
+        metadata: ObjectMeta {
+            generate_name: Some(format!("{}.", obj.name_any())),
+            namespace: Some(ns.clone()),
+            ..Default::default()
+        },
         involved_object: ObjectReference {
             api_version: Some(K::api_version(&()).into_owned()),
             kind: Some(K::kind(&()).into_owned()),
@@ -29,11 +33,17 @@ where
         first_timestamp: Some(now.clone()),
         last_timestamp: Some(now),
         count: Some(1),
-        source: Some(k8s_openapi::api::core::v1::EventSource { component: Some("paddock-controllers".into()), host: None }),
+        source: Some(k8s_openapi::api::core::v1::EventSource {
+            component: Some("paddock-controllers".into()),
+            host: None,
+        }),
         ..Default::default()
     };
     tracing::info!(object = %obj.name_any(), reason, %message, "event");
-    if let Err(e) = Api::<Event>::namespaced(client.clone(), &ns).create(&PostParams::default(), &ev).await {
+    if let Err(e) = Api::<Event>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &ev)
+        .await
+    {
         tracing::warn!(error = %e, "cannot record event");
     }
 }

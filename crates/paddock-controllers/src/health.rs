@@ -9,16 +9,20 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use paddock_api::{Host, HostPhase, Machine};
 use serde_json::json;
 
 use crate::Config;
 
 fn lease_fresh(l: Option<&Lease>, now: Timestamp) -> bool {
-    let Some(spec) = l.and_then(|l| l.spec.as_ref()) else { return false };
-    let Some(renew) = spec.renew_time.as_ref() else { return false };
+    let Some(spec) = l.and_then(|l| l.spec.as_ref()) else {
+        return false;
+    };
+    let Some(renew) = spec.renew_time.as_ref() else {
+        return false;
+    };
     let dur = i64::from(spec.lease_duration_seconds.unwrap_or(40));
     renew.0.as_second() + dur >= now.as_second()
 }
@@ -30,7 +34,9 @@ pub async fn pass(client: &kube::Client, cfg: &Config) -> anyhow::Result<()> {
     let now = Timestamp::now();
     for h in hosts.list(&ListParams::default()).await?.items {
         let name = h.name_any();
-        let lease = leases.iter().find(|l| l.metadata.name.as_deref() == Some(&format!("host-{name}")));
+        let lease = leases
+            .iter()
+            .find(|l| l.metadata.name.as_deref() == Some(&format!("host-{name}")));
         let fresh = lease_fresh(lease, now);
         let st = h.status.clone().unwrap_or_default();
         let ready_cond = st.conditions.iter().find(|c| c.type_ == "Ready");
@@ -44,26 +50,57 @@ pub async fn pass(client: &kube::Client, cfg: &Config) -> anyhow::Result<()> {
                 last_transition_time: Time(now),
                 observed_generation: None,
             };
-            hosts.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"phase": "NotReady", "conditions": [c]}}))).await?;
-            crate::events::record(client, &h, true, "NodeNotReady", format!("host {name} stopped heartbeating")).await;
+            hosts
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"phase": "NotReady", "conditions": [c]}})),
+                )
+                .await?;
+            crate::events::record(
+                client,
+                &h,
+                true,
+                "NodeNotReady",
+                format!("host {name} stopped heartbeating"),
+            )
+            .await;
             continue;
         }
         if fresh && st.phase == Some(HostPhase::NotReady) {
             // The agent is back; its next report sets Ready.
             continue;
         }
-        let since = ready_cond.filter(|c| c.status == "False").map(|c| c.last_transition_time.0);
+        let since = ready_cond
+            .filter(|c| c.status == "False")
+            .map(|c| c.last_transition_time.0);
         if st.phase == Some(HostPhase::NotReady)
-            && since.is_some_and(|s| now.as_second() - s.as_second() >= cfg.host_grace.as_secs() as i64)
+            && since
+                .is_some_and(|s| now.as_second() - s.as_second() >= cfg.host_grace.as_secs() as i64)
         {
             let machines: Api<Machine> = Api::all(client.clone());
-            for m in machines.list(&ListParams::default().fields(&format!("spec.hostName={name}"))).await?.items {
+            for m in machines
+                .list(&ListParams::default().fields(&format!("spec.hostName={name}")))
+                .await?
+                .items
+            {
                 if m.metadata.deletion_timestamp.is_some() {
                     continue;
                 }
-                let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
+                let api: Api<Machine> =
+                    Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
                 tracing::warn!(host = %name, machine = %m.name_any(), "replacing a machine of a NotReady host");
-                crate::events::record(client, &m, true, "HostNotReady", format!("host {name} NotReady for over {}s; replacing", cfg.host_grace.as_secs())).await;
+                crate::events::record(
+                    client,
+                    &m,
+                    true,
+                    "HostNotReady",
+                    format!(
+                        "host {name} NotReady for over {}s; replacing",
+                        cfg.host_grace.as_secs()
+                    ),
+                )
+                .await;
                 match api.delete(&m.name_any(), &DeleteParams::default()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.code == 404 => {}

@@ -23,16 +23,30 @@ pub fn slot(cfg: &Config, idx: u32) -> OverlayStatus {
     let base = u32::from(cfg.subnet_base);
     let net = Ipv4Addr::from(base + (idx << 8));
     let gw = Ipv4Addr::from(base + (idx << 8) + 1);
-    OverlayStatus { vni: cfg.vni_base + idx, subnet: format!("{net}/24"), gateway: gw.to_string() }
+    OverlayStatus {
+        vni: cfg.vni_base + idx,
+        subnet: format!("{net}/24"),
+        gateway: gw.to_string(),
+    }
 }
 
 /// The overlay held by `holder` (a cluster uid), claiming the lowest free slot if none.
-pub async fn ensure(client: &kube::Client, cfg: &Config, holder: &str) -> anyhow::Result<OverlayStatus> {
+pub async fn ensure(
+    client: &kube::Client,
+    cfg: &Config,
+    holder: &str,
+) -> anyhow::Result<OverlayStatus> {
     let api: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
     let claims = api.list(&ListParams::default()).await?;
     let mut taken = std::collections::HashSet::new();
     for l in &claims.items {
-        let Some(vni) = l.metadata.name.as_deref().and_then(|n| n.strip_prefix("overlay-")).and_then(|v| v.parse::<u32>().ok()) else {
+        let Some(vni) = l
+            .metadata
+            .name
+            .as_deref()
+            .and_then(|n| n.strip_prefix("overlay-"))
+            .and_then(|v| v.parse::<u32>().ok())
+        else {
             continue;
         };
         if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(holder) {
@@ -46,8 +60,14 @@ pub async fn ensure(client: &kube::Client, cfg: &Config, holder: &str) -> anyhow
             continue;
         }
         let lease = Lease {
-            metadata: ObjectMeta { name: Some(claim_name(vni)), ..Default::default() },
-            spec: Some(LeaseSpec { holder_identity: Some(holder.into()), ..Default::default() }),
+            metadata: ObjectMeta {
+                name: Some(claim_name(vni)),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                ..Default::default()
+            }),
         };
         match api.create(&PostParams::default(), &lease).await {
             Ok(_) => return Ok(slot(cfg, idx)),
@@ -56,7 +76,11 @@ pub async fn ensure(client: &kube::Client, cfg: &Config, holder: &str) -> anyhow
             Err(e) => return Err(e.into()),
         }
     }
-    anyhow::bail!("the overlay pool is exhausted ({} VNIs from {})", cfg.vni_count, cfg.vni_base)
+    anyhow::bail!(
+        "the overlay pool is exhausted ({} VNIs from {})",
+        cfg.vni_count,
+        cfg.vni_base
+    )
 }
 
 /// Returns `holder`'s overlay to the pool.
@@ -64,7 +88,9 @@ pub async fn release(client: &kube::Client, holder: &str) -> anyhow::Result<()> 
     let api: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
     for l in api.list(&ListParams::default()).await?.items {
         let name = l.metadata.name.clone().unwrap_or_default();
-        if name.starts_with("overlay-") && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(holder) {
+        if name.starts_with("overlay-")
+            && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(holder)
+        {
             match api.delete(&name, &DeleteParams::default()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}

@@ -10,9 +10,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use kube::ResourceExt;
 use paddock_api::{Host, HostPhase, Machine, MachinePhase, MachineRole, Memory};
 use serde_json::json;
 
@@ -37,7 +37,8 @@ impl Room {
         self.memory - self.used_memory
     }
     fn fits(&self, m: &Machine) -> bool {
-        self.free_cpu() >= f64::from(m.spec.cpu) && self.free_memory() >= m.spec.memory.bytes() as f64
+        self.free_cpu() >= f64::from(m.spec.cpu)
+            && self.free_memory() >= m.spec.memory.bytes() as f64
     }
 }
 
@@ -59,7 +60,11 @@ pub fn rooms(cfg: &Config, hosts: &[Arc<Host>], machines: &[Arc<Machine>]) -> Ve
             })
         })
         .collect();
-    let index: HashMap<String, usize> = rooms.iter().enumerate().map(|(i, r)| (r.name.clone(), i)).collect();
+    let index: HashMap<String, usize> = rooms
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.name.clone(), i))
+        .collect();
     for m in machines {
         if let Some(i) = m.spec.host_name.as_ref().and_then(|h| index.get(h)) {
             rooms[*i].used_cpu += f64::from(m.spec.cpu);
@@ -84,17 +89,29 @@ impl Spread {
         s
     }
     fn key(m: &Machine) -> (String, String) {
-        (m.namespace().unwrap_or_default(), m.spec.cluster_name.clone())
+        (
+            m.namespace().unwrap_or_default(),
+            m.spec.cluster_name.clone(),
+        )
     }
     pub fn add(&mut self, m: &Machine, host: &str) {
-        let e = self.0.entry(Self::key(m)).or_default().entry(host.to_owned()).or_default();
+        let e = self
+            .0
+            .entry(Self::key(m))
+            .or_default()
+            .entry(host.to_owned())
+            .or_default();
         if m.spec.role == MachineRole::ControlPlane {
             e.0 += 1;
         }
         e.1 += 1;
     }
     fn count(&self, m: &Machine, host: &str) -> (usize, usize) {
-        self.0.get(&Self::key(m)).and_then(|h| h.get(host)).copied().unwrap_or_default()
+        self.0
+            .get(&Self::key(m))
+            .and_then(|h| h.get(host))
+            .copied()
+            .unwrap_or_default()
     }
 }
 
@@ -105,45 +122,92 @@ pub fn place(cfg: &Config, m: &Machine, rooms: &[Room], spread: &Spread) -> Resu
         if rooms.is_empty() {
             return Err("no Ready, schedulable host".into());
         }
-        let best = rooms.iter().max_by(|a, b| a.free_memory().total_cmp(&b.free_memory())).map(|r| (r.name.clone(), r.free_memory(), r.free_cpu()));
+        let best = rooms
+            .iter()
+            .max_by(|a, b| a.free_memory().total_cmp(&b.free_memory()))
+            .map(|r| (r.name.clone(), r.free_memory(), r.free_cpu()));
         let (host, mem, cpu) = best.unwrap_or_default();
         let mem = Memory::from_bytes(mem.max(0.0) as u64);
-        return Err(format!("needs {} cpu and {} memory; largest free is {mem} memory and {cpu:.0} cpu on {host}", m.spec.cpu, m.spec.memory));
+        return Err(format!(
+            "needs {} cpu and {} memory; largest free is {mem} memory and {cpu:.0} cpu on {host}",
+            m.spec.cpu, m.spec.memory
+        ));
     }
     if m.spec.role == MachineRole::ControlPlane {
         // Spread: a host without this cluster's control plane if there is one
         // (required then); among those, a rack without one.
-        let cp_racks: Vec<Option<String>> = rooms.iter().filter(|r| spread.count(m, &r.name).0 > 0).map(|r| r.rack.clone()).collect();
-        let free_hosts: Vec<usize> = fits.iter().copied().filter(|&i| spread.count(m, &rooms[i].name).0 == 0).collect();
-        let pool = if free_hosts.is_empty() { fits.clone() } else { free_hosts };
-        let new_rack: Vec<usize> = pool.iter().copied().filter(|&i| rooms[i].rack.is_some() && !cp_racks.contains(&rooms[i].rack)).collect();
+        let cp_racks: Vec<Option<String>> = rooms
+            .iter()
+            .filter(|r| spread.count(m, &r.name).0 > 0)
+            .map(|r| r.rack.clone())
+            .collect();
+        let free_hosts: Vec<usize> = fits
+            .iter()
+            .copied()
+            .filter(|&i| spread.count(m, &rooms[i].name).0 == 0)
+            .collect();
+        let pool = if free_hosts.is_empty() {
+            fits.clone()
+        } else {
+            free_hosts
+        };
+        let new_rack: Vec<usize> = pool
+            .iter()
+            .copied()
+            .filter(|&i| rooms[i].rack.is_some() && !cp_racks.contains(&rooms[i].rack))
+            .collect();
         let pool = if new_rack.is_empty() { pool } else { new_rack };
-        return pool.into_iter().max_by(|&a, &b| rooms[a].free_memory().total_cmp(&rooms[b].free_memory())).ok_or_else(|| "no host".into());
+        return pool
+            .into_iter()
+            .max_by(|&a, &b| rooms[a].free_memory().total_cmp(&rooms[b].free_memory()))
+            .ok_or_else(|| "no host".into());
     }
     let pick = if cfg.spread_workers {
         fits.iter().copied().min_by(|&a, &b| {
-            (spread.count(m, &rooms[a].name).1, std::cmp::Reverse(rooms[a].free_memory() as u64))
-                .cmp(&(spread.count(m, &rooms[b].name).1, std::cmp::Reverse(rooms[b].free_memory() as u64)))
+            (
+                spread.count(m, &rooms[a].name).1,
+                std::cmp::Reverse(rooms[a].free_memory() as u64),
+            )
+                .cmp(&(
+                    spread.count(m, &rooms[b].name).1,
+                    std::cmp::Reverse(rooms[b].free_memory() as u64),
+                ))
         })
     } else {
-        fits.iter().copied().min_by(|&a, &b| rooms[a].free_memory().total_cmp(&rooms[b].free_memory()))
+        fits.iter()
+            .copied()
+            .min_by(|&a, &b| rooms[a].free_memory().total_cmp(&rooms[b].free_memory()))
     };
     pick.ok_or_else(|| "no host".into())
 }
 
 fn scheduled_condition(m: &Machine, ok: bool, reason: &str, message: String) -> Condition {
     let status = if ok { "True" } else { "False" };
-    let prev = m.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Scheduled"));
+    let prev = m
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Scheduled"));
     let since = match prev {
         Some(p) if p.status == status => p.last_transition_time.clone(),
         _ => Time(Timestamp::now()),
     };
-    Condition { type_: "Scheduled".into(), status: status.into(), reason: reason.into(), message, last_transition_time: since, observed_generation: m.metadata.generation }
+    Condition {
+        type_: "Scheduled".into(),
+        status: status.into(),
+        reason: reason.into(),
+        message,
+        last_transition_time: since,
+        observed_generation: m.metadata.generation,
+    }
 }
 
 /// The Machine's conditions with `c` put in place of its type.
 fn with_condition(m: &Machine, c: Condition) -> Vec<Condition> {
-    let mut out: Vec<Condition> = m.status.as_ref().map(|s| s.conditions.clone()).unwrap_or_default();
+    let mut out: Vec<Condition> = m
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
     out.retain(|x| x.type_ != c.type_);
     out.push(c);
     out
@@ -162,7 +226,12 @@ pub async fn pass(
     // Binds this scheduler made that the cache does not show yet count as
     // made (kube-scheduler's "assume"): else the next pass would place
     // against capacity and spread that are already taken.
-    assumed.retain(|uid, _| machines.iter().any(|m| m.uid().as_deref() == Some(uid.as_str()) && m.spec.host_name.is_none()));
+    let unbound: std::collections::HashSet<String> = machines
+        .iter()
+        .filter(|m| m.spec.host_name.is_none())
+        .filter_map(|m| m.uid())
+        .collect();
+    assumed.retain(|uid, _| unbound.contains(uid));
     let machines: Vec<Arc<Machine>> = machines
         .iter()
         .map(|m| match m.uid().and_then(|u| assumed.get(&u)) {
@@ -176,8 +245,16 @@ pub async fn pass(
         .collect();
     let machines = &machines[..];
     let mut rooms = rooms(cfg, hosts, machines);
-    let mut pending: Vec<&Arc<Machine>> = machines.iter().filter(|m| m.spec.host_name.is_none() && m.metadata.deletion_timestamp.is_none()).collect();
-    pending.sort_by_key(|m| (m.spec.role != MachineRole::ControlPlane, m.metadata.creation_timestamp.clone().map(|t| t.0)));
+    let mut pending: Vec<&Arc<Machine>> = machines
+        .iter()
+        .filter(|m| m.spec.host_name.is_none() && m.metadata.deletion_timestamp.is_none())
+        .collect();
+    pending.sort_by_key(|m| {
+        (
+            m.spec.role != MachineRole::ControlPlane,
+            m.metadata.creation_timestamp.clone().map(|t| t.0),
+        )
+    });
     let mut spread = Spread::new(machines);
     let mut plans = Vec::with_capacity(pending.len());
     for m in pending {
@@ -216,13 +293,27 @@ async fn apply(client: &kube::Client, m: &Machine, plan: Result<String, String>)
     match plan {
         Ok(host) => {
             let patch = json!({"metadata": {"resourceVersion": m.resource_version()}, "spec": {"hostName": host}});
-            match api.patch(&m.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            match api
+                .patch(
+                    &m.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await
+            {
                 Ok(updated) => {
                     tracing::debug!(machine = %m.name_any(), %host, "bound");
-                    let c = scheduled_condition(&updated, true, "Bound", format!("bound to {host}"));
-                    let phase = updated.status.as_ref().and_then(|s| s.phase).unwrap_or(MachinePhase::Scheduled);
+                    let c =
+                        scheduled_condition(&updated, true, "Bound", format!("bound to {host}"));
+                    let phase = updated
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase)
+                        .unwrap_or(MachinePhase::Scheduled);
                     let st = json!({"status": {"conditions": with_condition(&updated, c), "phase": phase}});
-                    let _ = api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(&st)).await;
+                    let _ = api
+                        .patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(&st))
+                        .await;
                     true
                 }
                 Err(e) => {
@@ -232,12 +323,19 @@ async fn apply(client: &kube::Client, m: &Machine, plan: Result<String, String>)
             }
         }
         Err(why) => {
-            let same = m.status.as_ref().is_some_and(|s| s.conditions.iter().any(|x| x.type_ == "Scheduled" && x.message == why));
+            let same = m.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|x| x.type_ == "Scheduled" && x.message == why)
+            });
             if !same {
                 tracing::info!(machine = %m.name_any(), reason = %why, "unschedulable");
                 let c = scheduled_condition(m, false, "Unschedulable", why.clone());
-                let st = json!({"status": {"conditions": with_condition(m, c), "phase": "Pending"}});
-                let _ = api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(&st)).await;
+                let st =
+                    json!({"status": {"conditions": with_condition(m, c), "phase": "Pending"}});
+                let _ = api
+                    .patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(&st))
+                    .await;
                 crate::events::record(client, m, true, "FailedScheduling", why).await;
             }
             false
@@ -253,7 +351,14 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     let _ = hosts.wait_until_ready().await;
     let mut assumed = HashMap::new();
     loop {
-        pass(&client, &cfg, &hosts.state(), &machines.state(), &mut assumed).await;
+        pass(
+            &client,
+            &cfg,
+            &hosts.state(),
+            &machines.state(),
+            &mut assumed,
+        )
+        .await;
         tokio::select! {
             _ = notify.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
@@ -264,10 +369,20 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
 /// A reflector store that pokes `notify` on every change.
 pub fn store<K>(api: Api<K>, notify: Arc<tokio::sync::Notify>) -> reflector::Store<K>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
 {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()).default_backoff()).touched_objects();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .touched_objects();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while stream.next().await.is_some() {

@@ -34,11 +34,20 @@ async fn plain_qemu_floor(dir: &Path, image: &Path) -> Duration {
             k = image.join("vmlinuz").display(),
             i = image.join("initrd.img").display()
         );
-        assert!(Command::new("qemu-system-x86_64").args(args.split_whitespace()).status().expect("qemu").success());
+        assert!(
+            Command::new("qemu-system-x86_64")
+                .args(args.split_whitespace())
+                .status()
+                .expect("qemu")
+                .success()
+        );
         socks.push((d, qga));
     }
     for (_, qga) in &socks {
-        while paddock_agent::jsonsock::qga(qga, Duration::from_millis(500)).await.is_err() {
+        while paddock_agent::jsonsock::qga(qga, Duration::from_millis(500))
+            .await
+            .is_err()
+        {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -59,7 +68,10 @@ async fn main() {
         lab.start_agent(h, &s.kubeconfig(), &socket, &image);
     }
     let hosts: Api<paddock_api::Host> = Api::all(s.client.clone());
-    common::eventually(60, "hosts", || async { (hosts.list(&Default::default()).await.ok()?.items.len() == 3).then_some(()) }).await;
+    common::eventually(60, "hosts", || async {
+        (hosts.list(&Default::default()).await.ok()?.items.len() == 3).then_some(())
+    })
+    .await;
     let clusters: Api<Cluster> = Api::namespaced(s.client.clone(), "bench");
     let mut ready = Vec::new();
     let mut floor = Vec::new();
@@ -68,21 +80,55 @@ async fn main() {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let spec = serde_json::from_value(json!({"controlPlane": {"memory": "256Mi"}, "nodePools": [{"name": "w", "replicas": 2, "cpu": 1, "memory": "256Mi"}]})).expect("spec");
         let t = Instant::now();
-        clusters.create(&PostParams::default(), &Cluster::new(&format!("c{r}"), spec)).await.expect("cluster");
+        clusters
+            .create(
+                &PostParams::default(),
+                &Cluster::new(&format!("c{r}"), spec),
+            )
+            .await
+            .expect("cluster");
         common::eventually(300, "Ready", || async {
-            (clusters.get(&format!("c{r}")).await.ok()?.status?.phase == Some(ClusterPhase::Ready)).then_some(())
+            (clusters.get(&format!("c{r}")).await.ok()?.status?.phase == Some(ClusterPhase::Ready))
+                .then_some(())
         })
         .await;
         ready.push(t.elapsed());
-        clusters.delete(&format!("c{r}"), &DeleteParams::default()).await.expect("delete");
-        common::eventually(120, "gone", || async { clusters.get_opt(&format!("c{r}")).await.ok()?.is_none().then_some(()) }).await;
-        common::eventually(60, "VMs gone", || async { lab.qemu_pids().is_empty().then_some(()) }).await;
+        clusters
+            .delete(&format!("c{r}"), &DeleteParams::default())
+            .await
+            .expect("delete");
+        common::eventually(120, "gone", || async {
+            clusters
+                .get_opt(&format!("c{r}"))
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        common::eventually(60, "VMs gone", || async {
+            lab.qemu_pids().is_empty().then_some(())
+        })
+        .await;
     }
     let ms = |d: &Duration| d.as_secs_f64() * 1e3;
     ready.sort();
     floor.sort();
-    println!("cluster create -> Ready (1 control plane + 2 workers, 3 hosts, TCG), {ROUNDS} rounds");
-    println!("  through Paddock           : p50 {:>7.0} ms  max {:>7.0} ms", ms(&ready[ROUNDS / 2]), ms(&ready[ROUNDS - 1]));
-    println!("  plain QEMU, same 3 VMs    : p50 {:>7.0} ms  max {:>7.0} ms  (until their guest agents answer)", ms(&floor[ROUNDS / 2]), ms(&floor[ROUNDS - 1]));
-    println!("  ratio (p50)               : {:.2}x", ms(&ready[ROUNDS / 2]) / ms(&floor[ROUNDS / 2]));
+    println!(
+        "cluster create -> Ready (1 control plane + 2 workers, 3 hosts, TCG), {ROUNDS} rounds"
+    );
+    println!(
+        "  through Paddock           : p50 {:>7.0} ms  max {:>7.0} ms",
+        ms(&ready[ROUNDS / 2]),
+        ms(&ready[ROUNDS - 1])
+    );
+    println!(
+        "  plain QEMU, same 3 VMs    : p50 {:>7.0} ms  max {:>7.0} ms  (until their guest agents answer)",
+        ms(&floor[ROUNDS / 2]),
+        ms(&floor[ROUNDS - 1])
+    );
+    println!(
+        "  ratio (p50)               : {:.2}x",
+        ms(&ready[ROUNDS / 2]) / ms(&floor[ROUNDS / 2])
+    );
 }

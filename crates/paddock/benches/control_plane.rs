@@ -25,17 +25,29 @@ use paddock_api::{Cluster, Host, HostSpec, Machine};
 use serde_json::json;
 
 fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A simulated agent: registers its Host as Ready with room, holds its Lease. Runs no VMs.
 async fn simulated_agent(client: kube::Client, n: usize) {
     let name = format!("sim-host-{n:04}");
     let hosts: Api<Host> = Api::all(client.clone());
-    hosts.create(&PostParams::default(), &Host::new(&name, HostSpec::default())).await.expect("host");
+    hosts
+        .create(
+            &PostParams::default(),
+            &Host::new(&name, HostSpec::default()),
+        )
+        .await
+        .expect("host");
     let st = json!({"status": {"phase": "Ready", "underlayIp": format!("10.200.{}.{}", n / 250, n % 250 + 1),
         "capacity": {"cpu": 64, "memory": "256Gi"}, "allocatable": {"cpu": 64, "memory": "256Gi"}}});
-    hosts.patch_status(&name, &PatchParams::default(), &Patch::Merge(&st)).await.expect("host status");
+    hosts
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
+        .await
+        .expect("host status");
     let mut lease = Lease::default();
     lease.metadata.name = Some(format!("host-{name}"));
     lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
@@ -44,7 +56,10 @@ async fn simulated_agent(client: kube::Client, n: usize) {
         renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
         ..Default::default()
     });
-    Api::<Lease>::namespaced(client, "paddock-system").create(&PostParams::default(), &lease).await.expect("lease");
+    Api::<Lease>::namespaced(client, "paddock-system")
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("lease");
 }
 
 #[tokio::main]
@@ -55,16 +70,26 @@ async fn main() {
     let total = n_clusters * per_cluster;
     let s = TestServer::start().await;
     let client = s.client.clone();
-    println!("control plane at scale: {n_hosts} hosts (simulated agents), {n_clusters} clusters x {per_cluster} machines = {total} machines");
+    println!(
+        "control plane at scale: {n_hosts} hosts (simulated agents), {n_clusters} clusters x {per_cluster} machines = {total} machines"
+    );
 
     let t = Instant::now();
-    futures::stream::iter(0..n_hosts).for_each_concurrent(32, |n| simulated_agent(client.clone(), n)).await;
-    println!("  {n_hosts} simulated hosts registered in {:.1} s", t.elapsed().as_secs_f64());
+    futures::stream::iter(0..n_hosts)
+        .for_each_concurrent(32, |n| simulated_agent(client.clone(), n))
+        .await;
+    println!(
+        "  {n_hosts} simulated hosts registered in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
     let s = s.with_controllers(paddock_controllers::Config::default());
 
     let mut ns = Namespace::default();
     ns.metadata.name = Some("bench".into());
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("ns");
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("ns");
 
     // Watch every Machine: when it is first seen, and when it is seen bound.
     let seen: Arc<Mutex<HashMap<String, (Instant, Option<Instant>)>>> = Arc::default();
@@ -97,10 +122,18 @@ async fn main() {
             }
         })
         .await;
-    println!("  {n_clusters} clusters created in {:.1} s", start.elapsed().as_secs_f64());
+    println!(
+        "  {n_clusters} clusters created in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     let deadline = Instant::now() + Duration::from_secs(1800);
     loop {
-        let bound = seen.lock().expect("lock").values().filter(|v| v.1.is_some()).count();
+        let bound = seen
+            .lock()
+            .expect("lock")
+            .values()
+            .filter(|v| v.1.is_some())
+            .count();
         if bound >= total || Instant::now() > deadline {
             break;
         }
@@ -114,9 +147,20 @@ async fn main() {
     lat.sort();
     let n = lat.len();
     let pct = |p: f64| lat[((n as f64 * p) as usize).min(n - 1)].as_secs_f64() * 1e3;
-    println!("  machines bound: {n} of {total}, all within {:.1} s of the first cluster create", (last - start).as_secs_f64());
-    println!("  placements per second (first machine seen -> last bound): {:.0}", n as f64 / (last - first).as_secs_f64());
-    println!("  create-to-bound latency: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms", pct(0.5), pct(0.99), pct(1.0));
+    println!(
+        "  machines bound: {n} of {total}, all within {:.1} s of the first cluster create",
+        (last - start).as_secs_f64()
+    );
+    println!(
+        "  placements per second (first machine seen -> last bound): {:.0}",
+        n as f64 / (last - first).as_secs_f64()
+    );
+    println!(
+        "  create-to-bound latency: p50 {:.0} ms  p99 {:.0} ms  max {:.0} ms",
+        pct(0.5),
+        pct(0.99),
+        pct(1.0)
+    );
     drop(s2);
     drop(s);
 }

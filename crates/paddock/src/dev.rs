@@ -18,7 +18,11 @@ fn host_ns(i: usize) -> String {
 }
 
 fn sh(cmd: &str) -> anyhow::Result<()> {
-    let out = Command::new("sh").arg("-c").arg(cmd).output().with_context(|| format!("running {cmd}"))?;
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
     if !out.status.success() {
         bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -34,7 +38,11 @@ fn alive(pidfile: &Path) -> bool {
 
 /// Starts `args` detached from this process (own session), logging to `log`.
 fn spawn_detached(args: &[String], log: &Path, pidfile: &Path) -> anyhow::Result<()> {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("log {}", log.display()))?;
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("log {}", log.display()))?;
     let child = Command::new("setsid")
         .args(args)
         .stdin(Stdio::null())
@@ -67,7 +75,11 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
     eprintln!("• dev node image");
     let script = d.join("build-dev-image.sh");
     std::fs::write(&script, IMAGE_SCRIPT)?;
-    let st = Command::new("bash").arg(&script).arg(&u.image_dir).stdout(Stdio::null()).status()?;
+    let st = Command::new("bash")
+        .arg(&script)
+        .arg(&u.image_dir)
+        .stdout(Stdio::null())
+        .status()?;
     if !st.success() {
         bail!("building the dev image failed");
     }
@@ -97,7 +109,10 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
                 break c;
             }
             if tokio::time::Instant::now() > deadline {
-                bail!("the server did not answer; see {}", d.join("server.log").display());
+                bail!(
+                    "the server did not answer; see {}",
+                    d.join("server.log").display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -114,7 +129,9 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
 
     eprintln!("• {} hosts", u.hosts);
     if !netns_exists(FABRIC) {
-        sh(&format!("ip netns add {FABRIC} && ip -n {FABRIC} link add fabric0 type bridge && ip -n {FABRIC} link set fabric0 up"))?;
+        sh(&format!(
+            "ip netns add {FABRIC} && ip -n {FABRIC} link add fabric0 type bridge && ip -n {FABRIC} link set fabric0 up"
+        ))?;
     }
     for n in 1..=u.hosts {
         let ns = host_ns(n);
@@ -129,9 +146,24 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
         let pidfile = d.join(format!("agent-{n}.pid"));
         if !alive(&pidfile) {
             let args: Vec<String> = [
-                "ip", "netns", "exec", &ns, &exe, "agent", "--api-socket", &socket.display().to_string(), "--kubeconfig",
-                &kubeconfig.display().to_string(), "--name", &format!("host-{n}"), "--underlay-ip", &ip, "--state-dir",
-                &d.join(format!("hosts/host-{n}")).display().to_string(), "--probe-kernel", &k.display().to_string(),
+                "ip",
+                "netns",
+                "exec",
+                &ns,
+                &exe,
+                "agent",
+                "--api-socket",
+                &socket.display().to_string(),
+                "--kubeconfig",
+                &kubeconfig.display().to_string(),
+                "--name",
+                &format!("host-{n}"),
+                "--underlay-ip",
+                &ip,
+                "--state-dir",
+                &d.join(format!("hosts/host-{n}")).display().to_string(),
+                "--probe-kernel",
+                &k.display().to_string(),
             ]
             .iter()
             .map(|s| (*s).to_owned())
@@ -147,13 +179,19 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
             .await?
             .items
             .iter()
-            .filter(|h| h.status.as_ref().and_then(|s| s.phase) == Some(paddock_api::HostPhase::Ready))
+            .filter(|h| {
+                h.status.as_ref().and_then(|s| s.phase) == Some(paddock_api::HostPhase::Ready)
+            })
             .count();
         if ready >= u.hosts {
             break;
         }
         if tokio::time::Instant::now() > deadline {
-            bail!("only {ready} of {} hosts Ready; see {}/agent-*.log", u.hosts, d.display());
+            bail!(
+                "only {ready} of {} hosts Ready; see {}/agent-*.log",
+                u.hosts,
+                d.display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
@@ -168,8 +206,13 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
 
 pub fn down(data_dir: &Path) -> anyhow::Result<()> {
     let kill = |pidfile: &Path| {
-        if let Some(pid) = std::fs::read_to_string(pidfile).ok().and_then(|p| p.trim().parse::<u32>().ok()) {
-            let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        if let Some(pid) = std::fs::read_to_string(pidfile)
+            .ok()
+            .and_then(|p| p.trim().parse::<u32>().ok())
+        {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
         }
         let _ = std::fs::remove_file(pidfile);
     };
@@ -184,14 +227,22 @@ pub fn down(data_dir: &Path) -> anyhow::Result<()> {
     // VMs outlive agents by design: stop the lab's QEMUs by their directory.
     let needle = data_dir.display().to_string();
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd);
         if cmd.starts_with("qemu-system") && cmd.contains(&needle) {
-            let _ = Command::new("kill").args(["-9", &e.file_name().to_string_lossy()]).status();
+            let _ = Command::new("kill")
+                .args(["-9", &e.file_name().to_string_lossy()])
+                .status();
         }
     }
     kill(&data_dir.join("server.pid"));
-    for e in std::fs::read_dir("/run/netns").into_iter().flatten().flatten() {
+    for e in std::fs::read_dir("/run/netns")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().into_owned();
         if name == FABRIC || name.starts_with("paddock-host") {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
@@ -199,7 +250,8 @@ pub fn down(data_dir: &Path) -> anyhow::Result<()> {
     }
     std::thread::sleep(Duration::from_millis(300));
     if data_dir.exists() {
-        std::fs::remove_dir_all(data_dir).with_context(|| format!("removing {}", data_dir.display()))?;
+        std::fs::remove_dir_all(data_dir)
+            .with_context(|| format!("removing {}", data_dir.display()))?;
     }
     println!("Paddock lab removed.");
     Ok(())

@@ -158,7 +158,8 @@ fn init_tracing() {
 
 async fn admin_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
     use kube::config::{KubeConfigOptions, Kubeconfig};
-    let kc = Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
     Ok(kube::Client::try_from(cfg)?)
 }
@@ -276,7 +277,18 @@ async fn main() -> ExitCode {
         },
         Command::Dev(cmd) => {
             let res = match cmd {
-                DevCommand::Up { hosts, data_dir, image_dir } => dev::up(dev::Up { hosts, data_dir, image_dir }).await,
+                DevCommand::Up {
+                    hosts,
+                    data_dir,
+                    image_dir,
+                } => {
+                    dev::up(dev::Up {
+                        hosts,
+                        data_dir,
+                        image_dir,
+                    })
+                    .await
+                }
                 DevCommand::Down { data_dir } => dev::down(&data_dir),
             };
             match res {

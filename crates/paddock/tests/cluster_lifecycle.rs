@@ -18,21 +18,39 @@ use kube::api::{Api, ListParams};
 use paddock_api::{Cluster, ClusterPhase, Machine};
 
 fn controllers() -> paddock_controllers::Config {
-    paddock_controllers::Config { host_grace: Duration::from_secs(3), ..Default::default() }
+    paddock_controllers::Config {
+        host_grace: Duration::from_secs(3),
+        ..Default::default()
+    }
 }
 
 fn paddock(s: &TestServer, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_paddock")).arg("--kubeconfig").arg(s.kubeconfig()).args(args).output().expect("paddock")
+    Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig())
+        .args(args)
+        .output()
+        .expect("paddock")
 }
 
 fn ok(s: &TestServer, args: &[&str]) -> String {
     let out = paddock(s, args);
-    assert!(out.status.success(), "paddock {args:?}: {}{}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success(),
+        "paddock {args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     stdout(&out)
 }
 
 /// Starts every host's agent and waits until all hosts are Ready.
-async fn start_agents(lab: &mut Lab, s: &TestServer, socket: &std::path::Path, image: &std::path::Path) {
+async fn start_agents(
+    lab: &mut Lab,
+    s: &TestServer,
+    socket: &std::path::Path,
+    image: &std::path::Path,
+) {
     lab.agent_args = vec!["--heartbeat-seconds".into(), "1".into()];
     for h in 0..lab.hosts.len() {
         lab.start_agent(h, &s.kubeconfig(), socket, image);
@@ -40,14 +58,26 @@ async fn start_agents(lab: &mut Lab, s: &TestServer, socket: &std::path::Path, i
     let hosts: Api<paddock_api::Host> = Api::all(s.client.clone());
     let n = lab.hosts.len();
     eventually(60, "hosts Ready", || async {
-        let ready = hosts.list(&ListParams::default()).await.ok()?.items.iter().filter(|h| h.status.as_ref().and_then(|s| s.phase) == Some(paddock_api::HostPhase::Ready)).count();
+        let ready = hosts
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .iter()
+            .filter(|h| {
+                h.status.as_ref().and_then(|s| s.phase) == Some(paddock_api::HostPhase::Ready)
+            })
+            .count();
         (ready == n).then_some(())
     })
     .await;
 }
 
 async fn machines_of(api: &Api<Machine>, cluster: &str) -> Vec<Machine> {
-    api.list(&ListParams::default().labels(&format!("paddock.io/cluster={cluster}"))).await.expect("list").items
+    api.list(&ListParams::default().labels(&format!("paddock.io/cluster={cluster}")))
+        .await
+        .expect("list")
+        .items
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -58,59 +88,198 @@ async fn create_scale_survive_a_host_and_delete() {
     let machines: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
     let clusters: Api<Cluster> = Api::namespaced(s.client.clone(), "acme");
 
-    let out = ok(&s, &["cluster", "create", "demo", "-n", "acme", "--workers", "2", "--cpu", "1", "--memory", "256Mi", "--wait", "--timeout", "300"]);
+    let out = ok(
+        &s,
+        &[
+            "cluster",
+            "create",
+            "demo",
+            "-n",
+            "acme",
+            "--workers",
+            "2",
+            "--cpu",
+            "1",
+            "--memory",
+            "256Mi",
+            "--wait",
+            "--timeout",
+            "300",
+        ],
+    );
     assert!(out.contains("cluster demo is Ready"), "{out}");
     let ms = machines_of(&machines, "demo").await;
     assert_eq!(ms.len(), 3);
     let hosts: HashSet<String> = ms.iter().filter_map(|m| m.spec.host_name.clone()).collect();
-    assert_eq!(hosts.len(), 3, "one control plane and two workers spread over three hosts: {hosts:?}");
+    assert_eq!(
+        hosts.len(),
+        3,
+        "one control plane and two workers spread over three hosts: {hosts:?}"
+    );
     let c = clusters.get("demo").await.expect("cluster");
     let st = c.status.clone().expect("status");
     let overlay = st.overlay.clone().expect("overlay");
-    assert_eq!((st.control_plane_ready, st.nodes_ready, st.observed_generation), (1, 2, c.metadata.generation));
+    assert_eq!(
+        (
+            st.control_plane_ready,
+            st.nodes_ready,
+            st.observed_generation
+        ),
+        (1, 2, c.metadata.generation)
+    );
     // The cluster's VMs reach each other over its overlay.
-    let ips: Vec<String> = ms.iter().filter_map(|m| m.spec.ip.clone()).map(|ip| ip.split('/').next().unwrap_or_default().to_owned()).collect();
-    let out = ok(&s, &["machine", "exec", &ms[0].name_any(), "-n", "acme", "--", "ping", "-c", "1", "-W", "3", &ips[1]]);
+    let ips: Vec<String> = ms
+        .iter()
+        .filter_map(|m| m.spec.ip.clone())
+        .map(|ip| ip.split('/').next().unwrap_or_default().to_owned())
+        .collect();
+    let out = ok(
+        &s,
+        &[
+            "machine",
+            "exec",
+            &ms[0].name_any(),
+            "-n",
+            "acme",
+            "--",
+            "ping",
+            "-c",
+            "1",
+            "-W",
+            "3",
+            &ips[1],
+        ],
+    );
     assert!(out.contains("1 packets received"), "{out}");
     let events = s.kubectl_ok(&["-n", "acme", "get", "events"]);
-    assert!(events.contains("OverlayAllocated") && events.contains("MachineCreated") && events.contains("Ready"), "{events}");
+    assert!(
+        events.contains("OverlayAllocated")
+            && events.contains("MachineCreated")
+            && events.contains("Ready"),
+        "{events}"
+    );
 
-    ok(&s, &["cluster", "scale", "demo", "-n", "acme", "--workers", "3", "--wait", "--timeout", "300"]);
+    ok(
+        &s,
+        &[
+            "cluster",
+            "scale",
+            "demo",
+            "-n",
+            "acme",
+            "--workers",
+            "3",
+            "--wait",
+            "--timeout",
+            "300",
+        ],
+    );
     assert_eq!(machines_of(&machines, "demo").await.len(), 4);
-    ok(&s, &["cluster", "scale", "demo", "-n", "acme", "--workers", "1", "--wait", "--timeout", "120"]);
-    eventually(60, "scale down to 2 machines", || async { (machines_of(&machines, "demo").await.len() == 2).then_some(()) }).await;
+    ok(
+        &s,
+        &[
+            "cluster",
+            "scale",
+            "demo",
+            "-n",
+            "acme",
+            "--workers",
+            "1",
+            "--wait",
+            "--timeout",
+            "120",
+        ],
+    );
+    eventually(60, "scale down to 2 machines", || async {
+        (machines_of(&machines, "demo").await.len() == 2).then_some(())
+    })
+    .await;
 
     // A host dies with its VMs: its machines are replaced on the others.
     let ms = machines_of(&machines, "demo").await;
     let victim_host = ms[0].spec.host_name.clone().expect("bound");
-    let victim = lab.hosts.iter().position(|h| h.name == victim_host).expect("host");
+    let victim = lab
+        .hosts
+        .iter()
+        .position(|h| h.name == victim_host)
+        .expect("host");
     lab.destroy_host(victim);
     eventually(240, "machines back Ready on the other hosts", || async {
         let ms = machines_of(&machines, "demo").await;
         let c = clusters.get("demo").await.ok()?;
         let ready = c.status.as_ref().and_then(|s| s.phase) == Some(ClusterPhase::Ready);
-        let elsewhere = ms.len() == 2 && ms.iter().all(|m| m.spec.host_name.as_deref().is_some_and(|h| h != victim_host));
+        let elsewhere = ms.len() == 2
+            && ms.iter().all(|m| {
+                m.spec
+                    .host_name
+                    .as_deref()
+                    .is_some_and(|h| h != victim_host)
+            });
         (ready && elsewhere).then_some(())
     })
     .await;
-    let host = Api::<paddock_api::Host>::all(s.client.clone()).get(&victim_host).await.expect("host");
-    assert_eq!(host.status.and_then(|s| s.phase), Some(paddock_api::HostPhase::NotReady));
+    let host = Api::<paddock_api::Host>::all(s.client.clone())
+        .get(&victim_host)
+        .await
+        .expect("host");
+    assert_eq!(
+        host.status.and_then(|s| s.phase),
+        Some(paddock_api::HostPhase::NotReady)
+    );
 
     // Delete: nothing is left, and the overlay goes back to the pool.
-    ok(&s, &["cluster", "delete", "demo", "-n", "acme", "--wait", "--timeout", "120"]);
+    ok(
+        &s,
+        &[
+            "cluster",
+            "delete",
+            "demo",
+            "-n",
+            "acme",
+            "--wait",
+            "--timeout",
+            "120",
+        ],
+    );
     assert!(machines_of(&machines, "demo").await.is_empty());
-    eventually(60, "VMs to go", || async { lab.qemu_pids().is_empty().then_some(()) }).await;
+    eventually(60, "VMs to go", || async {
+        lab.qemu_pids().is_empty().then_some(())
+    })
+    .await;
     for h in (0..3).filter(|h| *h != victim) {
         eventually(30, "links to go", || async {
             let links = lab.exec(h, "ip -o link show");
-            (!links.contains("pdtap") && !links.contains("pdbr") && !links.contains("pdvx")).then_some(())
+            (!links.contains("pdtap") && !links.contains("pdbr") && !links.contains("pdvx"))
+                .then_some(())
         })
         .await;
     }
-    ok(&s, &["cluster", "create", "next", "-n", "acme", "--workers", "0"]);
-    let next = eventually(30, "next overlay", || async { clusters.get("next").await.ok()?.status?.overlay }).await;
-    assert_eq!((next.vni, next.subnet), (overlay.vni, overlay.subnet), "the VNI and subnet are reused");
-    ok(&s, &["cluster", "delete", "next", "-n", "acme", "--wait", "--timeout", "120"]);
+    ok(
+        &s,
+        &["cluster", "create", "next", "-n", "acme", "--workers", "0"],
+    );
+    let next = eventually(30, "next overlay", || async {
+        clusters.get("next").await.ok()?.status?.overlay
+    })
+    .await;
+    assert_eq!(
+        (next.vni, next.subnet),
+        (overlay.vni, overlay.subnet),
+        "the VNI and subnet are reused"
+    );
+    ok(
+        &s,
+        &[
+            "cluster",
+            "delete",
+            "next",
+            "-n",
+            "acme",
+            "--wait",
+            "--timeout",
+            "120",
+        ],
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -120,10 +289,29 @@ async fn unschedulable_until_a_host_with_room_joins() {
     let machines: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
     let clusters: Api<Cluster> = Api::namespaced(s.client.clone(), "acme");
 
-    ok(&s, &["cluster", "create", "small", "-n", "acme", "--workers", "1", "--cpu", "1", "--memory", "256Mi"]);
+    ok(
+        &s,
+        &[
+            "cluster",
+            "create",
+            "small",
+            "-n",
+            "acme",
+            "--workers",
+            "1",
+            "--cpu",
+            "1",
+            "--memory",
+            "256Mi",
+        ],
+    );
     let why = eventually(30, "a reason", || async {
         let m = machines_of(&machines, "small").await.into_iter().next()?;
-        let c = m.status?.conditions.into_iter().find(|c| c.type_ == "Scheduled" && c.status == "False")?;
+        let c = m
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Scheduled" && c.status == "False")?;
         Some(c.message)
     })
     .await;
@@ -139,18 +327,75 @@ async fn unschedulable_until_a_host_with_room_joins() {
     .await;
 
     // Too big for any host: Pending, and the reason names the shortfall.
-    ok(&s, &["cluster", "create", "huge", "-n", "acme", "--workers", "1", "--memory", "900Gi"]);
+    ok(
+        &s,
+        &[
+            "cluster",
+            "create",
+            "huge",
+            "-n",
+            "acme",
+            "--workers",
+            "1",
+            "--memory",
+            "900Gi",
+        ],
+    );
     let why = eventually(30, "a reason", || async {
-        machines_of(&machines, "huge").await.into_iter().find_map(|m| {
-            let c = m.status?.conditions.into_iter().find(|c| c.type_ == "Scheduled" && c.status == "False")?;
-            Some(c.message)
-        })
+        machines_of(&machines, "huge")
+            .await
+            .into_iter()
+            .find_map(|m| {
+                let c = m
+                    .status?
+                    .conditions
+                    .into_iter()
+                    .find(|c| c.type_ == "Scheduled" && c.status == "False")?;
+                Some(c.message)
+            })
     })
     .await;
-    assert!(why.contains("needs 2 cpu and 900Gi memory; largest free is") && why.contains("host-1"), "{why}");
-    let events = s.kubectl_ok(&["-n", "acme", "get", "events", "--field-selector", "reason=FailedScheduling"]);
+    assert!(
+        why.contains("needs 2 cpu and 900Gi memory; largest free is") && why.contains("host-1"),
+        "{why}"
+    );
+    let events = s.kubectl_ok(&[
+        "-n",
+        "acme",
+        "get",
+        "events",
+        "--field-selector",
+        "reason=FailedScheduling",
+    ]);
     assert!(events.contains("900Gi"), "{events}");
-    ok(&s, &["cluster", "delete", "huge", "-n", "acme", "--wait", "--timeout", "60"]);
-    ok(&s, &["cluster", "delete", "small", "-n", "acme", "--wait", "--timeout", "120"]);
-    eventually(60, "VMs to go", || async { lab.qemu_pids().is_empty().then_some(()) }).await;
+    ok(
+        &s,
+        &[
+            "cluster",
+            "delete",
+            "huge",
+            "-n",
+            "acme",
+            "--wait",
+            "--timeout",
+            "60",
+        ],
+    );
+    ok(
+        &s,
+        &[
+            "cluster",
+            "delete",
+            "small",
+            "-n",
+            "acme",
+            "--wait",
+            "--timeout",
+            "120",
+        ],
+    );
+    eventually(60, "VMs to go", || async {
+        lab.qemu_pids().is_empty().then_some(())
+    })
+    .await;
 }

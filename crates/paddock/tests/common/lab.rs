@@ -165,12 +165,18 @@ impl Lab {
         self.kill_agent(i);
         let needle = self.hosts[i].state.to_string_lossy().into_owned();
         for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else { continue };
+            let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
+                continue;
+            };
             if String::from_utf8_lossy(&cmd).contains(&needle) {
-                let _ = Command::new("kill").args(["-9", &e.file_name().to_string_lossy()]).status();
+                let _ = Command::new("kill")
+                    .args(["-9", &e.file_name().to_string_lossy()])
+                    .status();
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.hosts[i].netns]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.hosts[i].netns])
+            .status();
     }
 
     pub fn exec(&self, i: usize, cmd: &str) -> String {

@@ -42,7 +42,10 @@ impl TestServer {
 
     /// Also runs the controllers, in-process, as `paddock server` does.
     pub fn with_controllers(mut self, cfg: paddock_controllers::Config) -> Self {
-        self.controllers = Some(tokio::spawn(paddock_controllers::run(self.client.clone(), cfg)));
+        self.controllers = Some(tokio::spawn(paddock_controllers::run(
+            self.client.clone(),
+            cfg,
+        )));
         self
     }
 
