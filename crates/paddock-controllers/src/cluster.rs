@@ -24,12 +24,15 @@ use crate::{Config, events, overlay};
 
 pub const FINALIZER: &str = "paddock.io/cluster";
 
+/// Machines by (namespace, cluster), then by name.
+type MachineIndex = HashMap<(String, String), BTreeMap<String, Machine>>;
+
 struct Ctx {
     client: kube::Client,
     cfg: Arc<Config>,
     /// Every Machine, as the watch last saw it, by (namespace, cluster):
     /// reads come from here, not from a list per reconcile.
-    machines: Arc<std::sync::RwLock<HashMap<(String, String), BTreeMap<String, Machine>>>>,
+    machines: Arc<std::sync::RwLock<MachineIndex>>,
     /// Per cluster uid, Machines this controller created or deleted that the
     /// cache has not shown yet. While any is outstanding the cache is behind
     /// our own writes, so the cluster is not acted on (it would count wrong).
@@ -473,8 +476,7 @@ fn error_policy(c: Arc<Cluster>, e: &Error, _: Arc<Ctx>) -> Action {
 }
 
 pub async fn run(client: kube::Client, cfg: Arc<Config>) {
-    let index: Arc<std::sync::RwLock<HashMap<(String, String), BTreeMap<String, Machine>>>> =
-        Arc::default();
+    let index: Arc<std::sync::RwLock<MachineIndex>> = Arc::default();
     let key = |m: &Machine| {
         (
             m.namespace().unwrap_or_default(),

@@ -24,6 +24,9 @@ use kube::runtime::watcher;
 use paddock_api::{Cluster, Host, HostSpec, Machine};
 use serde_json::json;
 
+/// Per Machine uid: when it was first seen, and when it was seen bound.
+type Seen = HashMap<String, (Instant, Option<Instant>)>;
+
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
         .ok()
@@ -92,7 +95,7 @@ async fn main() {
         .expect("ns");
 
     // Watch every Machine: when it is first seen, and when it is seen bound.
-    let seen: Arc<Mutex<HashMap<String, (Instant, Option<Instant>)>>> = Arc::default();
+    let seen: Arc<Mutex<Seen>> = Arc::default();
     let machines: Api<Machine> = Api::all(client.clone());
     let watch = {
         let seen = seen.clone();
