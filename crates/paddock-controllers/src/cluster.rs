@@ -37,6 +37,8 @@ struct Ctx {
     /// cache has not shown yet. While any is outstanding the cache is behind
     /// our own writes, so the cluster is not acted on (it would count wrong).
     expect: Mutex<HashMap<String, HashSet<(String, bool)>>>,
+    /// Consecutive failed reconciles per cluster uid, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Ctx {
@@ -470,9 +472,32 @@ async fn set_status(
     Ok(())
 }
 
-fn error_policy(c: Arc<Cluster>, e: &Error, _: Arc<Ctx>) -> Action {
-    tracing::warn!(cluster = %c.name_any(), error = %e, "reconcile failed; retrying");
-    Action::requeue(Duration::from_secs(2))
+/// Exponential backoff per cluster: 0.5 s, 1 s, 2 s … up to 60 s.
+fn error_policy(c: Arc<Cluster>, e: &Error, ctx: Arc<Ctx>) -> Action {
+    let n = ctx
+        .failures
+        .lock()
+        .map(|mut f| {
+            let n = f.entry(c.uid().unwrap_or_default()).or_insert(0);
+            *n = n.saturating_add(1);
+            *n
+        })
+        .unwrap_or(1);
+    let delay = Duration::from_millis(500u64.saturating_mul(1 << n.min(7).saturating_sub(1)))
+        .min(Duration::from_secs(60));
+    tracing::warn!(cluster = %c.name_any(), error = %e, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+async fn reconcile_and_reset(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    let uid = c.uid().unwrap_or_default();
+    let res = reconcile(c, ctx.clone()).await;
+    if res.is_ok()
+        && let Ok(mut f) = ctx.failures.lock()
+    {
+        f.remove(&uid);
+    }
+    res
 }
 
 pub async fn run(client: kube::Client, cfg: Arc<Config>) {
@@ -531,13 +556,14 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         cfg,
         machines: index,
         expect: Mutex::default(),
+        failures: Mutex::default(),
     });
     Controller::new(
         Api::<Cluster>::all(client.clone()),
         watcher::Config::default(),
     )
     .owns(Api::<Machine>::all(client), watcher::Config::default())
-    .run(reconcile, error_policy, ctx)
+    .run(reconcile_and_reset, error_policy, ctx)
     .for_each(|_| futures::future::ready(()))
     .await;
 }
