@@ -270,52 +270,43 @@ impl Net {
                 .map_err(nl("create vxlan", name))?;
             tracing::info!(vxlan = name, vni, %local, "created vxlan");
         }
+        Ok(self.attached(name, bridge, mtu).await?.0.index)
+    }
+
+    /// The existing link `name`, enslaved to `bridge`, with `mtu`, up.
+    /// Also says whether it had to be (re)attached.
+    async fn attached(&self, name: &str, bridge: u32, mtu: u32) -> Result<(Link, bool)> {
         let l = self
             .link(name)
             .await?
             .ok_or_else(|| NetError::Missing(name.to_owned()))?;
-        if l.controller != Some(bridge) || l.mtu != mtu {
+        let change = l.controller != Some(bridge) || l.mtu != mtu;
+        if change {
+            let msg = LinkUnspec::new_with_index(l.index)
+                .controller(bridge)
+                .mtu(mtu)
+                .up()
+                .build();
             self.handle
                 .link()
-                .set(
-                    LinkUnspec::new_with_index(l.index)
-                        .controller(bridge)
-                        .mtu(mtu)
-                        .up()
-                        .build(),
-                )
+                .set(msg)
                 .execute()
                 .await
-                .map_err(nl("attach vxlan", name))?;
+                .map_err(nl("attach", name))?;
         }
-        Ok(l.index)
+        Ok((l, change))
     }
 
     /// A VM's tap on the cluster bridge. The port only forwards frames from
-    /// `mac` (locked port, static entry, no learning); [`guard::sync`] adds
+    /// `mac` (locked port, static entry, no learning); [`guard::apply`] adds
     /// the IP check.
     pub async fn ensure_tap(&self, name: &str, bridge: u32, mtu: u32, mac: Mac) -> Result<u32> {
         if self.link(name).await?.is_none() {
             tap::create_persistent_tap(name).map_err(|e| NetError::Tap(name.to_owned(), e))?;
             tracing::info!(tap = name, "created tap");
         }
-        let l = self
-            .link(name)
-            .await?
-            .ok_or_else(|| NetError::Missing(name.to_owned()))?;
-        if l.controller != Some(bridge) || l.mtu != mtu {
-            self.handle
-                .link()
-                .set(
-                    LinkUnspec::new_with_index(l.index)
-                        .controller(bridge)
-                        .mtu(mtu)
-                        .up()
-                        .build(),
-                )
-                .execute()
-                .await
-                .map_err(nl("attach tap", name))?;
+        let (l, attached) = self.attached(name, bridge, mtu).await?;
+        if attached {
             self.handle
                 .link()
                 .set_port(
