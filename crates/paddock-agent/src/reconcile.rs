@@ -531,7 +531,7 @@ impl Reconciler {
     async fn report(&self, m: &Machine, spec_ok: bool, vm: &VmDir, outcome: Result<u32, String>) {
         let old = m.status.clone().unwrap_or_default();
         let guest_ready = match &outcome {
-            Ok(_) => jsonsock::qga(&vm.qga(), Duration::from_millis(700))
+            Ok(_) => jsonsock::qga(&vm.qga(), Duration::from_secs(2))
                 .await
                 .is_ok(),
             Err(_) => false,

@@ -265,7 +265,10 @@ async fn overlays_isolation_adoption_and_cleanup() {
         before, after,
         "the restarted agent adopted the VMs without restarting them"
     );
-    assert!(guest_ready(&machines, "red-1").await);
+    eventually(60, "red-1 GuestReady under the new agent", || async {
+        guest_ready(&machines, "red-1").await.then_some(())
+    })
+    .await;
 
     // SIGKILL a QEMU: it comes back.
     let (h, uid) = &uids[1];
