@@ -177,6 +177,29 @@ fn address(o: &OverlayStatus, idx: u32) -> (String, String) {
     (format!("{ip}/24"), mac)
 }
 
+/// Deletes one of the cluster's Machines, expects the cache to show it, and says why.
+async fn remove_machine(
+    ctx: &Ctx,
+    machines: &Api<Machine>,
+    c: &Cluster,
+    m: &Machine,
+    why: String,
+) -> Result<(), Error> {
+    machines
+        .delete(&m.name_any(), &DeleteParams::default())
+        .await?;
+    ctx.expect(&c.uid().unwrap_or_default(), m.name_any(), false);
+    events::record(
+        &ctx.client,
+        c,
+        false,
+        "MachineDeleted",
+        format!("{}: {why}", m.name_any()),
+    )
+    .await;
+    Ok(())
+}
+
 async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let ns = c.namespace().unwrap_or_default();
     let name = c.name_any();
@@ -282,18 +305,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .collect();
     for m in &live {
         if !groups.iter().any(|g| in_group(m, g)) {
-            machines
-                .delete(&m.name_any(), &DeleteParams::default())
-                .await?;
-            ctx.expect(&uid, m.name_any(), false);
-            events::record(
-                &ctx.client,
-                c.as_ref(),
-                false,
-                "MachineDeleted",
-                format!("{}: its node pool was removed", m.name_any()),
-            )
-            .await;
+            remove_machine(&ctx, &machines, &c, m, "its node pool was removed".into()).await?;
         }
     }
     for g in &groups {
@@ -353,18 +365,14 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 )
             });
             for m in current.iter().take(current.len() - want) {
-                machines
-                    .delete(&m.name_any(), &DeleteParams::default())
-                    .await?;
-                ctx.expect(&uid, m.name_any(), false);
-                events::record(
-                    &ctx.client,
-                    c.as_ref(),
-                    false,
-                    "MachineDeleted",
-                    format!("{}: scaling {label} down to {want}", m.name_any()),
+                remove_machine(
+                    &ctx,
+                    &machines,
+                    &c,
+                    m,
+                    format!("scaling {label} down to {want}"),
                 )
-                .await;
+                .await?;
             }
         }
     }
