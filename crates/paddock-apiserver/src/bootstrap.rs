@@ -25,6 +25,8 @@ pub enum BootstrapError {
     Pki(#[from] PkiError),
     #[error("tokens")]
     Tokens(#[from] TokenFileError),
+    #[error("encryption key {0}: {1}")]
+    Key(String, String),
 }
 
 /// The files of a server's data directory.
@@ -55,6 +57,31 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), BootstrapError> {
     f.write_all(data).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// The key that seals Secrets at rest: read from `path`, or made there
+/// (0600) when the file does not exist. A file of the wrong size is an error,
+/// never silently replaced: the store's Secrets would no longer open.
+pub fn sealing_key(path: &Path) -> Result<paddock_store::SealingKey, BootstrapError> {
+    use paddock_store::encrypted::KEY_LEN;
+    let bad = |why: String| BootstrapError::Key(path.display().to_string(), why);
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let b = paddock_store::SealingKey::generate().map_err(|e| bad(e.to_string()))?;
+            write_private(path, &b)?;
+            tracing::info!(path = %path.display(), "made a new key for Secrets at rest");
+            b.to_vec()
+        }
+        Err(e) => return Err(BootstrapError::Io(path.display().to_string(), e)),
+    };
+    if bytes.len() != KEY_LEN {
+        return Err(bad(format!(
+            "holds {} bytes; a key is {KEY_LEN} random bytes",
+            bytes.len()
+        )));
+    }
+    paddock_store::SealingKey::from_bytes(&bytes).ok_or_else(|| bad("not a usable key".into()))
 }
 
 /// A kubeconfig for `url` with a bearer token.

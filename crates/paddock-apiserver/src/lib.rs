@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{any, get};
-use paddock_store::{DynStore, RedbStore, StoreOptions};
+use paddock_store::{DynStore, EncryptedStore, RedbStore, StoreOptions};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -54,6 +54,9 @@ pub struct ServerConfig {
     pub history: usize,
     /// Also serve on this unix socket (for lab hosts in other network namespaces).
     pub unix_socket: Option<PathBuf>,
+    /// The key that seals Secrets at rest; `<data>/secrets.key` when unset
+    /// (made on first start).
+    pub encryption_key_file: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -66,6 +69,7 @@ impl ServerConfig {
             gc_resync: Duration::from_secs(30),
             history: StoreOptions::default().history,
             unix_socket: None,
+            encryption_key_file: None,
         }
     }
 }
@@ -137,12 +141,23 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         .map_err(|e| ServerError::Listen(config.listen, e))?;
     let data = DataDir::prepare(&config.data_dir, addr, &config.sans)
         .map_err(|e| ServerError::DataDir(config.data_dir.display().to_string(), e))?;
-    let store: DynStore = Arc::new(RedbStore::open(
+    let key_file = config
+        .encryption_key_file
+        .clone()
+        .unwrap_or_else(|| data.root.join("secrets.key"));
+    let key = bootstrap::sealing_key(&key_file)
+        .map_err(|e| ServerError::DataDir(config.data_dir.display().to_string(), e))?;
+    let raw: DynStore = Arc::new(RedbStore::open(
         &data.store_dir(),
         StoreOptions {
             history: config.history,
         },
     )?);
+    let secrets = resources::find("", "v1", "secrets")
+        .map(|r| r.prefix(None))
+        .into_iter()
+        .collect();
+    let store: DynStore = Arc::new(EncryptedStore::new(raw, key, secrets));
     let mut api = Api::new(store);
     api.bookmark_every = config.bookmark_every;
     bootstrap::ensure_system_namespaces(&api).await;

@@ -32,6 +32,24 @@ impl Watch {
     pub async fn next(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
         self.rx.recv().await
     }
+
+    /// The same changes with `f` applied to each (for value transformers).
+    /// Must be called inside a tokio runtime.
+    pub fn map<F>(mut self, f: F) -> Watch
+    where
+        F: Fn(&Event) -> Result<Event, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::channel(self.rx.max_capacity().max(1));
+        tokio::spawn(async move {
+            while let Some(item) = self.rx.recv().await {
+                let out = item.and_then(|e| f(&e).map(Arc::new));
+                if tx.send(out).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Watch { rx }
+    }
 }
 
 impl Hub {

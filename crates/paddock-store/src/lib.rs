@@ -7,6 +7,7 @@
 //! backend implements the same trait with etcd's revisions.
 
 mod codec;
+pub mod encrypted;
 mod hub;
 mod redb_store;
 
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+pub use encrypted::{EncryptedStore, SealingKey};
 pub use hub::Watch;
 pub use redb_store::{RedbStore, StoreOptions};
 

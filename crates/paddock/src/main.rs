@@ -96,6 +96,10 @@ struct ServerArgs {
     /// Run only the API, no controllers.
     #[arg(long, hide = true)]
     no_controllers: bool,
+    /// File holding the 32-byte key that seals Secrets at rest (default
+    /// `<data-dir>/secrets.key`, made on first start).
+    #[arg(long)]
+    encryption_key_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +175,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.sans = args.sans;
     config.bookmark_every = Duration::from_secs(args.bookmark_seconds.max(1));
     config.unix_socket = args.unix_socket;
+    config.encryption_key_file = args.encryption_key_file;
     let running = paddock_apiserver::start(config)
         .await
         .map_err(anyhow::Error::new)

@@ -409,6 +409,19 @@ async fn typed_kubectl_commands_send_protobuf() {
         "jsonpath={.type} {.data.user}",
     ]);
     assert_eq!(got, "Opaque b3Bz");
+    // Encrypted at rest: the value appears nowhere in the store's files,
+    // while other objects' contents do.
+    let key = std::fs::read(s.data_dir().join("secrets.key")).unwrap();
+    assert_eq!(key.len(), 32);
+    let mut raw = Vec::new();
+    for e in std::fs::read_dir(s.data_dir().join("store")).unwrap() {
+        raw.extend(std::fs::read(e.unwrap().path()).unwrap());
+    }
+    let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
+    assert!(has(b"acme"), "the store file holds the namespace in the clear");
+    for secret in [&b"s3cret"[..], b"czNjcmV0", b"pass"] {
+        assert!(!has(secret), "{:?} found in the store", String::from_utf8_lossy(secret));
+    }
     let table = s.kubectl_ok(&["-n", "acme", "get", "secrets"]);
     assert!(
         table.contains("creds") && table.contains("Opaque") && table.contains('2'),
