@@ -16,6 +16,7 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use paddock_api::host::Resources;
+use k8s_openapi::api::core::v1::Secret;
 use paddock_api::{Cluster, Host, Machine, MachineImage, MachinePhase, MachineStatus};
 use paddock_net::guard::SourceGuard;
 use paddock_net::{FdbEntry, Mac, Net};
@@ -248,9 +249,10 @@ impl Reconciler {
             hostname: name.clone(),
             mac: mac.clone(),
             address,
-            gateway: overlay.as_ref().map(|o| o.gateway.clone()),
+            gateway: overlay.as_ref().and_then(|o| o.gateway.parse().ok()),
             mtu,
             user_data: String::new(),
+            network_config: None,
         });
         Wanted {
             machine: m,
@@ -484,6 +486,12 @@ impl Reconciler {
         }
         std::fs::create_dir_all(&vm.dir).map_err(|e| format!("{}: {e}", vm.dir.display()))?;
         if let Some(seed) = &w.seed {
+            let mut seed = seed.clone();
+            if let Some(secret) = &w.machine.spec.bootstrap_secret {
+                let (ud, nc) = self.bootstrap_data(&w.machine, secret).await?;
+                seed.user_data = ud;
+                seed.network_config = nc;
+            }
             seed.write(&vm.seed())
                 .map_err(|e| format!("writing seed: {e}"))?;
         } else if !vm.seed().exists() {
@@ -495,6 +503,7 @@ impl Reconciler {
                 gateway: None,
                 mtu: self.settings.overlay_mtu,
                 user_data: String::new(),
+                network_config: None,
             }
             .write(&vm.seed())
             .map_err(|e| format!("writing seed: {e}"))?;
@@ -525,6 +534,34 @@ impl Reconciler {
                 Err(msg)
             }
         }
+    }
+
+    /// The Machine's bootstrap data: user-data, and network-config if the
+    /// Secret has one. A missing Secret is "not yet", not an empty seed.
+    async fn bootstrap_data(
+        &self,
+        m: &Machine,
+        secret: &str,
+    ) -> Result<(String, Option<String>), String> {
+        let ns = m.namespace().unwrap_or_default();
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        let s = match api.get_opt(secret).await {
+            Ok(Some(s)) => s,
+            Ok(None) => return Err(format!("waiting for bootstrap data Secret {ns}/{secret}")),
+            Err(e) => return Err(format!("reading bootstrap data Secret {ns}/{secret}: {e}")),
+        };
+        let data = s.data.unwrap_or_default();
+        let text = |k: &str| {
+            data.get(k)
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        };
+        let ud = text(paddock_bootstrap::USER_DATA).ok_or_else(|| {
+            format!(
+                "bootstrap data Secret {ns}/{secret} has no {:?}",
+                paddock_bootstrap::USER_DATA
+            )
+        })?;
+        Ok((ud, text(paddock_bootstrap::NETWORK_CONFIG)))
     }
 
     /// Writes the Machine's status if it changed.

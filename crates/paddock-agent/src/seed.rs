@@ -12,10 +12,12 @@ pub struct Seed {
     pub mac: String,
     /// Overlay address in CIDR form.
     pub address: String,
-    pub gateway: Option<String>,
+    pub gateway: Option<std::net::Ipv4Addr>,
     pub mtu: u32,
     /// cloud-init user-data (bootstrap data); `#cloud-config` when none.
     pub user_data: String,
+    /// The bootstrap data's network-config, when it has one.
+    pub network_config: Option<String>,
 }
 
 impl Seed {
@@ -27,16 +29,10 @@ impl Seed {
     }
 
     pub fn network_config(&self) -> String {
-        let mut s = format!(
-            "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"{}\"\n    set-name: eth0\n    mtu: {}\n    addresses: [{}]\n",
-            self.mac, self.mtu, self.address
-        );
-        if let Some(gw) = &self.gateway {
-            s.push_str(&format!(
-                "    routes:\n    - to: default\n      via: {gw}\n"
-            ));
+        if let Some(nc) = &self.network_config {
+            return nc.clone();
         }
-        s
+        paddock_bootstrap::network_config(&self.mac, &self.address, self.gateway, self.mtu)
     }
 
     /// Writes the seed volume to `path` (replacing it).
@@ -90,9 +86,10 @@ mod tests {
             hostname: "demo-cp-0".into(),
             mac: "52:54:00:00:00:01".into(),
             address: "10.64.0.2/24".into(),
-            gateway: Some("10.64.0.1".into()),
+            gateway: Some(std::net::Ipv4Addr::new(10, 64, 0, 1)),
             mtu: 1450,
             user_data: String::new(),
+            network_config: None,
         };
         let p = dir.path().join("seed.img");
         seed.write(&p).unwrap();

@@ -44,6 +44,37 @@ pub struct ClusterSpec {
     /// In-cluster address ranges.
     #[serde(default)]
     pub network: ClusterNetwork,
+    /// The workers' ingress node ports that the platform exposes.
+    #[serde(default)]
+    pub ingress: IngressSpec,
+}
+
+/// Where the cluster's ingress controller listens on every worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Node port for HTTP.
+    #[serde(default = "default_http_node_port")]
+    pub http_node_port: u16,
+    /// Node port for HTTPS.
+    #[serde(default = "default_https_node_port")]
+    pub https_node_port: u16,
+}
+
+impl Default for IngressSpec {
+    fn default() -> Self {
+        Self {
+            http_node_port: default_http_node_port(),
+            https_node_port: default_https_node_port(),
+        }
+    }
+}
+
+fn default_http_node_port() -> u16 {
+    30080
+}
+fn default_https_node_port() -> u16 {
+    30443
 }
 
 fn default_kubernetes_version() -> String {
@@ -177,6 +208,21 @@ pub struct OverlayStatus {
     pub vni: u32,
     pub subnet: String,
     pub gateway: String,
+    /// Underlay address (VTEP) where the management plane's gateway joins
+    /// this overlay; hosts send it the overlay's broadcasts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_vtep: Option<String>,
+    /// MAC of the gateway's interface on the overlay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_mac: Option<String>,
+}
+
+/// The ports on the management plane that forward to the workers' ingress.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressStatus {
+    pub http_port: u16,
+    pub https_port: u16,
 }
 
 /// What the platform observed of a cluster.
@@ -191,8 +237,11 @@ pub struct ClusterStatus {
     pub observed_generation: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overlay: Option<OverlayStatus>,
+    /// Where users reach the cluster's Kubernetes API (through the gateway).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressStatus>,
     #[serde(default)]
     pub control_plane_ready: u32,
     #[serde(default)]
@@ -291,6 +340,14 @@ impl Validate for ClusterSpec {
             &self.network.service_cidr,
             &mut errs,
         );
+        for (field, port) in [
+            ("spec.ingress.httpNodePort", self.ingress.http_node_port),
+            ("spec.ingress.httpsNodePort", self.ingress.https_node_port),
+        ] {
+            if port == 0 {
+                errs.push(FieldError::invalid(field, "must be a port, 1 to 65535"));
+            }
+        }
         errs
     }
 }

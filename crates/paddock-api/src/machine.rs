@@ -44,6 +44,10 @@ pub struct MachineSpec {
     /// Overlay address of the VM, in CIDR form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
+    /// Secret (same namespace) whose `user-data` and `network-config` go
+    /// into the VM's seed; the VM does not start before it exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_secret: Option<String>,
 }
 
 /// What a machine is for.

@@ -174,6 +174,7 @@ async fn create(a: CreateArgs, client: &Client, out: Format) -> CliResult {
                     image: None,
                 }],
                 network: Default::default(),
+                ingress: Default::default(),
             };
             Cluster::new(&name, spec)
         }

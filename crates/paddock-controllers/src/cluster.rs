@@ -10,9 +10,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, 
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
-use paddock_api::cluster::OverlayStatus;
+use paddock_api::cluster::{IngressStatus, OverlayStatus};
 use paddock_api::machine::MachineSpec;
 use paddock_api::{
     Cluster, ClusterPhase, ClusterStatus, LABEL_CLUSTER, LABEL_POOL, LABEL_ROLE, Machine,
@@ -20,7 +22,15 @@ use paddock_api::{
 };
 use serde_json::json;
 
-use crate::{Config, events, overlay};
+use crate::{Config, bootstrap, events, overlay};
+
+/// A generated name suffix, as the API server's generateName makes them.
+fn suffix() -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..5)
+        .map(|_| CHARS[rand::random_range(0..CHARS.len())] as char)
+        .collect()
+}
 
 pub const FINALIZER: &str = "paddock.io/cluster";
 
@@ -39,6 +49,8 @@ struct Ctx {
     expect: Mutex<HashMap<String, HashSet<(String, bool)>>>,
     /// Consecutive failed reconciles per cluster uid, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// The clusters' PKI and bootstrap Secrets, as the watch last saw them.
+    secrets: reflector::Store<Secret>,
 }
 
 impl Ctx {
@@ -230,6 +242,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             set_status(
                 &clusters,
                 &c,
+                &ctx.cfg,
                 ClusterPhase::Deleting,
                 None,
                 &mine,
@@ -288,6 +301,16 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     };
 
+    let overlay = OverlayStatus {
+        gateway_vtep: ctx.cfg.gateway_vtep.map(|v| v.to_string()),
+        gateway_mac: Some(overlay::gateway_mac(overlay.vni)),
+        ..overlay
+    };
+    let pki_name = paddock_bootstrap::pki::secret_name(&name);
+    if ctx.secrets.get(&ObjectRef::new(&pki_name).within(&ns)).is_none() {
+        bootstrap::ensure_pki(&ctx.client, &c).await?;
+    }
+
     // Scale every group to its replicas; Machines of removed pools go.
     let groups = groups(&c);
     let mut used: HashSet<u32> = mine.iter().filter_map(host_index).collect();
@@ -326,8 +349,9 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 if let Some(p) = &g.pool {
                     labels.insert(LABEL_POOL.to_owned(), p.clone());
                 }
+                let machine_name = format!("{name}-{label}-{}", suffix());
                 let mut m = Machine::new(
-                    "",
+                    &machine_name,
                     MachineSpec {
                         cluster_name: name.clone(),
                         role: g.role,
@@ -339,10 +363,9 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                         host_name: None,
                         mac: Some(mac),
                         ip: Some(ip.clone()),
+                        bootstrap_secret: Some(paddock_bootstrap::secret_name(&machine_name)),
                     },
                 );
-                m.metadata.name = None;
-                m.metadata.generate_name = Some(format!("{name}-{label}-"));
                 m.metadata.labels = Some(labels);
                 m.metadata.owner_references = Some(vec![owner.clone()]);
                 let created = machines.create(&PostParams::default(), &m).await?;
@@ -386,6 +409,20 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .into_iter()
         .filter(|m| m.metadata.deletion_timestamp.is_none())
         .collect();
+    let made = bootstrap::ensure_bootstrap(&ctx.client, &ctx.cfg, &c, &live, |s| {
+        ctx.secrets.get(&ObjectRef::new(s).within(&ns)).is_some()
+    })
+    .await?;
+    if made > 0 {
+        events::record(
+            &ctx.client,
+            c.as_ref(),
+            false,
+            "BootstrapDataWritten",
+            format!("bootstrap data for {made} machines"),
+        )
+        .await;
+    }
     let ready_cp = live
         .iter()
         .filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m))
@@ -417,7 +454,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         )
     };
     let was = c.status.as_ref().and_then(|s| s.phase);
-    set_status(&clusters, &c, phase, Some(overlay), &live, why.clone()).await?;
+    set_status(&clusters, &c, &ctx.cfg, phase, Some(overlay), &live, why.clone()).await?;
     if was != Some(phase) && phase == ClusterPhase::Ready {
         events::record(&ctx.client, c.as_ref(), false, "Ready", why).await;
     }
@@ -427,6 +464,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 async fn set_status(
     api: &Api<Cluster>,
     c: &Cluster,
+    cfg: &Config,
     phase: ClusterPhase,
     overlay: Option<OverlayStatus>,
     live: &[Machine],
@@ -451,8 +489,20 @@ async fn set_status(
             observed_generation: c.metadata.generation,
         }],
         observed_generation: c.metadata.generation,
-        overlay: overlay.or(old.overlay.clone()),
-        api_endpoint: old.api_endpoint.clone(),
+        overlay: overlay.clone().or(old.overlay.clone()),
+        api_endpoint: Some(format!(
+            "https://{}:{}",
+            bootstrap::api_name(cfg, c),
+            cfg.gateway_port
+        )),
+        ingress: overlay.as_ref().or(old.overlay.as_ref()).map(|o| {
+            let slot = o.vni.saturating_sub(cfg.vni_base) as u16;
+            let http = cfg.ingress_port_base.saturating_add(slot.saturating_mul(2));
+            IngressStatus {
+                http_port: http,
+                https_port: http.saturating_add(1),
+            }
+        }),
         control_plane_ready: live
             .iter()
             .filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m))
@@ -467,6 +517,8 @@ async fn set_status(
         && old.control_plane_ready == st.control_plane_ready
         && old.nodes_ready == st.nodes_ready
         && old.overlay == st.overlay
+        && old.api_endpoint == st.api_endpoint
+        && old.ingress == st.ingress
         && old.conditions.first().map(|x| (&x.status, &x.message))
             == st.conditions.first().map(|x| (&x.status, &x.message));
     if !same {
@@ -559,12 +611,25 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         tracing::error!("machine cache never became ready; cluster controller not started");
         return;
     }
+    let (secrets, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(LABEL_CLUSTER),
+        ),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
+    tokio::spawn(stream);
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         cfg,
         machines: index,
         expect: Mutex::default(),
         failures: Mutex::default(),
+        secrets,
     });
     Controller::new(
         Api::<Cluster>::all(client.clone()),

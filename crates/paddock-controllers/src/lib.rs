@@ -4,6 +4,7 @@
 //! is level-triggered: it reads the world through the API and takes the
 //! next step; any of them can be killed at any line.
 
+pub mod bootstrap;
 pub mod cluster;
 pub mod events;
 pub mod health;
@@ -32,6 +33,18 @@ pub struct Config {
     pub host_grace: Duration,
     /// Label naming a host's rack.
     pub rack_label: String,
+    /// Clusters are reached as `<cluster>.<org>.<base_domain>`.
+    pub base_domain: String,
+    /// Port of the gateway (the clusters' API endpoint).
+    pub gateway_port: u16,
+    /// Underlay address where the gateway joins every overlay, if it runs.
+    pub gateway_vtep: Option<Ipv4Addr>,
+    /// First management-plane port for ingress; each overlay slot takes two.
+    pub ingress_port_base: u16,
+    /// MTU of the overlays as the VMs see it.
+    pub overlay_mtu: u32,
+    /// The CNI manifest the first control-plane node applies.
+    pub cni_manifest: String,
 }
 
 impl Default for Config {
@@ -45,6 +58,12 @@ impl Default for Config {
             spread_workers: true,
             host_grace: Duration::from_secs(60),
             rack_label: "paddock.io/rack".into(),
+            base_domain: "paddock.local".into(),
+            gateway_port: 6443,
+            gateway_vtep: None,
+            ingress_port_base: 32000,
+            overlay_mtu: 1450,
+            cni_manifest: paddock_bootstrap::DEFAULT_CNI_MANIFEST.into(),
         }
     }
 }

@@ -27,7 +27,19 @@ pub fn slot(cfg: &Config, idx: u32) -> OverlayStatus {
         vni: cfg.vni_base + idx,
         subnet: format!("{net}/24"),
         gateway: gw.to_string(),
+        gateway_vtep: None,
+        gateway_mac: None,
     }
+}
+
+/// The MAC of the gateway's interface on overlay `vni` (host index 1).
+pub fn gateway_mac(vni: u32) -> String {
+    format!(
+        "52:54:{:02x}:{:02x}:{:02x}:01",
+        (vni >> 16) & 0xff,
+        (vni >> 8) & 0xff,
+        vni & 0xff
+    )
 }
 
 /// The overlay held by `holder` (a cluster uid), claiming the lowest free slot if none.

@@ -17,6 +17,8 @@ pub enum PkiError {
     InvalidSan(String),
     #[error("certificate generation failed")]
     Rcgen(#[from] rcgen::Error),
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// A certificate and its private key, both PEM.
@@ -91,6 +93,15 @@ impl Ca {
         &self.pair.key_pem
     }
 
+    /// The SHA-256 of the CA's SubjectPublicKeyInfo (DER), in hex: what
+    /// `kubeadm join --discovery-token-ca-cert-hash sha256:<hash>` pins.
+    pub fn spki_sha256(&self) -> Result<String, PkiError> {
+        let key = KeyPair::from_pem(&self.pair.key_pem)?;
+        let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+        let d = ring::digest::digest(&ring::digest::SHA256, &spki);
+        Ok(d.as_ref().iter().map(|b| format!("{b:02x}")).collect())
+    }
+
     /// A TLS server certificate for the given DNS names and IP addresses.
     pub fn issue_server(
         &self,
@@ -119,6 +130,14 @@ impl Ca {
         groups: &[String],
         ttl: Duration,
     ) -> Result<CertPair, PkiError> {
+        // rcgen keeps one value per attribute type: a second O would
+        // silently replace the first, so refuse rather than drop a group.
+        if groups.len() > 1 {
+            return Err(PkiError::Unsupported(format!(
+                "one group per certificate is supported, {} given",
+                groups.len()
+            )));
+        }
         let mut params = CertificateParams::default();
         params.distinguished_name.push(DnType::CommonName, user);
         for g in groups {
@@ -143,6 +162,16 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// A key pair for signing (the service-account key of a cluster): PKCS#8
+/// private key and SubjectPublicKeyInfo public key, both PEM.
+pub fn generate_signing_key() -> Result<CertPair, PkiError> {
+    let key = KeyPair::generate()?;
+    Ok(CertPair {
+        cert_pem: key.public_key_pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 fn san(s: &str) -> Result<SanType, PkiError> {

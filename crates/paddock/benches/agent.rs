@@ -104,6 +104,7 @@ async fn main() {
             host_name: Some("host-1".into()),
             mac: Some(format!("52:54:00:00:09:{n:02x}")),
             ip: Some(format!("10.101.0.{}/24", 10 + n)),
+            bootstrap_secret: None,
         };
         let t = Instant::now();
         let m = machines

@@ -131,6 +131,7 @@ async fn overlays_isolation_adoption_and_cleanup() {
             host_name: Some(lab.hosts[vm.host].name.clone()),
             mac: Some(vm.mac.into()),
             ip: Some(format!("{}/24", vm.ip)),
+            bootstrap_secret: None,
         };
         machines
             .create(&PostParams::default(), &Machine::new(vm.name, spec))
@@ -356,6 +357,7 @@ async fn disk_image_boot_keeps_its_overlay() {
         host_name: Some("host-1".into()),
         mac: None,
         ip: None,
+        bootstrap_secret: None,
     };
     let m = machines
         .create(&PostParams::default(), &Machine::new("disk-1", spec))

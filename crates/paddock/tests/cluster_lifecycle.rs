@@ -316,8 +316,10 @@ async fn unschedulable_until_a_host_with_room_joins() {
     })
     .await;
     assert!(why.contains("no Ready, schedulable host"), "{why}");
-    let c = clusters.get("small").await.expect("cluster");
-    assert_eq!(c.status.and_then(|s| s.phase), Some(ClusterPhase::Pending));
+    eventually(30, "small Pending", || async {
+        (clusters.get("small").await.ok()?.status?.phase == Some(ClusterPhase::Pending)).then_some(())
+    })
+    .await;
 
     // A host joins: the cluster runs.
     start_agents(&mut lab, &s, &socket, &image).await;

@@ -41,6 +41,7 @@ fn machine(name: &str, host: Option<&str>, cluster: &str) -> Machine {
             host_name: host.map(Into::into),
             mac: None,
             ip: None,
+            bootstrap_secret: None,
         },
     );
     m.metadata.labels = Some([(paddock_api::LABEL_CLUSTER.to_owned(), cluster.to_owned())].into());

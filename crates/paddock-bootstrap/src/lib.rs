@@ -1,0 +1,312 @@
+//! Bootstrap data for the nodes of a workload cluster: the cluster's PKI
+//! ([`pki`]), kubeadm's configuration ([`kubeadm`]), and what a Machine's
+//! NoCloud seed carries — cloud-init user-data that writes the certificates
+//! and configuration in place and runs `kubeadm init` or `kubeadm join`
+//! then installs the CNI, and a version 2 network-config with the Machine's
+//! overlay address.
+//!
+//! ## Image requirements
+//! A Kubernetes node image boots with cloud-init (NoCloud datasource),
+//! qemu-guest-agent, containerd, and kubeadm + kubelet (+ kubectl on
+//! control-plane images) of the cluster's Kubernetes version, with the
+//! kernel modules `overlay` and `br_netfilter`. The user-data's
+//! `/usr/local/sbin/paddock-bootstrap` checks for these and says which is
+//! missing.
+
+pub mod kubeadm;
+pub mod pki;
+
+use std::net::Ipv4Addr;
+
+use base64::Engine;
+use paddock_pki::{CertPair, PkiError};
+use serde_json::{Value, json};
+
+pub use pki::ClusterPki;
+
+/// The Calico manifest applied by the first control-plane node.
+pub const DEFAULT_CNI_MANIFEST: &str =
+    "https://raw.githubusercontent.com/projectcalico/calico/v3.28.2/manifests/calico.yaml";
+
+/// The Secret that holds one Machine's bootstrap data.
+pub fn secret_name(machine: &str) -> String {
+    format!("{machine}-bootstrap")
+}
+
+/// The `type` of a Machine's bootstrap data Secret.
+pub const SECRET_TYPE: &str = "paddock.io/bootstrap-data";
+/// Keys of the bootstrap data Secret.
+pub const USER_DATA: &str = "user-data";
+pub const NETWORK_CONFIG: &str = "network-config";
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("the PKI Secret has no valid {0:?}")]
+    MissingKey(String),
+    #[error("certificates")]
+    Pki(#[from] PkiError),
+    #[error("{0:?} is not an IPv4 address in CIDR form")]
+    Address(String),
+    #[error("rendering YAML: {0}")]
+    Yaml(String),
+}
+
+/// What a node is in its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The first control-plane node: `kubeadm init`, then the CNI.
+    InitControlPlane,
+    /// A further control-plane node: `kubeadm join --control-plane`.
+    JoinControlPlane,
+    Worker,
+}
+
+/// One node of a cluster, as its bootstrap data needs it.
+#[derive(Debug, Clone)]
+pub struct Node {
+    pub cluster: String,
+    /// The organization (namespace) of the cluster.
+    pub org: String,
+    pub hostname: String,
+    pub role: Role,
+    /// Overlay address in CIDR form, `10.64.0.10/24`.
+    pub address: String,
+    pub mac: String,
+    /// The overlay's gateway: default route, and where the gateway answers
+    /// for the cluster's API inside the overlay (`controlPlaneEndpoint`).
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
+    pub kubernetes_version: String,
+    pub pod_cidr: String,
+    pub service_cidr: String,
+    /// The cluster's name at the gateway, `<cluster>.<org>.<base-domain>`.
+    pub api_name: String,
+    pub cni_manifest: String,
+}
+
+/// What goes into a Machine's seed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootstrapData {
+    pub user_data: String,
+    pub network_config: String,
+}
+
+impl Node {
+    pub fn ip(&self) -> Ipv4Addr {
+        self.address
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(Ipv4Addr::UNSPECIFIED)
+    }
+
+    /// The first address of the service range: the in-cluster `kubernetes` Service.
+    pub fn service_ip(&self) -> Option<Ipv4Addr> {
+        let net: Ipv4Addr = self.service_cidr.split('/').next()?.parse().ok()?;
+        Some(Ipv4Addr::from(u32::from(net).wrapping_add(1)))
+    }
+
+    /// Names and addresses the API server answers to.
+    pub fn apiserver_sans(&self) -> Vec<String> {
+        let mut s = vec![
+            self.api_name.clone(),
+            "kubernetes".into(),
+            "kubernetes.default".into(),
+            "kubernetes.default.svc".into(),
+            "kubernetes.default.svc.cluster.local".into(),
+            self.hostname.clone(),
+            self.ip().to_string(),
+            self.gateway.to_string(),
+        ];
+        if let Some(ip) = self.service_ip() {
+            s.push(ip.to_string());
+        }
+        s
+    }
+}
+
+/// The version 2 network-config for one interface with a static address.
+/// Written by hand so the MAC is always quoted: YAML 1.1 (PyYAML, so
+/// cloud-init) reads an all-digit `52:54:00:03:00:10` as a number.
+pub fn network_config(mac: &str, address: &str, gateway: Option<Ipv4Addr>, mtu: u32) -> String {
+    let mut s = format!(
+        "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"{mac}\"\n    set-name: eth0\n    mtu: {mtu}\n    addresses: [{address}]\n"
+    );
+    if let Some(gw) = gateway {
+        s.push_str(&format!("    routes:\n    - to: default\n      via: {gw}\n"));
+    }
+    s
+}
+
+fn yaml(v: &Value) -> Result<String, BootstrapError> {
+    serde_saphyr::to_string(v).map_err(|e| BootstrapError::Yaml(e.to_string()))
+}
+
+fn file(path: &str, permissions: &str, content: &str) -> Value {
+    json!({
+        "path": path,
+        "owner": "root:root",
+        "permissions": permissions,
+        "encoding": "b64",
+        "content": base64::engine::general_purpose::STANDARD.encode(content),
+    })
+}
+
+const BOOTSTRAP_SCRIPT: &str = r#"#!/bin/sh
+# Paddock node bootstrap, written by cloud-init from Paddock's user-data.
+set -eu
+log() { echo "paddock-bootstrap: $*" | tee /dev/console >&2; }
+[ -f /etc/kubernetes/kubelet.conf ] && { log "already part of the cluster"; exit 0; }
+for b in kubeadm kubelet containerd; do
+  command -v "$b" >/dev/null 2>&1 || {
+    log "this image has no $b: it is not a Kubernetes node image (needs containerd, kubeadm, kubelet)"
+    exit 1
+  }
+done
+modprobe overlay || true
+modprobe br_netfilter || true
+sysctl --system >/dev/null
+systemctl enable --now containerd kubelet
+"#;
+
+/// Renders a node's bootstrap data. Control-plane nodes get the shared CAs
+/// with their keys and an API server certificate issued to this node;
+/// workers get the cluster CA certificate only.
+pub fn render(n: &Node, pki: &ClusterPki) -> Result<BootstrapData, BootstrapError> {
+    let ca = pki.cluster_ca()?;
+    let ca_hash = ca.spki_sha256()?;
+    let mut files = vec![file("/etc/kubernetes/pki/ca.crt", "0644", &pki.ca.cert_pem)];
+    let control_plane = n.role != Role::Worker;
+    if control_plane {
+        let apiserver: CertPair = ca.issue_server(
+            "kube-apiserver",
+            &n.apiserver_sans(),
+            pki::APISERVER_VALIDITY,
+        )?;
+        for (path, mode, body) in [
+            ("/etc/kubernetes/pki/ca.key", "0600", &pki.ca.key_pem),
+            ("/etc/kubernetes/pki/apiserver.crt", "0644", &apiserver.cert_pem),
+            ("/etc/kubernetes/pki/apiserver.key", "0600", &apiserver.key_pem),
+            ("/etc/kubernetes/pki/etcd/ca.crt", "0644", &pki.etcd_ca.cert_pem),
+            ("/etc/kubernetes/pki/etcd/ca.key", "0600", &pki.etcd_ca.key_pem),
+            (
+                "/etc/kubernetes/pki/front-proxy-ca.crt",
+                "0644",
+                &pki.front_proxy_ca.cert_pem,
+            ),
+            (
+                "/etc/kubernetes/pki/front-proxy-ca.key",
+                "0600",
+                &pki.front_proxy_ca.key_pem,
+            ),
+            ("/etc/kubernetes/pki/sa.pub", "0644", &pki.sa.cert_pem),
+            ("/etc/kubernetes/pki/sa.key", "0600", &pki.sa.key_pem),
+        ] {
+            files.push(file(path, mode, body));
+        }
+    }
+    files.push(file(
+        "/etc/paddock/kubeadm.yaml",
+        "0600",
+        &kubeadm::config(n, &pki.join_token, &ca_hash)?,
+    ));
+    files.push(file(
+        "/etc/modules-load.d/paddock-k8s.conf",
+        "0644",
+        "overlay\nbr_netfilter\n",
+    ));
+    files.push(file(
+        "/etc/sysctl.d/90-paddock-k8s.conf",
+        "0644",
+        "net.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.ipv4.ip_forward = 1\n",
+    ));
+    let mut script = BOOTSTRAP_SCRIPT.to_owned();
+    match n.role {
+        Role::InitControlPlane => {
+            script.push_str("kubeadm init --config /etc/paddock/kubeadm.yaml\n");
+            script.push_str(&format!(
+                "kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f '{}'\n",
+                n.cni_manifest.replace('\'', "")
+            ));
+        }
+        Role::JoinControlPlane | Role::Worker => {
+            script.push_str("kubeadm join --config /etc/paddock/kubeadm.yaml\n");
+        }
+    }
+    script.push_str("log \"joined cluster as $(hostname)\"\n");
+    files.push(file("/usr/local/sbin/paddock-bootstrap", "0755", &script));
+    let cfg = json!({
+        "hostname": n.hostname,
+        "manage_etc_hosts": true,
+        "write_files": files,
+        "runcmd": [["/usr/local/sbin/paddock-bootstrap"]],
+    });
+    Ok(BootstrapData {
+        user_data: format!("#cloud-config\n{}", yaml(&cfg)?),
+        network_config: network_config(&n.mac, &n.address, Some(n.gateway), n.mtu),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn node(role: Role) -> Node {
+        Node {
+            cluster: "demo".into(),
+            org: "acme".into(),
+            hostname: "demo-cp-abcde".into(),
+            role,
+            address: "10.64.0.10/24".into(),
+            mac: "52:54:00:03:e8:0a".into(),
+            gateway: Ipv4Addr::new(10, 64, 0, 1),
+            mtu: 1450,
+            kubernetes_version: "1.31.2".into(),
+            pod_cidr: "192.168.0.0/16".into(),
+            service_cidr: "10.96.0.0/12".into(),
+            api_name: "demo.acme.paddock.test".into(),
+            cni_manifest: DEFAULT_CNI_MANIFEST.into(),
+        }
+    }
+
+    #[test]
+    fn control_plane_gets_keys_and_workers_do_not() {
+        let pki = ClusterPki::generate("demo").unwrap();
+        let cp = render(&node(Role::InitControlPlane), &pki).unwrap();
+        assert!(cp.user_data.starts_with("#cloud-config\n"));
+        let v: Value = serde_saphyr::from_str(&cp.user_data).unwrap();
+        let paths: Vec<&str> = v["write_files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f["path"].as_str().unwrap())
+            .collect();
+        for p in [
+            "/etc/kubernetes/pki/ca.key",
+            "/etc/kubernetes/pki/apiserver.crt",
+            "/etc/kubernetes/pki/sa.key",
+            "/etc/paddock/kubeadm.yaml",
+        ] {
+            assert!(paths.contains(&p), "{p} missing from {paths:?}");
+        }
+        let w = render(&node(Role::Worker), &pki).unwrap();
+        assert!(!w.user_data.contains("ca.key") && !w.user_data.contains("apiserver"));
+        let net: Value = serde_saphyr::from_str(&w.network_config).unwrap();
+        assert_eq!(net["ethernets"]["eth0"]["addresses"][0], "10.64.0.10/24");
+        assert_eq!(net["ethernets"]["eth0"]["routes"][0]["via"], "10.64.0.1");
+    }
+
+    #[test]
+    fn kubeadm_join_pins_the_ca() {
+        let pki = ClusterPki::generate("demo").unwrap();
+        let hash = pki.cluster_ca().unwrap().spki_sha256().unwrap();
+        let y = kubeadm::config(&node(Role::Worker), &pki.join_token, &hash).unwrap();
+        assert!(y.contains("kind: JoinConfiguration"), "{y}");
+        assert!(y.contains(&format!("sha256:{hash}")), "{y}");
+        assert!(y.contains("10.64.0.1:6443"), "{y}");
+        let init = kubeadm::config(&node(Role::InitControlPlane), &pki.join_token, &hash).unwrap();
+        assert!(init.contains("kind: InitConfiguration") && init.contains("kind: ClusterConfiguration"));
+        assert!(init.contains("kubeadm.k8s.io/v1beta4"));
+        assert_eq!(kubeadm::api_version("1.30.4"), "kubeadm.k8s.io/v1beta3");
+    }
+}

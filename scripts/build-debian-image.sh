@@ -1,0 +1,204 @@
+#!/usr/bin/env bash
+# Builds Paddock's Debian node image: a real Debian 12 (bookworm) made with
+# debootstrap, with systemd, the cloud kernel, qemu-guest-agent and
+# cloud-init (NoCloud only; network-config v2 handed to netplan, which
+# renders it for systemd-networkd).
+# No loop mounts: the root file system is made with `mkfs.ext4 -d`.
+#
+# Output in OUT_DIR: vmlinuz, initrd.img (virtio_pci/virtio_blk; ext4 is
+# built into the kernel), rootfs.qcow2 (ext4, no partition table), SHA256SUMS.
+# Boot it by direct kernel boot, rootfs first (vda), NoCloud seed second (vdb):
+#   -kernel vmlinuz -initrd initrd.img -append "root=/dev/vda rw console=ttyS0"
+#
+# Usage: scripts/build-debian-image.sh [OUT_DIR]   (default ${PADDOCK_CACHE:-/var/cache/paddock}/debian-image)
+# Prints OUT_DIR. Idempotent: does nothing when OUT_DIR holds an image of the same inputs.
+# Environment: PADDOCK_DEBIAN_MIRROR (http://deb.debian.org/debian),
+# PADDOCK_ROOTFS_SIZE (virtual size of the root file system, 4G).
+set -euo pipefail
+
+out=${1:-${PADDOCK_CACHE:-/var/cache/paddock}/debian-image}
+mirror=${PADDOCK_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+security=${mirror%/debian}/debian-security
+size=${PADDOCK_ROOTFS_SIZE:-4G}
+suite=bookworm
+# What goes into the image (besides debootstrap's minbase), never recommends.
+pkgs=(systemd-sysv udev dbus linux-image-cloud-amd64 initramfs-tools cloud-init
+  netplan.io qemu-guest-agent iproute2 e2fsprogs)
+export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
+
+# Build host tools, installed only when missing.
+need=(debootstrap debian-archive-keyring e2fsprogs qemu-utils)
+missing=()
+for p in "${need[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The stamp: the versions the image would get now, its settings and this script.
+ver() { apt-cache policy "$1" | awk '/Candidate/{print $2; exit}'; }
+kpkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+[ -n "$kpkg" ] || { echo "build-debian-image: cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2; exit 1; }
+stamp="$suite $kpkg=$(ver "$kpkg") cloud-init=$(ver cloud-init) qemu-guest-agent=$(ver qemu-guest-agent)"
+stamp+=" systemd=$(ver systemd) $mirror $size $(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
+if [ -f "$out/STAMP" ] && [ "$(cat "$out/STAMP")" = "$stamp" ] &&
+  [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ] && [ -f "$out/rootfs.qcow2" ]; then
+  echo "$out"
+  exit 0
+fi
+
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/paddock-debian-image.XXXXXX")
+root=$work/root
+log=$work/build.log
+cleanup() {
+  rc=$?
+  # Unmount whatever is still mounted under the work dir (deepest first).
+  findmnt -rn -o TARGET | awk -v w="$work/" 'index($0, w) == 1' | sort -r |
+    while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  if [ "$rc" -ne 0 ] && [ -f "$log" ]; then
+    echo "build-debian-image: failed; last lines of the build log:" >&2
+    tail -n 40 "$log" >&2
+  fi
+  rm -rf --one-file-system "$work"
+}
+trap cleanup EXIT
+in_root() { chroot "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+  DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 "$@"; }
+
+echo "build-debian-image: debootstrap $suite ($kpkg), log in $log" >&2
+debootstrap --variant=minbase "$suite" "$root" "$mirror" >>"$log" 2>&1
+
+# apt and dpkg: no recommends, no docs/man pages/translations, the three suites.
+cat >"$root/etc/apt/apt.conf.d/90paddock" <<'EOF'
+APT::Install-Recommends "false";
+APT::Install-Suggests "false";
+Acquire::Languages "none";
+EOF
+cat >"$root/etc/dpkg/dpkg.cfg.d/90paddock-nodoc" <<'EOF'
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+path-exclude=/usr/share/lintian/*
+EOF
+rm -f "$root/etc/apt/sources.list"
+cat >"$root/etc/apt/sources.list.d/debian.sources" <<EOF
+Types: deb
+URIs: $mirror
+Suites: $suite $suite-updates
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+
+Types: deb
+URIs: $security
+Suites: $suite-security
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+# No daemons start inside the chroot.
+printf '#!/bin/sh\nexit 101\n' >"$root/usr/sbin/policy-rc.d"
+chmod +x "$root/usr/sbin/policy-rc.d"
+rm -f "$root/etc/resolv.conf"
+cp -L /etc/resolv.conf "$root/etc/resolv.conf"
+
+# A small initramfs, set before the kernel comes in: only what mounts
+# root=/dev/vda (ext4 and crc32c are built into the cloud kernel). Leaving
+# virtio_net out also keeps udev in the initramfs from renaming eth0.
+mkdir -p "$root/etc/initramfs-tools/conf.d"
+echo "MODULES=list" >"$root/etc/initramfs-tools/conf.d/90paddock"
+printf '%s\n' virtio_pci virtio_blk ext4 >>"$root/etc/initramfs-tools/modules"
+
+mount -t proc proc "$root/proc"
+{
+  in_root apt-get update
+  in_root apt-get -y dist-upgrade
+  in_root apt-get -y install "${pkgs[@]}"
+} >>"$log" 2>&1
+
+# Files the dpkg excludes above came too late for (debootstrap's base).
+find "$root/usr/share/doc" -mindepth 1 ! -type d ! -name copyright -delete
+find "$root/usr/share/doc" -mindepth 1 -type d -empty -delete
+find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/lintian/*
+
+# cloud-init: NoCloud only (no waiting for metadata services), no locale
+# generation, no default user. Network: bookworm's cloud-init (22.4) fails
+# its whole init-local stage on a v2 route `to: default` when it parses v2
+# itself (the eni and networkd renderers); with netplan it passes the v2
+# config through untouched to netplan (0.106), which renders it for
+# systemd-networkd (address, mtu, default route, set-name).
+cat >"$root/etc/cloud/cloud.cfg.d/90_paddock.cfg" <<'EOF'
+datasource_list: [ NoCloud, None ]
+system_info:
+  network:
+    renderers: [ netplan ]
+locale: C.UTF-8
+users: []
+EOF
+echo "LANG=C.UTF-8" >"$root/etc/default/locale"
+
+# Interfaces keep their kernel names (eth0): no predictable renaming.
+mkdir -p "$root/etc/systemd/network"
+ln -sf /dev/null "$root/etc/systemd/network/99-default.link"
+# Don't hold the boot for minutes when a link never gets configured.
+mkdir -p "$root/etc/systemd/system/systemd-networkd-wait-online.service.d"
+cat >"$root/etc/systemd/system/systemd-networkd-wait-online.service.d/paddock.conf" <<'EOF'
+[Service]
+ExecStart=
+ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=30
+EOF
+in_root systemctl enable systemd-networkd.service >>"$log" 2>&1
+# Units useless in a short-lived VM; only the serial console gets a getty.
+in_root systemctl mask apt-daily.timer apt-daily-upgrade.timer apt-daily.service \
+  apt-daily-upgrade.service dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service \
+  fstrim.timer getty@tty1.service >>"$log" 2>&1
+# qemu-guest-agent has no [Install]: udev starts it when its virtio port
+# appears (60-qemu-guest-agent.rules, SYSTEMD_WANTS), hence udev above. Let
+# it answer as soon as the file systems are up instead of after sysinit,
+# which waits for cloud-init's init stage (a minute under TCG).
+mkdir -p "$root/etc/systemd/system/qemu-guest-agent.service.d"
+cat >"$root/etc/systemd/system/qemu-guest-agent.service.d/paddock.conf" <<'EOF'
+[Unit]
+DefaultDependencies=no
+After=local-fs.target
+Before=shutdown.target
+Conflicts=shutdown.target
+EOF
+
+echo "localhost" >"$root/etc/hostname"
+printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
+echo "/dev/vda / ext4 rw,relatime,errors=remount-ro 0 1" >"$root/etc/fstab"
+in_root passwd -d root >>"$log" 2>&1   # serial console login without password
+
+# The boot files, then a clean tree: no caches, logs, ids or host files.
+kver=${kpkg#linux-image-}
+mkdir -p "$out"
+cp "$root/boot/vmlinuz-$kver" "$out/vmlinuz.tmp"
+cp "$root/boot/initrd.img-$kver" "$out/initrd.img.tmp"
+mods=$(in_root lsinitramfs "/boot/initrd.img-$kver")
+for m in virtio_pci virtio_blk; do
+  grep -q "/$m.ko" <<<"$mods" || { echo "build-debian-image: $m missing from the initramfs" >&2; exit 1; }
+done
+in_root apt-get clean >>"$log" 2>&1
+umount "$root/proc"
+rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/debconf/*-old \
+  "$root"/var/lib/dpkg/*-old "$root"/tmp/* "$root"/var/tmp/* \
+  "$root"/var/lib/cloud/* "$root"/boot/* "$root/usr/sbin/policy-rc.d" \
+  "$root/etc/resolv.conf" "$root/var/lib/dbus/machine-id"
+find "$root/var/log" -type f -delete
+: >"$root/etc/machine-id"   # empty: each VM makes its own
+
+# The root file system: ext4 straight from the tree, then qcow2 (sparse).
+truncate -s "$size" "$work/rootfs.raw"
+mkfs.ext4 -q -F -L paddock-root -d "$root" "$work/rootfs.raw" >>"$log" 2>&1
+qemu-img convert -f raw -O qcow2 "$work/rootfs.raw" "$out/rootfs.qcow2.tmp"
+mv "$out/vmlinuz.tmp" "$out/vmlinuz"
+mv "$out/initrd.img.tmp" "$out/initrd.img"
+mv "$out/rootfs.qcow2.tmp" "$out/rootfs.qcow2"
+(cd "$out" && sha256sum vmlinuz initrd.img rootfs.qcow2 >SHA256SUMS)
+echo "$stamp" >"$out/STAMP"
+echo "$out"
