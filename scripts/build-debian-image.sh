@@ -126,7 +126,8 @@ find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec
 rm -rf "$root"/usr/share/man/* "$root"/usr/share/info/* "$root"/usr/share/lintian/*
 
 # cloud-init: NoCloud only (no waiting for metadata services), no locale
-# generation, no default user. Network: bookworm's cloud-init (22.4) fails
+# generation, no ssh host keys (no ssh server), no grub. Debian's default
+# user (debian, locked) stays, as in Debian's cloud images. Network: bookworm's cloud-init (22.4) fails
 # its whole init-local stage on a v2 route `to: default` when it parses v2
 # itself (the eni and networkd renderers); with netplan it passes the v2
 # config through untouched to netplan (0.106), which renders it for
@@ -137,7 +138,9 @@ system_info:
   network:
     renderers: [ netplan ]
 locale: C.UTF-8
-users: []
+ssh_genkeytypes: []
+grub_dpkg:
+  enabled: false
 EOF
 echo "LANG=C.UTF-8" >"$root/etc/default/locale"
 
@@ -155,7 +158,7 @@ in_root systemctl enable systemd-networkd.service >>"$log" 2>&1
 # Units useless in a short-lived VM; only the serial console gets a getty.
 in_root systemctl mask apt-daily.timer apt-daily-upgrade.timer apt-daily.service \
   apt-daily-upgrade.service dpkg-db-backup.timer e2scrub_all.timer e2scrub_reap.service \
-  fstrim.timer getty@tty1.service >>"$log" 2>&1
+  fstrim.timer getty@tty1.service modprobe@drm.service modprobe@efi_pstore.service >>"$log" 2>&1
 # qemu-guest-agent has no [Install]: udev starts it when its virtio port
 # appears (60-qemu-guest-agent.rules, SYSTEMD_WANTS), hence udev above. Let
 # it answer as soon as the file systems are up instead of after sysinit,

@@ -10,13 +10,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use paddock_api::host::Resources;
-use k8s_openapi::api::core::v1::Secret;
 use paddock_api::{Cluster, Host, Machine, MachineImage, MachinePhase, MachineStatus};
 use paddock_net::guard::SourceGuard;
 use paddock_net::{FdbEntry, Mac, Net};

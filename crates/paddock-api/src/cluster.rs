@@ -221,8 +221,23 @@ pub struct OverlayStatus {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressStatus {
+    /// Address of the gateway's ingress ports, once a gateway serves them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
     pub http_port: u16,
     pub https_port: u16,
+    /// The workers behind the ports, as the gateway's health checks see them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<IngressBackend>,
+}
+
+/// One worker behind a cluster's ingress ports.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressBackend {
+    pub machine: String,
+    pub ip: String,
+    pub healthy: bool,
 }
 
 /// What the platform observed of a cluster.

@@ -47,10 +47,43 @@ pub enum TokenFileError {
     },
 }
 
-/// Known tokens, by hash.
+/// Known tokens, by hash. Loaded from a token file, which is read again
+/// when it changes (users added while the server runs).
 #[derive(Debug, Default, Clone)]
 pub struct Authenticator {
+    path: Option<std::path::PathBuf>,
+    inner: std::sync::Arc<std::sync::RwLock<Loaded>>,
+}
+
+#[derive(Debug, Default)]
+struct Loaded {
+    modified: Option<std::time::SystemTime>,
     by_hash: HashMap<String, User>,
+}
+
+fn index(records: &[TokenRecord]) -> HashMap<String, User> {
+    records
+        .iter()
+        .map(|r| {
+            (
+                r.sha256.clone(),
+                User {
+                    name: r.user.clone(),
+                    groups: r.groups.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// Reads a token file.
+pub fn read_records(path: &Path) -> Result<Vec<TokenRecord>, TokenFileError> {
+    let p = path.display().to_string();
+    let raw = std::fs::read(path).map_err(|source| TokenFileError::Read {
+        path: p.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&raw).map_err(|source| TokenFileError::Parse { path: p, source })
 }
 
 pub fn hash_token(token: &str) -> String {
@@ -66,30 +99,52 @@ pub fn generate_token() -> String {
 
 impl Authenticator {
     pub fn from_records(records: &[TokenRecord]) -> Self {
-        let by_hash = records
-            .iter()
-            .map(|r| {
-                (
-                    r.sha256.clone(),
-                    User {
-                        name: r.user.clone(),
-                        groups: r.groups.clone(),
-                    },
-                )
-            })
-            .collect();
-        Self { by_hash }
+        Self {
+            path: None,
+            inner: std::sync::Arc::new(std::sync::RwLock::new(Loaded {
+                modified: None,
+                by_hash: index(records),
+            })),
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, TokenFileError> {
-        let p = path.display().to_string();
-        let raw = std::fs::read(path).map_err(|source| TokenFileError::Read {
-            path: p.clone(),
-            source,
-        })?;
-        let records: Vec<TokenRecord> = serde_json::from_slice(&raw)
-            .map_err(|source| TokenFileError::Parse { path: p, source })?;
-        Ok(Self::from_records(&records))
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let records = read_records(path)?;
+        Ok(Self {
+            path: Some(path.to_owned()),
+            inner: std::sync::Arc::new(std::sync::RwLock::new(Loaded {
+                modified,
+                by_hash: index(&records),
+            })),
+        })
+    }
+
+    fn lookup(&self, hash: &str) -> Option<User> {
+        self.inner.read().ok()?.by_hash.get(hash).cloned()
+    }
+
+    /// Reads the token file again if it changed since it was last read.
+    /// A file that no longer parses keeps the tokens already known.
+    fn refresh(&self) {
+        let Some(path) = &self.path else { return };
+        let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        let Ok(mut inner) = self.inner.write() else {
+            return;
+        };
+        if modified == inner.modified {
+            return;
+        }
+        match read_records(path) {
+            Ok(records) => {
+                inner.by_hash = index(&records);
+                inner.modified = modified;
+                tracing::info!(path = %path.display(), users = records.len(), "token file reloaded");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "token file changed but cannot be read; keeping the old tokens")
+            }
+        }
     }
 
     pub fn authenticate(&self, authorization: Option<&str>) -> Option<User> {
@@ -97,7 +152,11 @@ impl Authenticator {
         if token.is_empty() {
             return None;
         }
-        self.by_hash.get(&hash_token(token)).cloned()
+        let hash = hash_token(token);
+        self.lookup(&hash).or_else(|| {
+            self.refresh();
+            self.lookup(&hash)
+        })
     }
 }
 

@@ -181,6 +181,41 @@ impl DataDir {
     }
 }
 
+/// Adds a user with a new token to the data directory's token file (a
+/// running server picks it up) and returns a kubeconfig for that user.
+pub fn add_user(root: &Path, user: &str, groups: &[String]) -> Result<String, BootstrapError> {
+    let tokens = root.join("tokens.json");
+    let mut records = crate::auth::read_records(&tokens)?;
+    if records.iter().any(|r| r.user == user) {
+        return Err(BootstrapError::Io(
+            tokens.display().to_string(),
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("user {user:?} already exists"),
+            ),
+        ));
+    }
+    let token = generate_token();
+    records.push(TokenRecord {
+        user: user.to_owned(),
+        groups: groups.to_vec(),
+        sha256: hash_token(&token),
+    });
+    let raw = serde_json::to_vec_pretty(&records)
+        .map_err(|e| BootstrapError::Io(tokens.display().to_string(), e.into()))?;
+    write_private(&tokens, &raw)?;
+    let admin = root.join("admin.kubeconfig");
+    let kc = std::fs::read_to_string(&admin).map_err(io(&admin))?;
+    let url = kc
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .unwrap_or("https://127.0.0.1:6443")
+        .to_owned();
+    let ca_path = root.join("pki").join("ca.crt");
+    let ca = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
+    Ok(kubeconfig(&url, &ca, "paddock", user, &token))
+}
+
 /// Creates `default` and `paddock-system` if they are missing.
 pub async fn ensure_system_namespaces(api: &Api) {
     let Some(ns) = resources::find("", "v1", "namespaces") else {

@@ -16,9 +16,10 @@ use tokio::sync::mpsc;
 
 use crate::AppState;
 use crate::api::{Api, DeleteOptions, Deleted, ListOptions, Part, PatchKind, WriteOptions, decode};
+use crate::auth::User;
 use crate::error::{ApiError, ApiResult};
 use crate::resources::Resource;
-use crate::route::{self, Target};
+use crate::route::{self, Call, Target};
 use crate::selector::{FieldSelector, LabelSelector, labels_of};
 use crate::table;
 
@@ -122,37 +123,52 @@ fn body_json(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
 /// Every request under `/api/v1` and `/apis/{group}/{version}` lands here.
 pub async fn resource(
     State(state): State<AppState>,
+    axum::Extension(user): axum::Extension<User>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match serve(&state.api, &method, &uri, &headers, &body).await {
+    match serve(&state, &user, &method, &uri, &headers, &body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
 async fn serve(
-    api: &Api,
+    state: &AppState,
+    user: &User,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
 ) -> ApiResult<Response> {
+    let api = &state.api;
+    let target = route::parse(uri.path())?;
+    let p: Params = Query::try_from_uri(uri)
+        .map(|q| q.0)
+        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
+    crate::authz::check(user, &target, method, truthy(&p.watch))?;
     let Target {
         res,
         namespace,
         name,
         status,
-        agent,
-    } = route::parse(uri.path())?;
-    if let (Some(call), Some(ns), Some(name)) = (agent, namespace.as_deref(), name.as_deref()) {
-        return crate::agent_proxy::forward(api, ns, name, call, method, body).await;
+        call,
+    } = target;
+    match (call, namespace.as_deref(), name.as_deref()) {
+        (Some(Call::Agent(call)), Some(ns), Some(name)) => {
+            return crate::agent_proxy::forward(api, ns, name, call, method, body).await;
+        }
+        (Some(Call::Kubeconfig), Some(ns), Some(name)) => {
+            if *method != Method::POST {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let out = crate::kubeconfig::issue(api, &state.clusters, user, ns, name, body).await?;
+            return Ok(json_response(StatusCode::CREATED, &out));
+        }
+        _ => {}
     }
-    let p: Params = Query::try_from_uri(uri)
-        .map(|q| q.0)
-        .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let ns = namespace.as_deref();
     let part = if status { Part::Status } else { Part::Main };
     let table = wants_table(headers);

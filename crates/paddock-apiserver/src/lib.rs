@@ -5,11 +5,13 @@
 pub mod agent_proxy;
 pub mod api;
 pub mod auth;
+pub mod authz;
 pub mod bootstrap;
 pub mod discovery;
 pub mod error;
 pub mod gc;
 pub mod http;
+pub mod kubeconfig;
 pub mod object;
 pub mod openapi;
 pub mod protobuf;
@@ -39,6 +41,7 @@ pub use bootstrap::DataDir;
 pub struct AppState {
     pub api: Api,
     pub auth: Arc<Authenticator>,
+    pub clusters: Arc<kubeconfig::ClusterAccess>,
 }
 
 /// How to run the server.
@@ -57,6 +60,8 @@ pub struct ServerConfig {
     /// The key that seals Secrets at rest; `<data>/secrets.key` when unset
     /// (made on first start).
     pub encryption_key_file: Option<PathBuf>,
+    /// How workload cluster kubeconfigs are issued.
+    pub clusters: kubeconfig::ClusterAccess,
 }
 
 impl ServerConfig {
@@ -70,6 +75,7 @@ impl ServerConfig {
             history: StoreOptions::default().history,
             unix_socket: None,
             encryption_key_file: None,
+            clusters: kubeconfig::ClusterAccess::default(),
         }
     }
 }
@@ -164,6 +170,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     let state = AppState {
         api: api.clone(),
         auth: Arc::new(data.authenticator.clone()),
+        clusters: Arc::new(config.clusters.clone()),
     };
     let tls = tls::server_config(&data.serving.cert_pem, &data.serving.key_pem)?;
     let app = router(state);

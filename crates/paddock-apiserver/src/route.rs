@@ -10,8 +10,17 @@ pub struct Target {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub status: bool,
-    /// A request the management plane passes on to the Machine's host agent.
-    pub agent: Option<AgentCall>,
+    /// A subresource that is an action, not stored state.
+    pub call: Option<Call>,
+}
+
+/// Subresources that do something rather than read or write an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    /// Passed on to the Machine's host agent.
+    Agent(AgentCall),
+    /// Issues a kubeconfig for a Cluster.
+    Kubeconfig,
 }
 
 /// Machine subresources served by the host agent.
@@ -52,14 +61,14 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
             namespace: None,
             name: None,
             status: false,
-            agent: None,
+            call: None,
         },
         ["namespaces", ns, "status"] if group.is_empty() => Target {
             res: find("namespaces")?,
             namespace: None,
             name: owned(ns),
             status: true,
-            agent: None,
+            call: None,
         },
         ["namespaces", ns, plural] => {
             let res = find(plural)?;
@@ -71,7 +80,7 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
                 namespace: owned(ns),
                 name: None,
                 status: false,
-                agent: None,
+                call: None,
             }
         }
         ["namespaces", ns, plural, name] => {
@@ -84,7 +93,7 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
                 namespace: owned(ns),
                 name: owned(name),
                 status: false,
-                agent: None,
+                call: None,
             }
         }
         ["namespaces", ns, plural, name, "status"] => {
@@ -97,7 +106,7 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
                 namespace: owned(ns),
                 name: owned(name),
                 status: true,
-                agent: None,
+                call: None,
             }
         }
         [
@@ -111,12 +120,21 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
             namespace: owned(ns),
             name: owned(name),
             status: false,
-            agent: Some(if *call == "exec" {
+            call: Some(Call::Agent(if *call == "exec" {
                 AgentCall::Exec
             } else {
                 AgentCall::Console
-            }),
+            })),
         },
+        ["namespaces", ns, "clusters", name, "kubeconfig"] if group == paddock_api::GROUP => {
+            Target {
+                res: find("clusters")?,
+                namespace: owned(ns),
+                name: owned(name),
+                status: false,
+                call: Some(Call::Kubeconfig),
+            }
+        }
         [plural, name] => {
             let res = find(plural)?;
             if res.namespaced {
@@ -127,7 +145,7 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
                 namespace: None,
                 name: owned(name),
                 status: false,
-                agent: None,
+                call: None,
             }
         }
         [plural, name, "status"] => {
@@ -140,7 +158,7 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
                 namespace: None,
                 name: owned(name),
                 status: true,
-                agent: None,
+                call: None,
             }
         }
         _ => return Err(ApiError::NoRoute),

@@ -133,7 +133,9 @@ pub fn network_config(mac: &str, address: &str, gateway: Option<Ipv4Addr>, mtu: 
         "version: 2\nethernets:\n  eth0:\n    match:\n      macaddress: \"{mac}\"\n    set-name: eth0\n    mtu: {mtu}\n    addresses: [{address}]\n"
     );
     if let Some(gw) = gateway {
-        s.push_str(&format!("    routes:\n    - to: default\n      via: {gw}\n"));
+        s.push_str(&format!(
+            "    routes:\n    - to: default\n      via: {gw}\n"
+        ));
     }
     s
 }
@@ -185,10 +187,26 @@ pub fn render(n: &Node, pki: &ClusterPki) -> Result<BootstrapData, BootstrapErro
         )?;
         for (path, mode, body) in [
             ("/etc/kubernetes/pki/ca.key", "0600", &pki.ca.key_pem),
-            ("/etc/kubernetes/pki/apiserver.crt", "0644", &apiserver.cert_pem),
-            ("/etc/kubernetes/pki/apiserver.key", "0600", &apiserver.key_pem),
-            ("/etc/kubernetes/pki/etcd/ca.crt", "0644", &pki.etcd_ca.cert_pem),
-            ("/etc/kubernetes/pki/etcd/ca.key", "0600", &pki.etcd_ca.key_pem),
+            (
+                "/etc/kubernetes/pki/apiserver.crt",
+                "0644",
+                &apiserver.cert_pem,
+            ),
+            (
+                "/etc/kubernetes/pki/apiserver.key",
+                "0600",
+                &apiserver.key_pem,
+            ),
+            (
+                "/etc/kubernetes/pki/etcd/ca.crt",
+                "0644",
+                &pki.etcd_ca.cert_pem,
+            ),
+            (
+                "/etc/kubernetes/pki/etcd/ca.key",
+                "0600",
+                &pki.etcd_ca.key_pem,
+            ),
             (
                 "/etc/kubernetes/pki/front-proxy-ca.crt",
                 "0644",
@@ -305,7 +323,9 @@ mod tests {
         assert!(y.contains(&format!("sha256:{hash}")), "{y}");
         assert!(y.contains("10.64.0.1:6443"), "{y}");
         let init = kubeadm::config(&node(Role::InitControlPlane), &pki.join_token, &hash).unwrap();
-        assert!(init.contains("kind: InitConfiguration") && init.contains("kind: ClusterConfiguration"));
+        assert!(
+            init.contains("kind: InitConfiguration") && init.contains("kind: ClusterConfiguration")
+        );
         assert!(init.contains("kubeadm.k8s.io/v1beta4"));
         assert_eq!(kubeadm::api_version("1.30.4"), "kubeadm.k8s.io/v1beta3");
     }

@@ -49,6 +49,33 @@ pub enum ClusterCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Print a kubeconfig for the cluster's Kubernetes API: a short-lived
+    /// client certificate (you as the user, --group as groups), through the gateway.
+    Kubeconfig {
+        name: String,
+        /// Organization (namespace); the kubeconfig's namespace when omitted.
+        #[arg(short = 'n', long = "org")]
+        org: Option<String>,
+        /// How long the certificate is valid, such as 8h or 30m (the server caps it).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Kubernetes group for the certificate (its O).
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Write the kubeconfig to this file (0600) instead of standard output.
+        #[arg(long = "output-file")]
+        output_file: Option<PathBuf>,
+    },
+    /// Show the management-plane ports that forward to the cluster's ingress.
+    Ingress {
+        name: String,
+        /// Organization (namespace); the kubeconfig's namespace when omitted.
+        #[arg(short = 'n', long = "org")]
+        org: Option<String>,
+        /// Print a HAProxy configuration for these ports instead.
+        #[arg(long)]
+        haproxy: bool,
+    },
     /// Delete a cluster and its machines.
     Delete {
         name: String,
@@ -312,6 +339,17 @@ pub async fn run(cmd: ClusterCommand, client: &Client, out: Format) -> CliResult
                 f => print_data(f, &list.items),
             }
         }
+        ClusterCommand::Kubeconfig {
+            name,
+            org,
+            ttl,
+            groups,
+            output_file,
+        } => kubeconfig(client, &name, org, ttl, groups, output_file, out).await,
+        ClusterCommand::Ingress { name, org, haproxy } => {
+            let c = api(client, org.as_deref()).get(&name).await?;
+            ingress(&c, haproxy, out)
+        }
         ClusterCommand::Get { name, org } => {
             let c = api(client, org.as_deref()).get(&name).await?;
             match out {
@@ -383,4 +421,133 @@ pub async fn run(cmd: ClusterCommand, client: &Client, out: Format) -> CliResult
             }
         }
     }
+}
+
+async fn kubeconfig(
+    client: &Client,
+    name: &str,
+    org: Option<String>,
+    ttl: Option<String>,
+    groups: Vec<String>,
+    output_file: Option<PathBuf>,
+    out: Format,
+) -> CliResult {
+    let ns = org.unwrap_or_else(|| client.default_namespace().to_owned());
+    let path = format!(
+        "/apis/{}/namespaces/{ns}/clusters/{name}/kubeconfig",
+        paddock_api::API_VERSION
+    );
+    let body = serde_json::json!({
+        "apiVersion": paddock_api::API_VERSION,
+        "kind": "ClusterKubeconfig",
+        "spec": {"ttl": ttl, "groups": groups},
+    });
+    let req = http::Request::post(path)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(serde_json::to_vec(&body).map_err(|e| CliError::new(Exit::Failure, e.to_string()))?)
+        .map_err(|e| CliError::new(Exit::Failure, e.to_string()))?;
+    let resp: serde_json::Value = client.request(req).await?;
+    if !matches!(out, Format::Table) {
+        return print_data(out, &resp);
+    }
+    let kc = resp["status"]["kubeconfig"].as_str().ok_or_else(|| {
+        CliError::new(
+            Exit::Failure,
+            "the server's answer has no status.kubeconfig",
+        )
+    })?;
+    match output_file {
+        Some(p) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&p)
+                .map_err(|e| CliError::new(Exit::Failure, format!("{}: {e}", p.display())))?;
+            f.write_all(kc.as_bytes())
+                .map_err(|e| CliError::new(Exit::Failure, format!("{}: {e}", p.display())))?;
+            eprintln!(
+                "wrote {} (valid until {})",
+                p.display(),
+                resp["status"]["expirationTimestamp"]
+                    .as_str()
+                    .unwrap_or("?")
+            );
+        }
+        None => print!("{kc}"),
+    }
+    Ok(())
+}
+
+fn ingress(c: &Cluster, haproxy: bool, out: Format) -> CliResult {
+    let name = c.name_any();
+    let org = c.namespace().unwrap_or_default();
+    let Some(ing) = c.status.as_ref().and_then(|s| s.ingress.clone()) else {
+        return Err(CliError::new(
+            Exit::Failure,
+            format!("cluster {name} has no ingress ports yet (no overlay allocated)"),
+        ));
+    };
+    if haproxy {
+        let fe = paddock_lb::Frontend::of(c).ok_or_else(|| {
+            CliError::new(
+                Exit::Failure,
+                "the cluster's ingress has no gateway address yet",
+            )
+        })?;
+        print!(
+            "{}",
+            paddock_lb::haproxy::render(&[fe], &paddock_lb::haproxy::Options::default())
+        );
+        return Ok(());
+    }
+    if !matches!(out, Format::Table) {
+        return print_data(out, &ing);
+    }
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    t.set_header(["PROTOCOL", "GATEWAY PORT", "NODE PORT", "BACKENDS"]);
+    let backends = |port: u16| {
+        let b: Vec<String> = ing
+            .backends
+            .iter()
+            .map(|b| {
+                format!(
+                    "{}:{port} {}",
+                    b.machine,
+                    if b.healthy { "up" } else { "DOWN" }
+                )
+            })
+            .collect();
+        if b.is_empty() {
+            "none".to_owned()
+        } else {
+            b.join(", ")
+        }
+    };
+    t.add_row([
+        "http".to_owned(),
+        format!(
+            "{}:{}",
+            ing.address.as_deref().unwrap_or("-"),
+            ing.http_port
+        ),
+        c.spec.ingress.http_node_port.to_string(),
+        backends(c.spec.ingress.http_node_port),
+    ]);
+    t.add_row([
+        "https".to_owned(),
+        format!(
+            "{}:{}",
+            ing.address.as_deref().unwrap_or("-"),
+            ing.https_port
+        ),
+        c.spec.ingress.https_node_port.to_string(),
+        backends(c.spec.ingress.https_node_port),
+    ]);
+    println!("cluster {org}/{name}\n{t}");
+    Ok(())
 }

@@ -45,7 +45,10 @@ fn secret(
     Secret {
         metadata: ObjectMeta {
             name: Some(name),
-            labels: Some(BTreeMap::from([(LABEL_CLUSTER.to_owned(), cluster.to_owned())])),
+            labels: Some(BTreeMap::from([(
+                LABEL_CLUSTER.to_owned(),
+                cluster.to_owned(),
+            )])),
             owner_references: Some(vec![owner]),
             ..Default::default()
         },
@@ -147,14 +150,23 @@ pub async fn ensure_bootstrap(
                 m.spec.role == MachineRole::ControlPlane && m.metadata.deletion_timestamp.is_none()
             })
             .collect();
-        cps.sort_by_key(|m| (m.metadata.creation_timestamp.clone().map(|t| t.0), m.name_any()));
+        cps.sort_by_key(|m| {
+            (
+                m.metadata.creation_timestamp.clone().map(|t| t.0),
+                m.name_any(),
+            )
+        });
         if let Some(first) = cps.first() {
             let patch = json!({"metadata": {
                 "annotations": {INIT_MACHINE: first.name_any()},
                 "resourceVersion": pki_secret.resource_version(),
             }});
-            api.patch(&pki_secret.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
+            api.patch(
+                &pki_secret.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await?;
             init = Some(first.name_any());
         }
     }
@@ -201,7 +213,10 @@ pub async fn ensure_bootstrap(
             owner(m),
             BTreeMap::from([
                 (paddock_bootstrap::USER_DATA.to_owned(), data.user_data),
-                (paddock_bootstrap::NETWORK_CONFIG.to_owned(), data.network_config),
+                (
+                    paddock_bootstrap::NETWORK_CONFIG.to_owned(),
+                    data.network_config,
+                ),
             ]),
         );
         match api.create(&PostParams::default(), &s).await {

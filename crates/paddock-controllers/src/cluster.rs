@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use k8s_openapi::api::core::v1::Secret;
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -307,7 +307,11 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         ..overlay
     };
     let pki_name = paddock_bootstrap::pki::secret_name(&name);
-    if ctx.secrets.get(&ObjectRef::new(&pki_name).within(&ns)).is_none() {
+    if ctx
+        .secrets
+        .get(&ObjectRef::new(&pki_name).within(&ns))
+        .is_none()
+    {
         bootstrap::ensure_pki(&ctx.client, &c).await?;
     }
 
@@ -454,7 +458,16 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         )
     };
     let was = c.status.as_ref().and_then(|s| s.phase);
-    set_status(&clusters, &c, &ctx.cfg, phase, Some(overlay), &live, why.clone()).await?;
+    set_status(
+        &clusters,
+        &c,
+        &ctx.cfg,
+        phase,
+        Some(overlay),
+        &live,
+        why.clone(),
+    )
+    .await?;
     if was != Some(phase) && phase == ClusterPhase::Ready {
         events::record(&ctx.client, c.as_ref(), false, "Ready", why).await;
     }
@@ -498,9 +511,13 @@ async fn set_status(
         ingress: overlay.as_ref().or(old.overlay.as_ref()).map(|o| {
             let slot = o.vni.saturating_sub(cfg.vni_base) as u16;
             let http = cfg.ingress_port_base.saturating_add(slot.saturating_mul(2));
+            // The gateway owns address and backends; keep what it wrote.
+            let old = old.ingress.clone();
             IngressStatus {
+                address: old.as_ref().and_then(|o| o.address.clone()),
                 http_port: http,
                 https_port: http.saturating_add(1),
+                backends: old.map(|o| o.backends).unwrap_or_default(),
             }
         }),
         control_plane_ready: live

@@ -202,8 +202,7 @@ mod tests {
     #[tokio::test]
     async fn secrets_are_sealed_on_disk_and_open_on_read() {
         let dir = tempfile::tempdir().unwrap();
-        let raw: DynStore =
-            Arc::new(RedbStore::open(dir.path(), StoreOptions::default()).unwrap());
+        let raw: DynStore = Arc::new(RedbStore::open(dir.path(), StoreOptions::default()).unwrap());
         let key = SealingKey::generate().unwrap();
         let enc = EncryptedStore::new(
             raw.clone(),
@@ -223,7 +222,10 @@ mod tests {
         assert!(!on_disk.windows(7).any(|w| w == b"hunter2"));
         assert_eq!(&raw.get("/o/b").await.unwrap().unwrap().value[..], b"plain");
         // Reads, lists and watches see plaintext.
-        assert_eq!(&enc.get("/s/a").await.unwrap().unwrap().value[..], b"hunter2");
+        assert_eq!(
+            &enc.get("/s/a").await.unwrap().unwrap().value[..],
+            b"hunter2"
+        );
         let page = enc.list("/s/", None, None).await.unwrap();
         assert_eq!(&page.items[0].value[..], b"hunter2");
         let ev = w.next().await.unwrap().unwrap();

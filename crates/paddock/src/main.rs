@@ -33,6 +33,9 @@ enum Command {
     /// A whole lab on this machine (root): server, hosts in network namespaces, dev image.
     #[command(subcommand)]
     Dev(DevCommand),
+    /// Add a user to a server's data directory (a running server picks it
+    /// up) and print a kubeconfig for them.
+    AddUser(AddUserArgs),
     #[command(flatten)]
     User(paddock_cli::Command),
 }
@@ -96,10 +99,36 @@ struct ServerArgs {
     /// Run only the API, no controllers.
     #[arg(long, hide = true)]
     no_controllers: bool,
+    /// Workload clusters are reached as `<cluster>.<org>.<base-domain>`.
+    #[arg(long, default_value = "paddock.local")]
+    base_domain: String,
+    /// URL where users reach the gateway, written into cluster kubeconfigs
+    /// (default: https://<gateway listen address>).
+    #[arg(long)]
+    gateway_url: Option<String>,
+    /// Longest validity of an issued cluster kubeconfig, such as 24h.
+    #[arg(long, default_value = "24h")]
+    max_kubeconfig_ttl: String,
     /// File holding the 32-byte key that seals Secrets at rest (default
     /// `<data-dir>/secrets.key`, made on first start).
     #[arg(long)]
     encryption_key_file: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct AddUserArgs {
+    /// The user's name (their identity in the API and the CN of the
+    /// cluster certificates they are issued).
+    name: String,
+    /// Organization the user may work in (repeatable).
+    #[arg(long = "org")]
+    orgs: Vec<String>,
+    /// Extra group (repeatable); `system:masters` makes an administrator.
+    #[arg(long = "group")]
+    groups: Vec<String>,
+    /// The server's data directory.
+    #[arg(long, env = "PADDOCK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -176,6 +205,20 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.bookmark_every = Duration::from_secs(args.bookmark_seconds.max(1));
     config.unix_socket = args.unix_socket;
     config.encryption_key_file = args.encryption_key_file;
+    config.clusters.base_domain = args.base_domain.clone();
+    config.clusters.max_ttl = paddock_apiserver::kubeconfig::parse_duration(
+        &args.max_kubeconfig_ttl,
+    )
+    .with_context(|| {
+        format!(
+            "--max-kubeconfig-ttl {:?}: not a duration such as 24h",
+            args.max_kubeconfig_ttl
+        )
+    })?;
+    config.clusters.default_ttl = config.clusters.default_ttl.min(config.clusters.max_ttl);
+    if let Some(u) = &args.gateway_url {
+        config.clusters.gateway_url = u.clone();
+    }
     let running = paddock_apiserver::start(config)
         .await
         .map_err(anyhow::Error::new)
@@ -188,6 +231,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             cpu_overcommit: args.cpu_overcommit,
             spread_workers: !args.pack_workers,
             host_grace: Duration::from_secs(args.host_grace_seconds),
+            base_domain: args.base_domain.clone(),
             ..Default::default()
         };
         let client = admin_client(&running.data.admin_kubeconfig()).await?;
@@ -300,6 +344,25 @@ async fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::AddUser(a) => {
+            let dir = a.data_dir.unwrap_or_else(paddock_cli::default_data_dir);
+            let mut groups: Vec<String> = a
+                .orgs
+                .iter()
+                .map(|o| paddock_apiserver::authz::org_group(o))
+                .collect();
+            groups.extend(a.groups);
+            match paddock_apiserver::bootstrap::add_user(&dir, &a.name, &groups) {
+                Ok(kc) => {
+                    print!("{kc}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {:#}", anyhow::Error::new(e));
                     ExitCode::FAILURE
                 }
             }

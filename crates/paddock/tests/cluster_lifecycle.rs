@@ -317,7 +317,8 @@ async fn unschedulable_until_a_host_with_room_joins() {
     .await;
     assert!(why.contains("no Ready, schedulable host"), "{why}");
     eventually(30, "small Pending", || async {
-        (clusters.get("small").await.ok()?.status?.phase == Some(ClusterPhase::Pending)).then_some(())
+        (clusters.get("small").await.ok()?.status?.phase == Some(ClusterPhase::Pending))
+            .then_some(())
     })
     .await;
 

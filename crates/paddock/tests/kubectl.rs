@@ -418,9 +418,16 @@ async fn typed_kubectl_commands_send_protobuf() {
         raw.extend(std::fs::read(e.unwrap().path()).unwrap());
     }
     let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
-    assert!(has(b"acme"), "the store file holds the namespace in the clear");
+    assert!(
+        has(b"acme"),
+        "the store file holds the namespace in the clear"
+    );
     for secret in [&b"s3cret"[..], b"czNjcmV0", b"pass"] {
-        assert!(!has(secret), "{:?} found in the store", String::from_utf8_lossy(secret));
+        assert!(
+            !has(secret),
+            "{:?} found in the store",
+            String::from_utf8_lossy(secret)
+        );
     }
     let table = s.kubectl_ok(&["-n", "acme", "get", "secrets"]);
     assert!(

@@ -1,0 +1,387 @@
+//! Workload cluster access without VMs: the cluster controller's PKI and
+//! bootstrap data checked by the real validators (`cloud-init schema`,
+//! `openssl verify`, `kubectl config view`), and kubeconfig issuing with
+//! organization boundaries that a second user tries to cross.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine;
+use common::{TestServer, eventually, stderr, stdout};
+use serde_json::Value;
+
+fn run(cmd: &str, args: &[&str]) -> Output {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd} runs: {e}"))
+}
+
+fn ok(cmd: &str, args: &[&str]) -> String {
+    let o = run(cmd, args);
+    assert!(
+        o.status.success(),
+        "{cmd} {args:?} failed:\n{}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn paddock(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .expect("paddock runs")
+}
+
+fn b64(s: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(s.split_whitespace().collect::<String>())
+        .expect("base64")
+}
+
+/// The files a user-data's write_files would write, by path.
+fn write_files(user_data: &str) -> Vec<(String, String)> {
+    let v: Value = serde_saphyr::from_str(user_data).expect("user-data is YAML");
+    v["write_files"]
+        .as_array()
+        .expect("write_files")
+        .iter()
+        .map(|f| {
+            let content = f["content"].as_str().expect("content");
+            assert_eq!(f["encoding"], "b64");
+            (
+                f["path"].as_str().expect("path").to_owned(),
+                String::from_utf8(b64(content)).expect("utf-8"),
+            )
+        })
+        .collect()
+}
+
+fn file<'a>(files: &'a [(String, String)], path: &str) -> &'a str {
+    &files
+        .iter()
+        .find(|(p, _)| p == path)
+        .unwrap_or_else(|| panic!("{path} not in write_files"))
+        .1
+}
+
+fn secret_field(s: &TestServer, ns: &str, name: &str, key: &str) -> Option<String> {
+    let o = s.kubectl(&[
+        "-n",
+        ns,
+        "get",
+        "secret",
+        name,
+        "-o",
+        &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
+    ]);
+    if !o.status.success() || stdout(&o).is_empty() {
+        return None;
+    }
+    String::from_utf8(b64(&stdout(&o))).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pki_bootstrap_data_and_kubeconfigs_pass_the_real_validators() {
+    let s = TestServer::start_with(|c| {
+        c.clusters.base_domain = "paddock.test".into();
+        c.clusters.gateway_url = "https://127.0.0.1:16443".into();
+    })
+    .await
+    .with_controllers(paddock_controllers::Config {
+        base_domain: "paddock.test".into(),
+        ..Default::default()
+    });
+    let dir = s.dir.path().to_owned();
+    let w = |name: &str, body: &str| -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, body).expect("write");
+        p
+    };
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    s.kubectl_ok(&["create", "namespace", "other"]);
+    s.apply(common::CLUSTER_YAML);
+
+    // Every Machine gets bootstrap data; the cluster its PKI.
+    let names: Vec<String> = eventually(30, "bootstrap data for 3 machines", || async {
+        let o = s.kubectl(&[
+            "-n",
+            "acme",
+            "get",
+            "machines",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name} {.spec.role}{\"\\n\"}{end}",
+        ]);
+        let lines: Vec<String> = stdout(&o).lines().map(str::to_owned).collect();
+        (lines.len() == 3
+            && lines.iter().all(|l| {
+                let n = l.split(' ').next().unwrap_or_default();
+                secret_field(&s, "acme", &format!("{n}-bootstrap"), "user-data").is_some()
+            }))
+        .then_some(lines)
+    })
+    .await;
+    let ca = secret_field(&s, "acme", "demo-pki", "ca.crt").expect("cluster CA");
+    let ca_file = w("ca.crt", &ca);
+    for k in ["etcd-ca.crt", "front-proxy-ca.crt"] {
+        let p = w(k, &secret_field(&s, "acme", "demo-pki", k).expect(k));
+        let p = p.to_str().unwrap();
+        ok("openssl", &["verify", "-CAfile", p, p]);
+    }
+    // The service-account key pair is a pair.
+    let sa_pub = w(
+        "sa.pub",
+        &secret_field(&s, "acme", "demo-pki", "sa.pub").unwrap(),
+    );
+    let sa_key = w(
+        "sa.key",
+        &secret_field(&s, "acme", "demo-pki", "sa.key").unwrap(),
+    );
+    assert_eq!(
+        ok(
+            "openssl",
+            &["pkey", "-in", sa_key.to_str().unwrap(), "-pubout"]
+        ),
+        ok(
+            "openssl",
+            &["pkey", "-pubin", "-in", sa_pub.to_str().unwrap()]
+        )
+    );
+    // The CA hash kubeadm pins, computed by openssl.
+    let spki = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "openssl x509 -in {} -pubkey -noout | openssl pkey -pubin -outform der | sha256sum | cut -d' ' -f1",
+            ca_file.display()
+        ))
+        .output()
+        .expect("sh");
+    let ca_hash = stdout(&spki).trim().to_owned();
+    assert_eq!(ca_hash.len(), 64);
+
+    let mut init = 0;
+    for line in &names {
+        let (name, role) = line.split_once(' ').expect("name role");
+        let ud = secret_field(&s, "acme", &format!("{name}-bootstrap"), "user-data").unwrap();
+        let ud_file = w(&format!("{name}.user-data"), &ud);
+        let schema = ok(
+            "cloud-init",
+            &["schema", "--config-file", ud_file.to_str().unwrap()],
+        );
+        assert!(schema.contains("Valid cloud-config"), "{schema}");
+        let files = write_files(&ud);
+        let kubeadm = file(&files, "/etc/paddock/kubeadm.yaml");
+        assert_eq!(file(&files, "/etc/kubernetes/pki/ca.crt"), ca);
+        let nc = secret_field(&s, "acme", &format!("{name}-bootstrap"), "network-config").unwrap();
+        assert!(nc.contains("addresses: [10.64.0."), "{nc}");
+        if role == "control-plane" {
+            let crt = w(
+                &format!("{name}.apiserver.crt"),
+                file(&files, "/etc/kubernetes/pki/apiserver.crt"),
+            );
+            ok(
+                "openssl",
+                &[
+                    "verify",
+                    "-CAfile",
+                    ca_file.to_str().unwrap(),
+                    crt.to_str().unwrap(),
+                ],
+            );
+            let sans = ok(
+                "openssl",
+                &[
+                    "x509",
+                    "-in",
+                    crt.to_str().unwrap(),
+                    "-noout",
+                    "-ext",
+                    "subjectAltName",
+                ],
+            );
+            for want in [
+                "DNS:demo.acme.paddock.test",
+                "DNS:kubernetes.default.svc",
+                "IP Address:10.96.0.1",
+                "IP Address:10.64.0.1",
+                &format!("DNS:{name}"),
+            ] {
+                assert!(sans.contains(want), "{want} not in {sans}");
+            }
+            let key = w(
+                &format!("{name}.apiserver.key"),
+                file(&files, "/etc/kubernetes/pki/apiserver.key"),
+            );
+            assert_eq!(
+                ok(
+                    "openssl",
+                    &["x509", "-in", crt.to_str().unwrap(), "-noout", "-pubkey"]
+                ),
+                ok(
+                    "openssl",
+                    &["pkey", "-in", key.to_str().unwrap(), "-pubout"]
+                )
+            );
+            assert!(kubeadm.contains("kind: InitConfiguration"), "{kubeadm}");
+            init += 1;
+        } else {
+            assert!(
+                !files.iter().any(|(p, _)| p.ends_with(".key")),
+                "a worker gets no private keys"
+            );
+            assert!(kubeadm.contains("kind: JoinConfiguration"), "{kubeadm}");
+            assert!(kubeadm.contains(&format!("sha256:{ca_hash}")), "{kubeadm}");
+        }
+    }
+    assert_eq!(init, 1, "exactly one node runs kubeadm init");
+
+    // Users: alice works in acme, bob in other.
+    let data = s.data_dir();
+    let alice = w(
+        "alice.kubeconfig",
+        &paddock_apiserver::bootstrap::add_user(&data, "alice", &["org:acme".into()]).unwrap(),
+    );
+    let bob = w(
+        "bob.kubeconfig",
+        &paddock_apiserver::bootstrap::add_user(&data, "bob", &["org:other".into()]).unwrap(),
+    );
+    let kc = dir.join("demo.kubeconfig");
+    let o = paddock(
+        &alice,
+        &[
+            "cluster",
+            "kubeconfig",
+            "demo",
+            "-n",
+            "acme",
+            "--ttl",
+            "1h",
+            "--group",
+            "dev",
+            "--output-file",
+            kc.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let view = common::kubectl_with(&kc, &["config", "view", "--raw", "-o", "json"], None);
+    assert!(
+        view.status.success(),
+        "kubectl config view: {}",
+        stderr(&view)
+    );
+    let v: Value = serde_json::from_slice(&view.stdout).unwrap();
+    let cluster = &v["clusters"][0]["cluster"];
+    assert_eq!(cluster["server"], "https://127.0.0.1:16443");
+    assert_eq!(cluster["tls-server-name"], "demo.acme.paddock.test");
+    assert_eq!(
+        b64(cluster["certificate-authority-data"].as_str().unwrap()),
+        ca.as_bytes()
+    );
+    let user = &v["users"][0]["user"];
+    let cert = w(
+        "alice.crt",
+        &String::from_utf8(b64(user["client-certificate-data"].as_str().unwrap())).unwrap(),
+    );
+    let cert = cert.to_str().unwrap();
+    ok(
+        "openssl",
+        &[
+            "verify",
+            "-CAfile",
+            ca_file.to_str().unwrap(),
+            "-purpose",
+            "sslclient",
+            cert,
+        ],
+    );
+    let subject = ok(
+        "openssl",
+        &[
+            "x509", "-in", cert, "-noout", "-subject", "-nameopt", "RFC2253",
+        ],
+    );
+    assert!(
+        subject.contains("CN=alice") && subject.contains("O=dev"),
+        "{subject}"
+    );
+    // Valid for the hour asked, not more.
+    assert!(
+        run(
+            "openssl",
+            &["x509", "-in", cert, "-noout", "-checkend", "3500"]
+        )
+        .status
+        .success()
+    );
+    assert!(
+        !run(
+            "openssl",
+            &["x509", "-in", cert, "-noout", "-checkend", "3700"]
+        )
+        .status
+        .success()
+    );
+
+    // Beyond the maximum TTL: invalid, naming the field.
+    let o = paddock(
+        &alice,
+        &[
+            "cluster",
+            "kubeconfig",
+            "demo",
+            "-n",
+            "acme",
+            "--ttl",
+            "48h",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("spec.ttl"), "{}", stderr(&o));
+    // Asking for the administrators' group: refused.
+    let o = paddock(
+        &alice,
+        &[
+            "cluster",
+            "kubeconfig",
+            "demo",
+            "-n",
+            "acme",
+            "--group",
+            "system:masters",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+
+    // Bob may not cross into acme, nor see the fleet.
+    let o = paddock(&bob, &["cluster", "kubeconfig", "demo", "-n", "acme"]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bob"), "{}", stderr(&o));
+    for args in [
+        &["-n", "acme", "get", "clusters"][..],
+        &["-n", "acme", "get", "secret", "demo-pki"],
+        &["get", "hosts"],
+        &["get", "clusters", "-A"],
+    ] {
+        let o = common::kubectl_with(&bob, args, None);
+        assert!(!o.status.success(), "bob: kubectl {args:?} succeeded");
+        assert!(
+            stderr(&o).contains("Forbidden") || stderr(&o).contains("forbidden"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    // ... while in his own organization he works, and a missing cluster is 404.
+    common::kubectl_with(&bob, &["-n", "other", "get", "clusters"], None)
+        .status
+        .success()
+        .then_some(())
+        .expect("bob lists his own clusters");
+    let o = paddock(&bob, &["cluster", "kubeconfig", "nope", "-n", "other"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+}
