@@ -332,6 +332,24 @@ impl Reconciler {
                     fdb.insert(FdbEntry { mac, dst });
                 }
             }
+            // The management plane's gateway joins the overlay too.
+            if let Some(o) = self
+                .world
+                .clusters
+                .state()
+                .iter()
+                .find(|c| c.namespace().as_deref() == Some(ns.as_str()) && c.name_any() == cluster)
+                .and_then(|c| c.status.as_ref()?.overlay.clone())
+                && let Some(dst) = o.gateway_vtep.as_deref().and_then(|v| v.parse().ok())
+            {
+                fdb.insert(FdbEntry {
+                    mac: Mac::ZERO,
+                    dst,
+                });
+                if let Some(mac) = o.gateway_mac.as_deref().and_then(|m| m.parse().ok()) {
+                    fdb.insert(FdbEntry { mac, dst });
+                }
+            }
             self.net
                 .sync_vxlan_fdb(&paddock_net::vxlan_name(vni), vx, &fdb)
                 .await?;

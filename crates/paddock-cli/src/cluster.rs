@@ -75,6 +75,9 @@ pub enum ClusterCommand {
         /// Print a HAProxy configuration for these ports instead.
         #[arg(long)]
         haproxy: bool,
+        /// Address the HAProxy frontends bind.
+        #[arg(long, default_value = "0.0.0.0", requires = "haproxy")]
+        bind: String,
     },
     /// Delete a cluster and its machines.
     Delete {
@@ -346,9 +349,14 @@ pub async fn run(cmd: ClusterCommand, client: &Client, out: Format) -> CliResult
             groups,
             output_file,
         } => kubeconfig(client, &name, org, ttl, groups, output_file, out).await,
-        ClusterCommand::Ingress { name, org, haproxy } => {
+        ClusterCommand::Ingress {
+            name,
+            org,
+            haproxy,
+            bind,
+        } => {
             let c = api(client, org.as_deref()).get(&name).await?;
-            ingress(&c, haproxy, out)
+            ingress(&c, haproxy.then_some(bind), out)
         }
         ClusterCommand::Get { name, org } => {
             let c = api(client, org.as_deref()).get(&name).await?;
@@ -482,7 +490,7 @@ async fn kubeconfig(
     Ok(())
 }
 
-fn ingress(c: &Cluster, haproxy: bool, out: Format) -> CliResult {
+fn ingress(c: &Cluster, haproxy_bind: Option<String>, out: Format) -> CliResult {
     let name = c.name_any();
     let org = c.namespace().unwrap_or_default();
     let Some(ing) = c.status.as_ref().and_then(|s| s.ingress.clone()) else {
@@ -491,17 +499,18 @@ fn ingress(c: &Cluster, haproxy: bool, out: Format) -> CliResult {
             format!("cluster {name} has no ingress ports yet (no overlay allocated)"),
         ));
     };
-    if haproxy {
+    if let Some(bind_address) = haproxy_bind {
         let fe = paddock_lb::Frontend::of(c).ok_or_else(|| {
             CliError::new(
                 Exit::Failure,
                 "the cluster's ingress has no gateway address yet",
             )
         })?;
-        print!(
-            "{}",
-            paddock_lb::haproxy::render(&[fe], &paddock_lb::haproxy::Options::default())
-        );
+        let opts = paddock_lb::haproxy::Options {
+            bind_address,
+            ..Default::default()
+        };
+        print!("{}", paddock_lb::haproxy::render(&[fe], &opts));
         return Ok(());
     }
     if !matches!(out, Format::Table) {

@@ -54,7 +54,7 @@ pub fn render(frontends: &[Frontend], o: &Options) -> String {
         "# Rendered by Paddock: ingress of its workload clusters.\n\
          # Each frontend takes one cluster's traffic to the Paddock gateway's port\n\
          # for it; the gateway forwards to the cluster's healthy workers.\n\
-         global\n    maxconn 20000\n\n\
+         global\n    log stderr format short local0 notice\n\n\
          defaults\n    mode tcp\n    option dontlognull\n    timeout connect 5s\n    timeout client 1m\n    timeout server 1m\n    timeout check 2s\n",
     );
     let mut fes = frontends.to_vec();

@@ -4,6 +4,7 @@
 //! the other hosts that carry the cluster.
 
 pub mod guard;
+pub mod netns;
 mod tap;
 
 use std::collections::BTreeSet;
@@ -158,6 +159,95 @@ impl Net {
         let (conn, handle, _) = rtnetlink::new_connection().map_err(NetError::Connect)?;
         tokio::spawn(conn);
         Ok(Self { handle })
+    }
+
+    /// Opens a netlink socket inside the named namespace at `ns`; must be
+    /// called inside a tokio runtime.
+    pub fn connect_in(ns: &std::path::Path) -> Result<Self> {
+        let rt = tokio::runtime::Handle::current();
+        netns::run_in(ns, || {
+            let _g = rt.enter();
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            tokio::spawn(conn);
+            Ok(Self { handle })
+        })
+        .map_err(NetError::Connect)
+    }
+
+    /// Sets a link up by name.
+    pub async fn set_up(&self, name: &str) -> Result<()> {
+        let l = self
+            .link(name)
+            .await?
+            .ok_or_else(|| NetError::Missing(name.to_owned()))?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(l.index).up().build())
+            .execute()
+            .await
+            .map_err(nl("set up", name))
+    }
+
+    /// A VXLAN device for overlay `vni` made from this namespace (its UDP
+    /// socket, on `local`, stays here) but placed in the namespace `target`,
+    /// with the given MAC and MTU. Nothing is done if `exists`.
+    pub async fn create_vxlan_in(
+        &self,
+        name: &str,
+        vni: u32,
+        local: Ipv4Addr,
+        mac: Mac,
+        mtu: u32,
+        target: &std::fs::File,
+    ) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let msg = LinkVxlan::new(name, vni)
+            .local(local)
+            .port(VXLAN_PORT)
+            .learning(false)
+            .mtu(mtu)
+            .address(mac.0.to_vec())
+            .setns_by_fd(target.as_raw_fd())
+            .build();
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl("create vxlan", name))?;
+        tracing::info!(vxlan = name, vni, %local, "created vxlan in another namespace");
+        Ok(())
+    }
+
+    /// Adds `addr/prefix` to link `name` unless it has it; sets the link up.
+    pub async fn ensure_address(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
+        let l = self
+            .link(name)
+            .await?
+            .ok_or_else(|| NetError::Missing(name.to_owned()))?;
+        let have: Vec<_> = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(l.index)
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl("list addresses", name))?;
+        let present = have.iter().any(|m| {
+            m.attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == addr))
+        });
+        if !present {
+            self.handle
+                .address()
+                .add(l.index, IpAddr::V4(addr), prefix)
+                .execute()
+                .await
+                .map_err(nl("add address", name))?;
+        }
+        self.set_up(name).await
     }
 
     pub async fn links(&self) -> Result<Vec<Link>> {

@@ -109,6 +109,40 @@ struct ServerArgs {
     /// Longest validity of an issued cluster kubeconfig, such as 24h.
     #[arg(long, default_value = "24h")]
     max_kubeconfig_ttl: String,
+    /// Run the gateway on this address (TLS, routed by SNI): the clusters'
+    /// APIs, and the management API under its own name.
+    #[arg(long)]
+    gateway_listen: Option<SocketAddr>,
+    /// The management plane's underlay address: where the gateway joins the
+    /// clusters' overlays (required with --gateway-listen).
+    #[arg(long, requires = "gateway_listen")]
+    gateway_vtep: Option<std::net::Ipv4Addr>,
+    /// Network namespace (name under /run/netns, or a path) that holds the
+    /// underlay address, when it is not this one.
+    #[arg(long, requires = "gateway_listen")]
+    gateway_underlay_netns: Option<String>,
+    /// Prefix of the gateway's per-cluster network namespaces.
+    #[arg(long, default_value = "paddock-gw-")]
+    gateway_netns_prefix: String,
+    /// Address the clusters' ingress ports bind.
+    #[arg(long, default_value = "0.0.0.0")]
+    ingress_bind: std::net::IpAddr,
+    /// Address the load balancer uses to reach the ingress ports (default:
+    /// --ingress-bind, or the VTEP when that is 0.0.0.0).
+    #[arg(long)]
+    ingress_advertise: Option<String>,
+    /// First ingress port; each cluster takes two (HTTP, HTTPS).
+    #[arg(long, default_value_t = 32000)]
+    ingress_port_base: u16,
+    /// MTU of the overlays inside the VMs (underlay MTU minus 50).
+    #[arg(long, default_value_t = 1450)]
+    overlay_mtu: u32,
+    /// Keep a HAProxy configuration for the clusters' ingress in this file.
+    #[arg(long)]
+    haproxy_config: Option<PathBuf>,
+    /// Command that reloads HAProxy after the file changed.
+    #[arg(long, requires = "haproxy_config")]
+    haproxy_reload: Option<String>,
     /// File holding the 32-byte key that seals Secrets at rest (default
     /// `<data-dir>/secrets.key`, made on first start).
     #[arg(long)]
@@ -201,7 +235,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_tracing();
     let data_dir = args.data_dir.unwrap_or_else(paddock_cli::default_data_dir);
     let mut config = paddock_apiserver::ServerConfig::new(data_dir, args.listen);
-    config.sans = args.sans;
+    config.sans = args.sans.clone();
+    let management_name = format!("api.{}", args.base_domain);
+    config.sans.push(management_name.clone());
     config.bookmark_every = Duration::from_secs(args.bookmark_seconds.max(1));
     config.unix_socket = args.unix_socket;
     config.encryption_key_file = args.encryption_key_file;
@@ -218,6 +254,13 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     config.clusters.default_ttl = config.clusters.default_ttl.min(config.clusters.max_ttl);
     if let Some(u) = &args.gateway_url {
         config.clusters.gateway_url = u.clone();
+    } else if let Some(g) = args.gateway_listen {
+        let host = match (g.ip().is_unspecified(), args.gateway_vtep) {
+            (false, _) => g.ip().to_string(),
+            (true, Some(v)) => v.to_string(),
+            (true, None) => "127.0.0.1".into(),
+        };
+        config.clusters.gateway_url = format!("https://{host}:{}", g.port());
     }
     let running = paddock_apiserver::start(config)
         .await
@@ -232,10 +275,64 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             spread_workers: !args.pack_workers,
             host_grace: Duration::from_secs(args.host_grace_seconds),
             base_domain: args.base_domain.clone(),
+            gateway_port: args.gateway_listen.map_or(6443, |g| g.port()),
+            gateway_vtep: args.gateway_vtep,
+            ingress_port_base: args.ingress_port_base,
+            overlay_mtu: args.overlay_mtu,
             ..Default::default()
         };
         let client = admin_client(&running.data.admin_kubeconfig()).await?;
         tokio::spawn(paddock_controllers::run(client, cfg));
+    }
+    if let Some(listen) = args.gateway_listen {
+        let vtep = args
+            .gateway_vtep
+            .context("--gateway-listen needs --gateway-vtep (the underlay address)")?;
+        let underlay_netns = args.gateway_underlay_netns.as_ref().map(|n| {
+            if n.contains('/') {
+                PathBuf::from(n)
+            } else {
+                paddock_net::netns::path(n)
+            }
+        });
+        let load_balancer: Option<std::sync::Arc<dyn paddock_lb::LoadBalancer>> =
+            args.haproxy_config.clone().map(|path| {
+                std::sync::Arc::new(paddock_lb::haproxy::ConfigFile {
+                    path,
+                    options: Default::default(),
+                    reload: args
+                        .haproxy_reload
+                        .as_ref()
+                        .map(|r| r.split_whitespace().map(str::to_owned).collect()),
+                }) as std::sync::Arc<dyn paddock_lb::LoadBalancer>
+            });
+        let gw = paddock_gateway::GatewayConfig {
+            listen,
+            management_names: vec![management_name.clone()],
+            management_addr: running.addr,
+            base_domain: args.base_domain.clone(),
+            vtep,
+            underlay_netns,
+            netns_prefix: args.gateway_netns_prefix.clone(),
+            overlay_mtu: args.overlay_mtu,
+            ingress_bind: args.ingress_bind,
+            ingress_advertise: args.ingress_advertise.clone().unwrap_or_else(|| {
+                if args.ingress_bind.is_unspecified() {
+                    vtep.to_string()
+                } else {
+                    args.ingress_bind.to_string()
+                }
+            }),
+            health_every: Duration::from_secs(1),
+            resync: Duration::from_secs(5),
+            load_balancer,
+        };
+        let client = admin_client(&running.data.admin_kubeconfig()).await?;
+        tokio::spawn(async move {
+            if let Err(e) = paddock_gateway::run(client, gw).await {
+                tracing::error!(error = format!("{e:#}"), "gateway stopped");
+            }
+        });
     }
     eprintln!(
         "paddock server listening on {}\nadmin kubeconfig: {}",

@@ -111,6 +111,27 @@ impl Lab {
         lab
     }
 
+    /// A management-plane namespace on the fabric with underlay address
+    /// 10.77.0.2: where a gateway's VXLAN sockets live. Returns its path.
+    pub fn add_management(&mut self) -> PathBuf {
+        let (id, fabric) = (&self.id, &self.fabric);
+        let netns = format!("pdt{id}-mgmt");
+        sh(&format!("ip netns add {netns}"));
+        sh(&format!(
+            "ip link add u{id}m netns {netns} type veth peer name f{id}m netns {fabric}"
+        ));
+        sh(&format!("ip -n {fabric} link set f{id}m master fab0 up"));
+        sh(&format!(
+            "ip -n {netns} link set lo up && ip -n {netns} link set u{id}m name eth0 && ip -n {netns} addr add 10.77.0.2/24 dev eth0 && ip -n {netns} link set eth0 up"
+        ));
+        PathBuf::from("/run/netns").join(netns)
+    }
+
+    /// Prefix for a gateway's per-cluster namespaces in this lab.
+    pub fn gateway_prefix(&self) -> String {
+        format!("pdt{}-gw", self.id)
+    }
+
     /// Starts (or restarts) the agent of host `i` (0-based).
     pub fn start_agent(&mut self, i: usize, kubeconfig: &Path, api_socket: &Path, image: &Path) {
         let h = &mut self.hosts[i];
@@ -224,6 +245,13 @@ impl Drop for Lab {
         std::thread::sleep(std::time::Duration::from_millis(200));
         for h in &self.hosts {
             let _ = Command::new("ip").args(["netns", "del", &h.netns]).status();
+        }
+        let mut extra = vec![format!("pdt{}-mgmt", self.id)];
+        extra.extend(paddock_net::netns::list(&self.gateway_prefix()));
+        for ns in extra {
+            if std::path::Path::new("/run/netns").join(&ns).exists() {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+            }
         }
         let _ = Command::new("ip")
             .args(["netns", "del", &self.fabric])

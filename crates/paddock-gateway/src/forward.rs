@@ -1,0 +1,178 @@
+//! TCP plumbing: sockets made inside a cluster's namespace, health checks
+//! of the cluster's VMs, and forwarding a client to the first healthy
+//! backend that answers.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long a connection to a VM may take before the next one is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Failed checks before a backend is out; one passed check brings it back.
+pub const FALL: u32 = 2;
+
+/// Connects to `addr` from inside the namespace at `netns`.
+pub async fn connect_in(
+    netns: &Path,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let ns = netns.to_owned();
+    let std = tokio::task::spawn_blocking(move || {
+        paddock_net::netns::run_in(&ns, || std::net::TcpStream::connect_timeout(&addr, timeout))
+    })
+    .await
+    .map_err(io::Error::other)??;
+    std.set_nonblocking(true)?;
+    TcpStream::from_std(std)
+}
+
+/// A listener bound inside the namespace at `netns`.
+pub fn listen_in(netns: &Path, addr: SocketAddr) -> io::Result<TcpListener> {
+    let std = paddock_net::netns::run_in(netns, || std::net::TcpListener::bind(addr))?;
+    std.set_nonblocking(true)?;
+    TcpListener::from_std(std)
+}
+
+/// Health of a cluster's backends, by address, as the checks last saw it.
+#[derive(Debug, Default)]
+pub struct Health {
+    state: Mutex<HashMap<SocketAddr, u32>>,
+}
+
+impl Health {
+    /// Healthy: checked at least once, and fewer than [`FALL`] failures in a row.
+    pub fn healthy(&self, a: &SocketAddr) -> bool {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.get(a).copied())
+            .is_some_and(|fails| fails < FALL)
+    }
+
+    fn record(&self, a: SocketAddr, ok: bool) {
+        if let Ok(mut s) = self.state.lock() {
+            let fails = s.entry(a).or_insert(FALL);
+            *fails = if ok { 0 } else { fails.saturating_add(1) };
+        }
+    }
+
+    fn retain(&self, keep: &[SocketAddr]) {
+        if let Ok(mut s) = self.state.lock() {
+            s.retain(|a, _| keep.contains(a));
+        }
+    }
+}
+
+/// What a cluster's forwarders send to: the addresses, refreshed by the
+/// gateway's reconcile loop.
+#[derive(Debug, Default)]
+pub struct Pool {
+    pub addrs: Mutex<Vec<SocketAddr>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Pool {
+    pub fn set(&self, mut addrs: Vec<SocketAddr>) {
+        addrs.sort();
+        addrs.dedup();
+        if let Ok(mut a) = self.addrs.lock() {
+            *a = addrs;
+        }
+    }
+
+    pub fn all(&self) -> Vec<SocketAddr> {
+        self.addrs.lock().map(|a| a.clone()).unwrap_or_default()
+    }
+
+    /// Healthy addresses first, in round-robin order; then the others (a
+    /// check may be behind), so a request still has somewhere to go.
+    fn order(&self, health: &Health) -> Vec<SocketAddr> {
+        let all = self.all();
+        if all.is_empty() {
+            return all;
+        }
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % all.len();
+        let rotated: Vec<SocketAddr> = all[start..].iter().chain(&all[..start]).copied().collect();
+        let (mut up, down): (Vec<_>, Vec<_>) = rotated.into_iter().partition(|a| health.healthy(a));
+        up.extend(down);
+        up
+    }
+}
+
+/// Checks every address of `pools` from inside `netns` every `every`.
+pub async fn check_loop(
+    netns: PathBuf,
+    pools: Vec<Arc<Pool>>,
+    health: Arc<Health>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        let addrs: Vec<SocketAddr> = pools.iter().flat_map(|p| p.all()).collect();
+        health.retain(&addrs);
+        let checks = addrs.iter().map(|a| {
+            let ns = netns.clone();
+            let a = *a;
+            async move { (a, connect_in(&ns, a, CONNECT_TIMEOUT).await.is_ok()) }
+        });
+        for (a, ok) in futures::future::join_all(checks).await {
+            let was = health.healthy(&a);
+            health.record(a, ok);
+            if was != health.healthy(&a) {
+                tracing::info!(backend = %a, healthy = !was, "backend health changed");
+            }
+        }
+    }
+}
+
+/// Connects to the first backend of `pool` that answers, healthy ones first.
+pub async fn dial(netns: &Path, pool: &Pool, health: &Health) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "no backends");
+    for a in pool.order(health) {
+        match connect_in(netns, a, CONNECT_TIMEOUT).await {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                tracing::debug!(backend = %a, error = %e, "backend did not answer");
+                last = e;
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Copies both ways until either side closes; `first` is sent ahead.
+pub async fn splice(mut client: TcpStream, mut upstream: TcpStream, first: &[u8]) {
+    if !first.is_empty() && upstream.write_all(first).await.is_err() {
+        return;
+    }
+    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+}
+
+/// Accepts on `listener` and forwards each connection to `pool`.
+pub async fn serve_pool(
+    listener: TcpListener,
+    netns: PathBuf,
+    pool: Arc<Pool>,
+    health: Arc<Health>,
+) {
+    loop {
+        let Ok((client, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (ns, pool, health) = (netns.clone(), pool.clone(), health.clone());
+        tokio::spawn(async move {
+            match dial(&ns, &pool, &health).await {
+                Ok(up) => splice(client, up, &[]).await,
+                Err(e) => tracing::debug!(%peer, error = %e, "no backend for connection"),
+            }
+        });
+    }
+}
