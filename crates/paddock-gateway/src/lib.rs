@@ -376,10 +376,10 @@ async fn pass(
         let vni = name
             .strip_prefix(&cfg.netns_prefix)
             .and_then(|v| v.parse::<u32>().ok());
-        if vni.is_some_and(|v| !joined.contains_key(&v)) {
-            if let Err(e) = paddock_net::netns::remove(&name) {
-                tracing::warn!(netns = %name, error = %e, "cannot remove stale namespace");
-            }
+        if vni.is_some_and(|v| !joined.contains_key(&v))
+            && let Err(e) = paddock_net::netns::remove(&name)
+        {
+            tracing::warn!(netns = %name, error = %e, "cannot remove stale namespace");
         }
     }
     if let Some(lb) = &cfg.load_balancer {
@@ -415,24 +415,21 @@ async fn join<'a>(
 ) -> anyhow::Result<&'a mut Joined> {
     let vni = overlay.vni;
     let netns_name = format!("{}{vni}", cfg.netns_prefix);
-    if !joined.contains_key(&vni) {
+    if let std::collections::hash_map::Entry::Vacant(slot) = joined.entry(vni) {
         let netns = paddock_net::netns::ensure(&netns_name)?;
         let net = Net::connect_in(&netns)?;
         net.set_up("lo").await?;
-        joined.insert(
+        slot.insert(Joined {
             vni,
-            Joined {
-                vni,
-                netns_name: netns_name.clone(),
-                netns,
-                net,
-                control_plane: Arc::default(),
-                http: Arc::default(),
-                https: Arc::default(),
-                health: Arc::default(),
-                tasks: HashMap::new(),
-            },
-        );
+            netns_name: netns_name.clone(),
+            netns,
+            net,
+            control_plane: Arc::default(),
+            http: Arc::default(),
+            https: Arc::default(),
+            health: Arc::default(),
+            tasks: HashMap::new(),
+        });
     }
     let j = joined
         .get_mut(&vni)
