@@ -15,9 +15,21 @@ export PADDOCK_KUBECONFIG=$data/server/admin.kubeconfig
 "$bin" cluster scale demo -n acme --workers 2 --wait --timeout 600 >/dev/null
 "$bin" cluster list -A
 "$bin" machine list -A
+# A kubeconfig for the cluster, and its API reached through the gateway by
+# name (the dev image answers with a stand-in API server on 6443).
+"$bin" cluster kubeconfig demo -n acme --ttl 8h --output-file "$data/demo.kubeconfig"
+grep certificate-authority-data "$data/demo.kubeconfig" | awk '{print $2}' | base64 -d >"$data/demo-ca.crt"
+echo "GET https://demo.acme.paddock.local:16443/ through the gateway, verified with the cluster CA:"
+curl -sS --retry 5 --retry-all-errors --cacert "$data/demo-ca.crt" \
+  --resolve demo.acme.paddock.local:16443:127.0.0.1 -o /dev/null \
+  -w '  HTTP %{http_code}, certificate verified for demo.acme.paddock.local\n' \
+  https://demo.acme.paddock.local:16443/
+"$bin" cluster ingress demo -n acme
 cat <<TXT
 
 The cluster runs as QEMU VMs on three hosts. Next:
+  kubectl --kubeconfig $data/demo.kubeconfig get --raw /     # through the gateway
+  curl http://127.0.0.1:32000/                                # ingress, via the gateway
   export KUBECONFIG=$data/server/admin.kubeconfig
   $bin cluster scale demo -n acme --workers 3 --wait
   $bin machine exec <machine> -n acme -- ip addr

@@ -11,6 +11,11 @@ use anyhow::{Context, bail};
 use kube::api::{Api, PostParams};
 
 const FABRIC: &str = "paddock-fabric";
+/// The management plane's namespace on the fabric, and its underlay address.
+const MGMT: &str = "paddock-mgmt";
+const MGMT_IP: &str = "10.77.0.2";
+/// Where the lab's gateway listens (on loopback).
+pub const GATEWAY_PORT: u16 = 16443;
 const IMAGE_SCRIPT: &str = include_str!("../../../scripts/build-dev-image.sh");
 
 fn host_ns(i: usize) -> String {
@@ -84,6 +89,21 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
         bail!("building the dev image failed");
     }
 
+    // The fabric, and the management plane's place on it (10.77.0.2), where
+    // the gateway's VXLAN sockets live.
+    if !netns_exists(FABRIC) {
+        sh(&format!(
+            "ip netns add {FABRIC} && ip -n {FABRIC} link add fabric0 type bridge && ip -n {FABRIC} link set fabric0 up"
+        ))?;
+    }
+    if !netns_exists(MGMT) {
+        sh(&format!(
+            "ip netns add {MGMT} && ip link add pdm0 netns {MGMT} type veth peer name pdfm netns {FABRIC} && \
+             ip -n {FABRIC} link set pdfm master fabric0 up && ip -n {MGMT} link set lo up && \
+             ip -n {MGMT} link set pdm0 name eth0 && ip -n {MGMT} addr add {MGMT_IP}/24 dev eth0 && ip -n {MGMT} link set eth0 up"
+        ))?;
+    }
+
     eprintln!("• management plane");
     if !alive(&d.join("server.pid")) {
         let args: Vec<String> = vec![
@@ -95,6 +115,16 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
             socket.display().to_string(),
             "--host-grace-seconds".into(),
             "30".into(),
+            "--gateway-listen".into(),
+            format!("127.0.0.1:{GATEWAY_PORT}"),
+            "--gateway-vtep".into(),
+            MGMT_IP.into(),
+            "--gateway-underlay-netns".into(),
+            MGMT.into(),
+            "--ingress-bind".into(),
+            "127.0.0.1".into(),
+            "--haproxy-config".into(),
+            d.join("haproxy.cfg").display().to_string(),
         ];
         spawn_detached(&args, &d.join("server.log"), &d.join("server.pid"))?;
     }
@@ -128,11 +158,6 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
     }
 
     eprintln!("• {} hosts", u.hosts);
-    if !netns_exists(FABRIC) {
-        sh(&format!(
-            "ip netns add {FABRIC} && ip -n {FABRIC} link add fabric0 type bridge && ip -n {FABRIC} link set fabric0 up"
-        ))?;
-    }
     for n in 1..=u.hosts {
         let ns = host_ns(n);
         let ip = format!("10.77.0.{}", 10 + n);
@@ -244,7 +269,11 @@ pub fn down(data_dir: &Path) -> anyhow::Result<()> {
         .flatten()
     {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name == FABRIC || name.starts_with("paddock-host") {
+        if name == FABRIC
+            || name == MGMT
+            || name.starts_with("paddock-host")
+            || name.starts_with("paddock-gw-")
+        {
             let _ = Command::new("ip").args(["netns", "del", &name]).status();
         }
     }
