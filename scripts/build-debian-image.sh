@@ -117,8 +117,11 @@ cp -L /etc/resolv.conf "$root/etc/resolv.conf"
 # root=/dev/vda (ext4 and crc32c are built into the cloud kernel). Leaving
 # virtio_net out also keeps udev in the initramfs from renaming eth0.
 mkdir -p "$root/etc/initramfs-tools/conf.d"
-echo "MODULES=list" >"$root/etc/initramfs-tools/conf.d/90paddock"
+# FSTYPE: the fsck hook can't probe /dev/vda in the chroot; with it the
+# initramfs carries fsck.ext4 and checks the root before mounting it.
+printf 'MODULES=list\nFSTYPE=ext4\n' >"$root/etc/initramfs-tools/conf.d/90paddock"
 printf '%s\n' virtio_pci virtio_blk ext4 >>"$root/etc/initramfs-tools/modules"
+echo "/dev/vda / ext4 rw,relatime,errors=remount-ro 0 1" >"$root/etc/fstab"
 
 mount -t proc proc "$root/proc"
 logged in_root apt-get update
@@ -187,7 +190,6 @@ EOF
 
 echo "localhost" >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
-echo "/dev/vda / ext4 rw,relatime,errors=remount-ro 0 1" >"$root/etc/fstab"
 logged in_root passwd -d root # serial console login without password
 
 # The boot files, then a clean tree: no caches, logs, ids or host files.
