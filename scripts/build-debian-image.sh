@@ -203,10 +203,10 @@ for m in virtio_pci virtio_blk; do
 done
 logged in_root apt-get clean
 umount "$root/proc"
-rm -rf "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin "$root"/var/cache/debconf/*-old \
-  "$root"/var/lib/dpkg/*-old "$root"/tmp/* "$root"/var/tmp/* \
-  "$root"/var/lib/cloud/* "$root"/boot/* "$root/usr/sbin/policy-rc.d" \
-  "$root/etc/resolv.conf" "$root/var/lib/dbus/machine-id"
+rm -rf "${root:?}"/var/lib/apt/lists/* "${root:?}"/var/cache/apt/*.bin "${root:?}"/var/cache/debconf/*-old \
+  "${root:?}"/var/lib/dpkg/*-old "${root:?}"/tmp/* "${root:?}"/var/tmp/* \
+  "${root:?}"/var/lib/cloud/* "${root:?}"/boot/* "${root:?}/usr/sbin/policy-rc.d" \
+  "${root:?}/etc/resolv.conf" "${root:?}/var/lib/dbus/machine-id"
 find "$root/var/log" -type f -delete
 : >"$root/etc/machine-id"   # empty: each VM makes its own
 

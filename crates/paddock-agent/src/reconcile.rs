@@ -212,10 +212,22 @@ impl Reconciler {
                         cmdline.push(' ');
                         cmdline.push_str(extra);
                     }
+                    let root_disk = match &image.spec.disk {
+                        Some(d) => {
+                            let base = file_url(&d.url)?;
+                            self.verify(&base, d.sha256.as_deref())?;
+                            Some(vm::RootDisk {
+                                base,
+                                size_bytes: m.spec.disk.bytes(),
+                            })
+                        }
+                        None => None,
+                    };
                     Boot::Kernel {
                         kernel,
                         initrd,
                         cmdline,
+                        root_disk,
                     }
                 }
                 (None, Some(d)) => {

@@ -16,14 +16,38 @@ use crate::jsonsock;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub enum Boot {
-    /// Direct kernel boot.
+    /// Direct kernel boot, with a root disk when the image has one.
     Kernel {
         kernel: PathBuf,
         initrd: Option<PathBuf>,
         cmdline: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        root_disk: Option<RootDisk>,
     },
-    /// A qcow2 overlay on a cached base image.
+    /// A qcow2 overlay on a cached base image, booted by the firmware.
     Disk { base: PathBuf, size_bytes: u64 },
+}
+
+/// A VM's root disk: a qcow2 overlay on a cached base image, kept across
+/// restarts of the VM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RootDisk {
+    pub base: PathBuf,
+    pub size_bytes: u64,
+}
+
+impl Boot {
+    /// The base image and size of the VM's root disk, if it has one.
+    pub fn root_disk(&self) -> Option<(&Path, u64)> {
+        match self {
+            Boot::Kernel {
+                root_disk: Some(r), ..
+            } => Some((&r.base, r.size_bytes)),
+            Boot::Kernel { .. } => None,
+            Boot::Disk { base, size_bytes } => Some((base, *size_bytes)),
+        }
+    }
 }
 
 /// Everything a VM is launched with. Stored beside it: a VM whose launch
@@ -168,6 +192,7 @@ pub fn qemu_args(spec: &LaunchSpec, vm: &VmDir, accel: Accel) -> Vec<String> {
             kernel,
             initrd,
             cmdline,
+            ..
         } => {
             a.extend([
                 "-kernel".into(),
@@ -179,15 +204,16 @@ pub fn qemu_args(spec: &LaunchSpec, vm: &VmDir, accel: Accel) -> Vec<String> {
                 a.extend(["-initrd".into(), d(i.clone())]);
             }
         }
-        Boot::Disk { .. } => {
-            // The root disk first (vda), and the one the firmware boots.
-            a.extend([
-                "-drive".into(),
-                format!("file={},format=qcow2,if=none,id=root", d(vm.disk())),
-                "-device".into(),
-                "virtio-blk-pci,drive=root,bootindex=1".into(),
-            ]);
-        }
+        Boot::Disk { .. } => {}
+    }
+    if spec.boot.root_disk().is_some() {
+        // The root disk first (vda), and the one the firmware boots.
+        a.extend([
+            "-drive".into(),
+            format!("file={},format=qcow2,if=none,id=root", d(vm.disk())),
+            "-device".into(),
+            "virtio-blk-pci,drive=root,bootindex=1".into(),
+        ]);
     }
     a.extend([
         "-drive".into(),
@@ -209,7 +235,7 @@ pub async fn start(
     accel: Accel,
 ) -> Result<u32, VmError> {
     std::fs::create_dir_all(&vm.dir).map_err(io(&vm.dir))?;
-    if let Boot::Disk { base, size_bytes } = &spec.boot
+    if let Some((base, size_bytes)) = spec.boot.root_disk()
         && !vm.disk().exists()
     {
         // The overlay survives VM restarts; only a new Machine gets a new one.

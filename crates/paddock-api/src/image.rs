@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::validation::{FieldError, FieldErrorKind, Validate};
 
-/// A bootable image for Machines.
+/// A bootable image for Machines: a kernel (+ initrd) booted directly, a
+/// disk image booted by the firmware, or a kernel booted directly with the
+/// disk image as its root disk (`vda`; say `root=/dev/vda` in `cmdline`).
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "paddock.io",
@@ -83,14 +85,15 @@ impl Validate for MachineImage {
     fn validate(&self) -> Vec<FieldError> {
         let s = &self.spec;
         let mut errs = Vec::new();
-        match (&s.kernel, &s.disk) {
-            (None, None) => errs.push(FieldError::required("spec.kernel")),
-            (Some(_), Some(_)) => errs.push(FieldError::new(
-                "spec.disk",
+        if s.kernel.is_none() && s.disk.is_none() {
+            errs.push(FieldError::required("spec.kernel"));
+        }
+        if s.kernel.is_none() && s.initrd.is_some() {
+            errs.push(FieldError::new(
+                "spec.initrd",
                 FieldErrorKind::Forbidden,
-                "set either spec.kernel (direct kernel boot) or spec.disk, not both",
-            )),
-            _ => {}
+                "an initrd needs spec.kernel (direct kernel boot)",
+            ));
         }
         if let Some(k) = &s.kernel {
             check_artifact("spec.kernel", &k.url, k.sha256.as_deref(), &mut errs);

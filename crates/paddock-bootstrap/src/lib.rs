@@ -134,7 +134,7 @@ pub fn network_config(mac: &str, address: &str, gateway: Option<Ipv4Addr>, mtu: 
     );
     if let Some(gw) = gateway {
         s.push_str(&format!(
-            "    routes:\n    - to: default\n      via: {gw}\n"
+            "    routes:\n    - to: 0.0.0.0/0\n      via: {gw}\n"
         ));
     }
     s
