@@ -29,7 +29,7 @@ cat <<TXT
 
 The cluster runs as QEMU VMs on three hosts. Next:
   kubectl --kubeconfig $data/demo.kubeconfig get --raw /     # through the gateway
-  curl http://127.0.0.1:32000/                                # ingress, via the gateway
+  curl http://127.0.0.1:20000/                                # ingress, via the gateway
   export KUBECONFIG=$data/server/admin.kubeconfig
   $bin cluster scale demo -n acme --workers 3 --wait
   $bin machine exec <machine> -n acme -- ip addr

@@ -53,7 +53,13 @@ pub enum TokenFileError {
 pub struct Authenticator {
     path: Option<std::path::PathBuf>,
     inner: std::sync::Arc<std::sync::RwLock<Loaded>>,
+    /// When the token file was last looked at.
+    checked: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
 }
+
+/// How often the token file is looked at for changes (removed users lose
+/// access within this time).
+const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 struct Loaded {
@@ -105,6 +111,7 @@ impl Authenticator {
                 modified: None,
                 by_hash: index(records),
             })),
+            checked: Default::default(),
         }
     }
 
@@ -117,6 +124,7 @@ impl Authenticator {
                 modified,
                 by_hash: index(&records),
             })),
+            checked: Default::default(),
         })
     }
 
@@ -126,9 +134,19 @@ impl Authenticator {
 
     /// Reads the token file again if it changed since it was last read.
     /// A file that no longer parses keeps the tokens already known.
-    fn refresh(&self) {
+    /// `due_only`: skip unless [`RELOAD_EVERY`] has passed since the last look.
+    fn refresh(&self, due_only: bool) {
         let Some(path) = &self.path else { return };
+        if let Ok(mut c) = self.checked.lock() {
+            if due_only && c.is_some_and(|t| t.elapsed() < RELOAD_EVERY) {
+                return;
+            }
+            *c = Some(std::time::Instant::now());
+        }
         let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if self.inner.read().is_ok_and(|i| i.modified == modified) {
+            return;
+        }
         let Ok(mut inner) = self.inner.write() else {
             return;
         };
@@ -152,9 +170,12 @@ impl Authenticator {
         if token.is_empty() {
             return None;
         }
+        // Removals take effect within RELOAD_EVERY; a token added a moment
+        // ago is found by looking again on a miss (a stat, under a read lock).
+        self.refresh(true);
         let hash = hash_token(token);
         self.lookup(&hash).or_else(|| {
-            self.refresh();
+            self.refresh(false);
             self.lookup(&hash)
         })
     }

@@ -1,11 +1,14 @@
 //! Authorization: who may touch what.
 //!
 //! Members of `system:masters` may do everything. Everyone else works
-//! inside organizations: the group `org:<name>` grants every verb on the
-//! namespaced resources of namespace `<name>` (its Clusters, Machines,
-//! Secrets, Events, and the kubeconfigs of its clusters) and reading that
-//! Namespace object. Nothing cluster-wide (Hosts, MachineImages, other
-//! namespaces, lists across all namespaces) is open to them.
+//! inside organizations: the group `org:<name>` grants, in namespace
+//! `<name>`, every verb on Clusters and issuing their kubeconfigs; reading
+//! Clusters' status, Machines and Events, and `exec`/`console` on its
+//! Machines; and reading that Namespace object. What the platform writes
+//! stays the platform's: status, Machines (made by the cluster controller),
+//! Secrets (cluster CAs and bootstrap data) and Leases (overlay claims,
+//! heartbeats) are not open to tenants, nor is anything cluster-wide (Hosts,
+//! MachineImages, other namespaces, lists across all namespaces).
 
 use http::Method;
 
@@ -56,8 +59,15 @@ pub fn check(user: &User, t: &Target, method: &Method, watch: bool) -> Result<()
         return Ok(());
     }
     let plural = t.res.plural;
+    let read = *method == Method::GET;
+    let tenant_may = || match (t.res.group, plural) {
+        _ if t.call.is_some() => true,
+        (paddock_api::GROUP, "clusters") => read || !t.status,
+        (paddock_api::GROUP, "machines") | ("", "events") | ("events.k8s.io", "events") => read,
+        _ => false,
+    };
     let allowed = match (t.res.namespaced, t.namespace.as_deref()) {
-        (true, Some(ns)) => user.in_org(ns),
+        (true, Some(ns)) => user.in_org(ns) && tenant_may(),
         // The Namespace object of one's own organization, read only.
         (false, _) if plural == "namespaces" && *method == Method::GET => {
             t.name.as_deref().is_some_and(|ns| user.in_org(ns))
@@ -68,8 +78,9 @@ pub fn check(user: &User, t: &Target, method: &Method, watch: bool) -> Result<()
         return Ok(());
     }
     let v = verb(method, t.name.is_some(), watch);
+    let sub = if t.status { "/status" } else { "" };
     let what = match &t.name {
-        Some(n) => format!("{plural} {n:?}"),
+        Some(n) => format!("{plural}{sub} {n:?}"),
         None => plural.to_owned(),
     };
     let where_ = match (t.res.namespaced, t.namespace.as_deref()) {

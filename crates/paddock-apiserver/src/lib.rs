@@ -151,18 +151,37 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         .encryption_key_file
         .clone()
         .unwrap_or_else(|| data.root.join("secrets.key"));
-    let key = bootstrap::sealing_key(&key_file)
-        .map_err(|e| ServerError::DataDir(config.data_dir.display().to_string(), e))?;
     let raw: DynStore = Arc::new(RedbStore::open(
         &data.store_dir(),
         StoreOptions {
             history: config.history,
         },
     )?);
-    let secrets = resources::find("", "v1", "secrets")
+    let secrets: Vec<String> = resources::find("", "v1", "secrets")
         .map(|r| r.prefix(None))
         .into_iter()
         .collect();
+    if !key_file.exists() {
+        // A new key would make every sealed Secret unreadable: refuse.
+        for prefix in &secrets {
+            let page = raw.list(prefix, None, Some(1000)).await?;
+            if page
+                .items
+                .iter()
+                .any(|kv| paddock_store::encrypted::is_sealed(&kv.value))
+            {
+                return Err(ServerError::DataDir(
+                    config.data_dir.display().to_string(),
+                    bootstrap::BootstrapError::Key(
+                        key_file.display().to_string(),
+                        "is missing, but the store holds Secrets sealed with a key: restore that key file (or pass --encryption-key-file)".into(),
+                    ),
+                ));
+            }
+        }
+    }
+    let key = bootstrap::sealing_key(&key_file)
+        .map_err(|e| ServerError::DataDir(config.data_dir.display().to_string(), e))?;
     let store: DynStore = Arc::new(EncryptedStore::new(raw, key, secrets));
     let mut api = Api::new(store);
     api.bookmark_every = config.bookmark_every;

@@ -77,7 +77,28 @@ pub async fn ensure_pki(client: &kube::Client, c: &Cluster) -> anyhow::Result<Se
     let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
     let name = paddock_bootstrap::pki::secret_name(&c.name_any());
     if let Some(s) = api.get_opt(&name).await? {
-        return Ok(s);
+        let mine = s
+            .owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == c.metadata.uid.as_ref());
+        if mine {
+            return Ok(s);
+        }
+        // Left by a deleted cluster of the same name: never reuse its keys.
+        api.delete(
+            &name,
+            &kube::api::DeleteParams {
+                preconditions: Some(kube::api::Preconditions {
+                    uid: s.uid(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            },
+        )
+        .await?;
+        anyhow::bail!(
+            "{name} belonged to an earlier cluster of this name; removed it, making new keys next"
+        );
     }
     let pki = ClusterPki::generate(&c.name_any())?;
     let s = secret(

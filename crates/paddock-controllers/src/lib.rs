@@ -61,7 +61,7 @@ impl Default for Config {
             base_domain: "paddock.local".into(),
             gateway_port: 6443,
             gateway_vtep: None,
-            ingress_port_base: 32000,
+            ingress_port_base: 20000,
             overlay_mtu: 1450,
             cni_manifest: paddock_bootstrap::DEFAULT_CNI_MANIFEST.into(),
         }

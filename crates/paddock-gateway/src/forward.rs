@@ -10,27 +10,40 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 /// How long a connection to a VM may take before the next one is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Failed checks before a backend is out; one passed check brings it back.
 pub const FALL: u32 = 2;
 
-/// Connects to `addr` from inside the namespace at `netns`.
+/// Connects to `addr` from inside the namespace at `netns`. Only the
+/// socket is made inside it (on a short-lived thread); the connect itself is
+/// asynchronous, so no thread waits on a VM that does not answer.
 pub async fn connect_in(
     netns: &Path,
     addr: SocketAddr,
     timeout: Duration,
 ) -> io::Result<TcpStream> {
-    let ns = netns.to_owned();
-    let std = tokio::task::spawn_blocking(move || {
-        paddock_net::netns::run_in(&ns, || std::net::TcpStream::connect_timeout(&addr, timeout))
-    })
-    .await
-    .map_err(io::Error::other)??;
-    std.set_nonblocking(true)?;
-    TcpStream::from_std(std)
+    let sock = paddock_net::netns::run_in(netns, || {
+        if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+    })?;
+    let s = tokio::time::timeout(timeout, sock.connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, format!("{addr} did not answer")))??;
+    s.set_nodelay(true)?;
+    Ok(s)
+}
+
+/// Waits a little after a failed accept (out of file descriptors, say)
+/// instead of spinning.
+pub async fn accept_failed(e: &io::Error) {
+    tracing::warn!(error = %e, "accept failed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 /// A listener bound inside the namespace at `netns`.
@@ -168,8 +181,12 @@ pub async fn serve_pool(
     health: Arc<Health>,
 ) {
     loop {
-        let Ok((client, peer)) = listener.accept().await else {
-            continue;
+        let (client, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                accept_failed(&e).await;
+                continue;
+            }
         };
         let (ns, pool, health) = (netns.clone(), pool.clone(), health.clone());
         tokio::spawn(async move {

@@ -111,7 +111,20 @@ struct World {
     hosts: Store<Host>,
 }
 
-fn reflect<K>(api: Api<K>, notify: Arc<tokio::sync::Notify>) -> Store<K>
+/// Aborts its tasks when dropped: the gateway's background work ends with
+/// the future that runs it.
+#[derive(Default)]
+struct Tasks(Vec<JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+fn reflect<K>(api: Api<K>, notify: Arc<tokio::sync::Notify>, tasks: &mut Tasks) -> Store<K>
 where
     K: kube::Resource<DynamicType = ()>
         + Clone
@@ -129,7 +142,7 @@ where
             notify.notify_one();
             futures::future::ready(())
         });
-    tokio::spawn(stream);
+    tasks.0.push(tokio::spawn(stream));
     reader
 }
 
@@ -139,32 +152,41 @@ pub async fn run(client: kube::Client, cfg: GatewayConfig) -> anyhow::Result<()>
     let listener = TcpListener::bind(cfg.listen).await?;
     tracing::info!(listen = %cfg.listen, vtep = %cfg.vtep, "gateway listening");
     let routes: Routes = Arc::default();
-    let sni = tokio::spawn(serve_sni(listener, cfg.clone(), routes.clone()));
+    let mut tasks = Tasks::default();
+    tasks.0.push(tokio::spawn(serve_sni(
+        listener,
+        cfg.clone(),
+        routes.clone(),
+    )));
     let notify = Arc::new(tokio::sync::Notify::new());
     let world = World {
-        clusters: reflect(Api::all(client.clone()), notify.clone()),
-        machines: reflect(Api::all(client.clone()), notify.clone()),
-        hosts: reflect(Api::all(client.clone()), notify.clone()),
+        clusters: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        machines: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
+        hosts: reflect(Api::all(client.clone()), notify.clone(), &mut tasks),
     };
+    // Never act on empty caches: that reads as "no clusters", and would
+    // tear down every cluster's presence on a restart.
+    for ready in [
+        world.clusters.wait_until_ready().await,
+        world.machines.wait_until_ready().await,
+        world.hosts.wait_until_ready().await,
+    ] {
+        ready.map_err(|e| anyhow::anyhow!("gateway caches: {e}"))?;
+    }
     let underlay = match &cfg.underlay_netns {
         Some(p) => Net::connect_in(p)?,
         None => Net::connect()?,
     };
     let mut joined: HashMap<u32, Joined> = HashMap::new();
-    let res: anyhow::Result<()> = async {
-        loop {
-            if let Err(e) = pass(&client, &cfg, &world, &underlay, &mut joined, &routes).await {
-                tracing::warn!(error = format!("{e:#}"), "gateway pass failed");
-            }
-            tokio::select! {
-                _ = notify.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
-                _ = tokio::time::sleep(cfg.resync) => {}
-            }
+    loop {
+        if let Err(e) = pass(&client, &cfg, &world, &underlay, &mut joined, &routes).await {
+            tracing::warn!(error = format!("{e:#}"), "gateway pass failed");
+        }
+        tokio::select! {
+            _ = notify.notified() => tokio::time::sleep(Duration::from_millis(100)).await,
+            _ = tokio::time::sleep(cfg.resync) => {}
         }
     }
-    .await;
-    sni.abort();
-    res
 }
 
 fn ip_of(m: &Machine) -> Option<Ipv4Addr> {
@@ -209,7 +231,10 @@ async fn pass(
         };
         let ns = c.namespace().unwrap_or_default();
         let name = c.name_any();
-        wanted_vnis.insert(overlay.vni);
+        if !wanted_vnis.insert(overlay.vni) {
+            tracing::warn!(cluster = %name, org = %ns, vni = overlay.vni, "another cluster has this overlay; not joining it twice");
+            continue;
+        }
         let mine: Vec<&Arc<Machine>> = machines
             .iter()
             .filter(|m| {
@@ -240,9 +265,14 @@ async fn pass(
             }
         }
         let dev = paddock_net::vxlan_name(overlay.vni);
-        match j.net.link(&dev).await? {
-            Some(l) => j.net.sync_vxlan_fdb(&dev, l.index, &fdb).await?,
-            None => continue,
+        let synced = match j.net.link(&dev).await {
+            Ok(Some(l)) => j.net.sync_vxlan_fdb(&dev, l.index, &fdb).await,
+            Ok(None) => Err(paddock_net::NetError::Missing(dev.clone())),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = synced {
+            tracing::warn!(cluster = %name, org = %ns, error = format!("{:#}", anyhow::Error::new(e)), "cannot program the overlay's forwarding");
+            continue;
         }
         // Backends.
         let spec_ing = &c.spec.ingress;
@@ -269,7 +299,10 @@ async fn pass(
                 .map(|(_, ip)| SocketAddr::new((*ip).into(), spec_ing.https_node_port))
                 .collect(),
         );
-        let gw: Ipv4Addr = overlay.gateway.parse()?;
+        let Ok(gw) = overlay.gateway.parse::<Ipv4Addr>() else {
+            tracing::warn!(cluster = %name, org = %ns, gateway = %overlay.gateway, "overlay gateway is not an IPv4 address");
+            continue;
+        };
         let (netns, cp, health) = (j.netns.clone(), j.control_plane.clone(), j.health.clone());
         ensure_task(&mut j.tasks, j.vni, "api", || {
             let l = forward::listen_in(&netns, SocketAddr::new(gw.into(), API_PORT))?;
@@ -382,8 +415,13 @@ async fn pass(
             tracing::warn!(netns = %name, error = %e, "cannot remove stale namespace");
         }
     }
-    if let Some(lb) = &cfg.load_balancer {
-        lb.sync(&frontends).await?;
+    if let Some(lb) = &cfg.load_balancer
+        && let Err(e) = lb.sync(&frontends).await
+    {
+        tracing::warn!(
+            error = format!("{:#}", anyhow::Error::new(e)),
+            "cannot update the load balancer"
+        );
     }
     Ok(())
 }
@@ -480,8 +518,12 @@ async fn leave(j: Joined) {
 
 async fn serve_sni(listener: TcpListener, cfg: Arc<GatewayConfig>, routes: Routes) {
     loop {
-        let Ok((mut client, peer)) = listener.accept().await else {
-            continue;
+        let (mut client, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                forward::accept_failed(&e).await;
+                continue;
+            }
         };
         let (cfg, routes) = (cfg.clone(), routes.clone());
         tokio::spawn(async move {

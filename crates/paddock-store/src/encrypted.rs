@@ -87,6 +87,11 @@ impl SealingKey {
     }
 }
 
+/// Whether a stored value was sealed by an [`EncryptedStore`].
+pub fn is_sealed(value: &[u8]) -> bool {
+    value.starts_with(MAGIC)
+}
+
 /// Seals values under `prefixes`, passes the rest through.
 pub struct EncryptedStore {
     inner: DynStore,

@@ -41,7 +41,13 @@ impl Watch {
     {
         let (tx, rx) = mpsc::channel(self.rx.max_capacity().max(1));
         tokio::spawn(async move {
-            while let Some(item) = self.rx.recv().await {
+            loop {
+                let item = tokio::select! {
+                    item = self.rx.recv() => item,
+                    // The consumer went away: stop now, not at the next change.
+                    _ = tx.closed() => return,
+                };
+                let Some(item) = item else { return };
                 let out = item.and_then(|e| f(&e).map(Arc::new));
                 if tx.send(out).await.is_err() {
                     return;

@@ -132,7 +132,7 @@ struct ServerArgs {
     #[arg(long)]
     ingress_advertise: Option<String>,
     /// First ingress port; each cluster takes two (HTTP, HTTPS).
-    #[arg(long, default_value_t = 32000)]
+    #[arg(long, default_value_t = 20000)]
     ingress_port_base: u16,
     /// MTU of the overlays inside the VMs (underlay MTU minus 50).
     #[arg(long, default_value_t = 1450)]
@@ -233,6 +233,14 @@ async fn admin_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Clie
 
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_tracing();
+    let last_port = u32::from(args.ingress_port_base) + 2 * args.vni_count;
+    if last_port > 65536 {
+        anyhow::bail!(
+            "--ingress-port-base {} leaves no room for 2 ports per overlay ({} overlays, --vni-count): ports would run to {last_port}",
+            args.ingress_port_base,
+            args.vni_count
+        );
+    }
     let data_dir = args.data_dir.unwrap_or_else(paddock_cli::default_data_dir);
     let mut config = paddock_apiserver::ServerConfig::new(data_dir, args.listen);
     config.sans = args.sans.clone();

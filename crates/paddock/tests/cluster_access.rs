@@ -358,6 +358,60 @@ async fn pki_bootstrap_data_and_kubeconfigs_pass_the_real_validators() {
     );
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
 
+    // Inside her organization alice manages clusters and reads machines, but
+    // what the platform writes stays the platform's: status (the overlay a
+    // VM joins), Machines, and the Secrets with the cluster's keys.
+    let kc_alice = |args: &[&str]| common::kubectl_with(&alice, args, None);
+    assert!(
+        kc_alice(&["-n", "acme", "get", "clusters,machines"])
+            .status
+            .success()
+    );
+    let o = kc_alice(&[
+        "-n",
+        "acme",
+        "patch",
+        "cluster",
+        "demo",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"overlay":{"vni":4000,"subnet":"10.64.9.0/24","gateway":"10.64.9.1"}}}"#,
+    ]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("Forbidden"),
+        "status patch: {}",
+        stderr(&o)
+    );
+    for args in [
+        &["-n", "acme", "get", "secret", "demo-pki"][..],
+        &["-n", "acme", "get", "secrets"],
+        &["-n", "acme", "delete", "machines", "--all"],
+        &["-n", "acme", "get", "leases"],
+    ] {
+        let o = kc_alice(args);
+        assert!(
+            !o.status.success() && stderr(&o).contains("Forbidden"),
+            "alice: kubectl {args:?}: {}",
+            stderr(&o)
+        );
+    }
+    let o = common::kubectl_with(
+        &alice,
+        &["-n", "acme", "apply", "-f", "-"],
+        Some("apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata: {name: mine}\nspec: {}\n"),
+    );
+    assert!(
+        o.status.success(),
+        "alice creates a cluster: {}",
+        stderr(&o)
+    );
+    assert!(
+        kc_alice(&["-n", "acme", "delete", "cluster", "mine", "--wait=false"])
+            .status
+            .success()
+    );
+
     // Bob may not cross into acme, nor see the fleet.
     let o = paddock(&bob, &["cluster", "kubeconfig", "demo", "-n", "acme"]);
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
