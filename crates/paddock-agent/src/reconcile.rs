@@ -144,8 +144,12 @@ impl Reconciler {
             return Ok(());
         }
         use sha2::Digest;
-        let data = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let got: String = sha2::Sha256::digest(&data)
+        // Streamed: disk images are large. Done once per (path, size, mtime).
+        let mut hasher = sha2::Sha256::new();
+        let mut f = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        std::io::copy(&mut f, &mut hasher).map_err(|e| format!("{}: {e}", path.display()))?;
+        let got: String = hasher
+            .finalize()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
