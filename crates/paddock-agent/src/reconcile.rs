@@ -294,17 +294,8 @@ impl Reconciler {
 
         // Networks: one bridge and VXLAN per cluster carried here.
         let hosts = self.world.hosts.state();
-        let vtep = |h: &str| -> Option<Ipv4Addr> {
-            hosts
-                .iter()
-                .find(|x| x.name_any() == h)?
-                .status
-                .as_ref()?
-                .underlay_ip
-                .as_deref()?
-                .parse()
-                .ok()
-        };
+        let vtep =
+            |h: &str| -> Option<Ipv4Addr> { hosts.iter().find(|x| x.name_any() == h)?.vtep() };
         let mut vnis: BTreeSet<u32> = BTreeSet::new();
         let mut bridges: HashMap<u32, u32> = HashMap::new();
         for w in &wanted {

@@ -237,7 +237,11 @@ pub struct IngressStatus {
 pub struct IngressBackend {
     pub machine: String,
     pub ip: String,
+    /// Its HTTP node port passes the health check.
     pub healthy: bool,
+    /// Its HTTPS node port passes the health check.
+    #[serde(default)]
+    pub https_healthy: bool,
 }
 
 /// What the platform observed of a cluster.

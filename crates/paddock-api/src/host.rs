@@ -56,6 +56,13 @@ pub enum HostPhase {
     NotReady,
 }
 
+impl Host {
+    /// The host's underlay address (its VTEP), once its agent reported it.
+    pub fn vtep(&self) -> Option<std::net::Ipv4Addr> {
+        self.status.as_ref()?.underlay_ip.as_deref()?.parse().ok()
+    }
+}
+
 impl HostPhase {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -519,16 +519,13 @@ fn ingress(c: &Cluster, haproxy_bind: Option<String>, out: Format) -> CliResult 
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
     t.set_header(["PROTOCOL", "GATEWAY PORT", "NODE PORT", "BACKENDS"]);
-    let backends = |port: u16| {
+    let backends = |port: u16, https: bool| {
         let b: Vec<String> = ing
             .backends
             .iter()
             .map(|b| {
-                format!(
-                    "{}:{port} {}",
-                    b.machine,
-                    if b.healthy { "up" } else { "DOWN" }
-                )
+                let up = if https { b.https_healthy } else { b.healthy };
+                format!("{}:{port} {}", b.machine, if up { "up" } else { "DOWN" })
             })
             .collect();
         if b.is_empty() {
@@ -545,7 +542,7 @@ fn ingress(c: &Cluster, haproxy_bind: Option<String>, out: Format) -> CliResult 
             ing.http_port
         ),
         c.spec.ingress.http_node_port.to_string(),
-        backends(c.spec.ingress.http_node_port),
+        backends(c.spec.ingress.http_node_port, false),
     ]);
     t.add_row([
         "https".to_owned(),
@@ -555,7 +552,7 @@ fn ingress(c: &Cluster, haproxy_bind: Option<String>, out: Format) -> CliResult 
             ing.https_port
         ),
         c.spec.ingress.https_node_port.to_string(),
-        backends(c.spec.ingress.https_node_port),
+        backends(c.spec.ingress.https_node_port, true),
     ]);
     println!("cluster {org}/{name}\n{t}");
     Ok(())

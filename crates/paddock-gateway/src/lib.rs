@@ -211,17 +211,8 @@ async fn pass(
         .collect();
     let machines = world.machines.state();
     let hosts = world.hosts.state();
-    let vtep_of = |h: &str| -> Option<Ipv4Addr> {
-        hosts
-            .iter()
-            .find(|x| x.name_any() == h)?
-            .status
-            .as_ref()?
-            .underlay_ip
-            .as_deref()?
-            .parse()
-            .ok()
-    };
+    let vtep_of =
+        |h: &str| -> Option<Ipv4Addr> { hosts.iter().find(|x| x.name_any() == h)?.vtep() };
     let mut new_routes = HashMap::new();
     let mut frontends = Vec::new();
     let mut wanted_vnis = BTreeSet::new();
@@ -357,6 +348,9 @@ async fn pass(
                     healthy: j
                         .health
                         .healthy(&SocketAddr::new((*ip).into(), spec_ing.http_node_port)),
+                    https_healthy: j
+                        .health
+                        .healthy(&SocketAddr::new((*ip).into(), spec_ing.https_node_port)),
                 })
                 .collect();
             if ing.address.as_deref() != Some(cfg.ingress_advertise.as_str())

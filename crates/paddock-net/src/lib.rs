@@ -127,6 +127,21 @@ pub struct Link {
     pub controller: Option<u32>,
 }
 
+/// A VXLAN device as every overlay has it: its VNI, local VTEP, port 4789,
+/// no learning (forwarding entries are static).
+fn vxlan(
+    name: &str,
+    vni: u32,
+    local: Ipv4Addr,
+    mtu: u32,
+) -> rtnetlink::LinkMessageBuilder<LinkVxlan> {
+    LinkVxlan::new(name, vni)
+        .local(local)
+        .port(VXLAN_PORT)
+        .learning(false)
+        .mtu(mtu)
+}
+
 /// A netlink handle in the caller's network namespace.
 #[derive(Clone)]
 pub struct Net {
@@ -176,10 +191,7 @@ impl Net {
 
     /// Sets a link up by name.
     pub async fn set_up(&self, name: &str) -> Result<()> {
-        let l = self
-            .link(name)
-            .await?
-            .ok_or_else(|| NetError::Missing(name.to_owned()))?;
+        let l = self.existing(name).await?;
         self.handle
             .link()
             .set(LinkUnspec::new_with_index(l.index).up().build())
@@ -201,30 +213,18 @@ impl Net {
         target: &std::fs::File,
     ) -> Result<()> {
         use std::os::fd::AsRawFd;
-        let msg = LinkVxlan::new(name, vni)
-            .local(local)
-            .port(VXLAN_PORT)
-            .learning(false)
-            .mtu(mtu)
+        let msg = vxlan(name, vni, local, mtu)
             .address(mac.0.to_vec())
             .setns_by_fd(target.as_raw_fd())
             .build();
-        self.handle
-            .link()
-            .add(msg)
-            .execute()
-            .await
-            .map_err(nl("create vxlan", name))?;
+        self.add_link(msg, name).await?;
         tracing::info!(vxlan = name, vni, %local, "created vxlan in another namespace");
         Ok(())
     }
 
     /// Adds `addr/prefix` to link `name` unless it has it; sets the link up.
     pub async fn ensure_address(&self, name: &str, addr: Ipv4Addr, prefix: u8) -> Result<()> {
-        let l = self
-            .link(name)
-            .await?
-            .ok_or_else(|| NetError::Missing(name.to_owned()))?;
+        let l = self.existing(name).await?;
         let have: Vec<_> = self
             .handle
             .address()
@@ -260,6 +260,22 @@ impl Net {
             .await
             .map_err(nl("list", "links"))?;
         Ok(msgs.iter().filter_map(link_of).collect())
+    }
+
+    async fn add_link(&self, msg: LinkMessage, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .add(msg)
+            .execute()
+            .await
+            .map_err(nl("create", name))
+    }
+
+    /// The link `name`, which must exist.
+    pub async fn existing(&self, name: &str) -> Result<Link> {
+        self.link(name)
+            .await?
+            .ok_or_else(|| NetError::Missing(name.to_owned()))
     }
 
     pub async fn link(&self, name: &str) -> Result<Option<Link>> {
@@ -318,10 +334,7 @@ impl Net {
                 .map_err(nl("create bridge", name))?;
             tracing::info!(bridge = name, mtu, "created bridge");
         }
-        let l = self
-            .link(name)
-            .await?
-            .ok_or_else(|| NetError::Missing(name.to_owned()))?;
+        let l = self.existing(name).await?;
         if l.mtu != mtu {
             self.handle
                 .link()
@@ -344,20 +357,8 @@ impl Net {
         mtu: u32,
     ) -> Result<u32> {
         if self.link(name).await?.is_none() {
-            let msg = LinkVxlan::new(name, vni)
-                .local(local)
-                .port(VXLAN_PORT)
-                .learning(false)
-                .mtu(mtu)
-                .controller(bridge)
-                .up()
-                .build();
-            self.handle
-                .link()
-                .add(msg)
-                .execute()
-                .await
-                .map_err(nl("create vxlan", name))?;
+            let msg = vxlan(name, vni, local, mtu).controller(bridge).up().build();
+            self.add_link(msg, name).await?;
             tracing::info!(vxlan = name, vni, %local, "created vxlan");
         }
         Ok(self.attached(name, bridge, mtu).await?.0.index)
@@ -366,10 +367,7 @@ impl Net {
     /// The existing link `name`, enslaved to `bridge`, with `mtu`, up.
     /// Also says whether it had to be (re)attached.
     async fn attached(&self, name: &str, bridge: u32, mtu: u32) -> Result<(Link, bool)> {
-        let l = self
-            .link(name)
-            .await?
-            .ok_or_else(|| NetError::Missing(name.to_owned()))?;
+        let l = self.existing(name).await?;
         let change = l.controller != Some(bridge) || l.mtu != mtu;
         if change {
             let msg = LinkUnspec::new_with_index(l.index)

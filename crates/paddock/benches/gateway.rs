@@ -96,33 +96,16 @@ async fn main() {
     let gw_addr: SocketAddr = GW.parse().expect("addr");
     let gateway = tokio::spawn(paddock_gateway::run(
         s.client.clone(),
-        paddock_gateway::GatewayConfig {
-            listen: gw_addr,
-            management_names: vec![],
-            management_addr: s.running.as_ref().expect("running").addr,
-            base_domain: DOMAIN.into(),
-            vtep: "10.77.0.2".parse().expect("ip"),
-            underlay_netns: Some(underlay),
-            netns_prefix: prefix.clone(),
-            overlay_mtu: 1450,
-            ingress_bind: gw_addr.ip(),
-            ingress_advertise: gw_addr.ip().to_string(),
-            health_every: Duration::from_secs(1),
-            resync: Duration::from_secs(2),
-            load_balancer: None,
-        },
+        lab::gateway_config(
+            &lab,
+            underlay,
+            gw_addr,
+            DOMAIN,
+            s.running.as_ref().expect("running").addr,
+        ),
     ));
     s.kubectl_ok(&["create", "namespace", "acme"]);
-    let (k, i) = (image.join("vmlinuz"), image.join("initrd.img"));
-    lab::create_image(
-        &s.client,
-        "dev",
-        serde_json::json!({
-            "kernel": {"url": format!("file://{}", k.display()), "sha256": lab::sha256(&k)},
-            "initrd": {"url": format!("file://{}", i.display()), "sha256": lab::sha256(&i)}
-        }),
-    )
-    .await;
+    lab::create_dev_image(&s.client, &image).await;
     for h in 0..2 {
         lab.start_agent(h, &s.kubeconfig(), &socket, &image);
     }

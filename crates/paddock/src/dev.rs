@@ -125,6 +125,9 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
             "127.0.0.1".into(),
             "--haproxy-config".into(),
             d.join("haproxy.cfg").display().to_string(),
+            // Beside the gateway's ports on 127.0.0.1, not on top of them.
+            "--haproxy-bind".into(),
+            "127.0.0.2".into(),
         ];
         spawn_detached(&args, &d.join("server.log"), &d.join("server.pid"))?;
     }

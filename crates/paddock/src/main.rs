@@ -140,6 +140,9 @@ struct ServerArgs {
     /// Keep a HAProxy configuration for the clusters' ingress in this file.
     #[arg(long)]
     haproxy_config: Option<PathBuf>,
+    /// Address the HAProxy frontends bind.
+    #[arg(long, default_value = "0.0.0.0", requires = "haproxy_config")]
+    haproxy_bind: String,
     /// Command that reloads HAProxy after the file changed.
     #[arg(long, requires = "haproxy_config")]
     haproxy_reload: Option<String>,
@@ -307,7 +310,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             args.haproxy_config.clone().map(|path| {
                 std::sync::Arc::new(paddock_lb::haproxy::ConfigFile {
                     path,
-                    options: Default::default(),
+                    options: paddock_lb::haproxy::Options {
+                        bind_address: args.haproxy_bind.clone(),
+                        ..Default::default()
+                    },
                     reload: args
                         .haproxy_reload
                         .as_ref()

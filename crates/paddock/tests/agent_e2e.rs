@@ -66,28 +66,7 @@ const VMS: [Vm; 5] = [
 ];
 
 fn exec(s: &TestServer, vm: &str, cmd: &str) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig())
-        .args([
-            "machine",
-            "exec",
-            vm,
-            "-n",
-            "acme",
-            "--timeout",
-            "20",
-            "--",
-            "/bin/sh",
-            "-c",
-            cmd,
-        ])
-        .output()
-        .expect("paddock machine exec");
-    (
-        out.status.success(),
-        format!("{}{}", stdout(&out), stderr(&out)),
-    )
+    machine_exec(s, "acme", vm, 20, cmd)
 }
 
 async fn guest_ready(api: &Api<Machine>, name: &str) -> bool {

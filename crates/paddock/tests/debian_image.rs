@@ -34,28 +34,7 @@ fn debian_image() -> PathBuf {
 }
 
 fn exec(s: &TestServer, vm: &str, cmd: &str) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig())
-        .args([
-            "machine",
-            "exec",
-            vm,
-            "-n",
-            "acme",
-            "--timeout",
-            "60",
-            "--",
-            "/bin/sh",
-            "-c",
-            cmd,
-        ])
-        .output()
-        .expect("paddock machine exec");
-    (
-        out.status.success(),
-        format!("{}{}", stdout(&out), stderr(&out)),
-    )
+    machine_exec(s, "acme", vm, 60, cmd)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -35,26 +35,7 @@ fn paddock(kubeconfig: &Path, args: &[&str]) -> Output {
 }
 
 fn exec(s: &TestServer, vm: &str, cmd: &str) -> (bool, String) {
-    let out = paddock(
-        &s.kubeconfig(),
-        &[
-            "machine",
-            "exec",
-            vm,
-            "-n",
-            "acme",
-            "--timeout",
-            "20",
-            "--",
-            "/bin/sh",
-            "-c",
-            cmd,
-        ],
-    );
-    (
-        out.status.success(),
-        format!("{}{}", stdout(&out), stderr(&out)),
-    )
+    machine_exec(s, "acme", vm, 20, cmd)
 }
 
 fn curl(args: &[&str]) -> Output {
@@ -164,33 +145,16 @@ async fn gateway_routes_by_name_keeps_clusters_apart_and_balances_ingress() {
     let prefix = lab.gateway_prefix();
     let gateway = tokio::spawn(paddock_gateway::run(
         s.client.clone(),
-        paddock_gateway::GatewayConfig {
-            listen: format!("{GW_IP}:{GW_PORT}").parse().unwrap(),
-            management_names: vec![format!("api.{DOMAIN}")],
-            management_addr: s.running.as_ref().unwrap().addr,
-            base_domain: DOMAIN.into(),
-            vtep: "10.77.0.2".parse().unwrap(),
-            underlay_netns: Some(underlay),
-            netns_prefix: prefix.clone(),
-            overlay_mtu: 1450,
-            ingress_bind: GW_IP.parse().unwrap(),
-            ingress_advertise: GW_IP.into(),
-            health_every: Duration::from_millis(500),
-            resync: Duration::from_secs(2),
-            load_balancer: None,
-        },
+        lab::gateway_config(
+            &lab,
+            underlay,
+            format!("{GW_IP}:{GW_PORT}").parse().unwrap(),
+            DOMAIN,
+            s.running.as_ref().unwrap().addr,
+        ),
     ));
     s.kubectl_ok(&["create", "namespace", "acme"]);
-    let (k, i) = (image.join("vmlinuz"), image.join("initrd.img"));
-    lab::create_image(
-        &s.client,
-        "dev",
-        serde_json::json!({
-            "kernel": {"url": format!("file://{}", k.display()), "sha256": lab::sha256(&k)},
-            "initrd": {"url": format!("file://{}", i.display()), "sha256": lab::sha256(&i)}
-        }),
-    )
-    .await;
+    lab::create_dev_image(&s.client, &image).await;
     lab.agent_args = vec!["--heartbeat-seconds".into(), "1".into()];
     for h in 0..3 {
         lab.start_agent(h, &s.kubeconfig(), &socket, &image);

@@ -275,9 +275,15 @@ pub async fn start(hosts: usize, org: &str) -> (super::TestServer, Lab, PathBuf,
         .create(&PostParams::default(), &ns)
         .await
         .expect("org");
+    create_dev_image(&s.client, &image).await;
+    (s, lab, socket, image)
+}
+
+/// The MachineImage "dev": the dev image's kernel and initrd, with digests.
+pub async fn create_dev_image(client: &kube::Client, image: &Path) {
     let (k, i) = (image.join("vmlinuz"), image.join("initrd.img"));
     create_image(
-        &s.client,
+        client,
         "dev",
         serde_json::json!({
             "kernel": {"url": format!("file://{}", k.display()), "sha256": sha256(&k)},
@@ -285,7 +291,33 @@ pub async fn start(hosts: usize, org: &str) -> (super::TestServer, Lab, PathBuf,
         }),
     )
     .await;
-    (s, lab, socket, image)
+}
+
+/// A gateway for this lab: its VXLAN sockets in the lab's management
+/// namespace (see [`Lab::add_management`]), listening on `listen`, with
+/// the ingress ports on the same address.
+pub fn gateway_config(
+    lab: &Lab,
+    underlay: PathBuf,
+    listen: std::net::SocketAddr,
+    base_domain: &str,
+    management: std::net::SocketAddr,
+) -> paddock_gateway::GatewayConfig {
+    paddock_gateway::GatewayConfig {
+        listen,
+        management_names: vec![format!("api.{base_domain}")],
+        management_addr: management,
+        base_domain: base_domain.into(),
+        vtep: std::net::Ipv4Addr::new(10, 77, 0, 2),
+        underlay_netns: Some(underlay),
+        netns_prefix: lab.gateway_prefix(),
+        overlay_mtu: 1450,
+        ingress_bind: listen.ip(),
+        ingress_advertise: listen.ip().to_string(),
+        health_every: std::time::Duration::from_millis(500),
+        resync: std::time::Duration::from_secs(2),
+        load_balancer: None,
+    }
 }
 
 pub async fn create_image(client: &kube::Client, name: &str, spec: serde_json::Value) {

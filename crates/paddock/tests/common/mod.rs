@@ -137,6 +137,37 @@ pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Ou
     child.wait_with_output().expect("kubectl runs")
 }
 
+/// `paddock machine exec VM -n ORG -- /bin/sh -c CMD` as the admin: whether
+/// the command succeeded, and what it printed.
+pub fn machine_exec(
+    s: &TestServer,
+    org: &str,
+    vm: &str,
+    timeout_s: u32,
+    cmd: &str,
+) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .arg("--kubeconfig")
+        .arg(s.kubeconfig())
+        .args([
+            "machine",
+            "exec",
+            vm,
+            "-n",
+            org,
+            "--timeout",
+            &timeout_s.to_string(),
+            "--",
+        ])
+        .args(["/bin/sh", "-c", cmd])
+        .output()
+        .expect("paddock machine exec");
+    (
+        out.status.success(),
+        format!("{}{}", stdout(&out), stderr(&out)),
+    )
+}
+
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
