@@ -11,6 +11,8 @@ use rcgen::{
 };
 use time::OffsetDateTime;
 
+mod client;
+
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
     #[error("invalid subject alternative name {0:?}")]
@@ -19,6 +21,8 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("{0}")]
     Unsupported(String),
+    #[error("client certificate: {0}")]
+    X509(String),
 }
 
 /// A certificate and its private key, both PEM.
@@ -123,35 +127,16 @@ impl Ca {
         self.sign(params)
     }
 
-    /// A TLS client certificate: the user as CN, the groups as O.
+    /// A TLS client certificate: the user as CN, each group as an O (as
+    /// Kubernetes reads them). Written with `x509-cert`, since rcgen keeps
+    /// one value per attribute type.
     pub fn issue_client(
         &self,
         user: &str,
         groups: &[String],
         ttl: Duration,
     ) -> Result<CertPair, PkiError> {
-        // rcgen keeps one value per attribute type: a second O would
-        // silently replace the first, so refuse rather than drop a group.
-        if groups.len() > 1 {
-            return Err(PkiError::Unsupported(format!(
-                "one group per certificate is supported, {} given",
-                groups.len()
-            )));
-        }
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(DnType::CommonName, user);
-        for g in groups {
-            params
-                .distinguished_name
-                .push(DnType::OrganizationName, g.as_str());
-        }
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        validity(&mut params, ttl);
-        self.sign(params)
+        client::issue(&self.pair, user, groups, ttl)
     }
 
     fn sign(&self, params: CertificateParams) -> Result<CertPair, PkiError> {

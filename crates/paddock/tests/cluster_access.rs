@@ -264,6 +264,8 @@ async fn pki_bootstrap_data_and_kubeconfigs_pass_the_real_validators() {
             "1h",
             "--group",
             "dev",
+            "--group",
+            "ops,eu",
             "--output-file",
             kc.to_str().unwrap(),
         ],
@@ -306,10 +308,9 @@ async fn pki_bootstrap_data_and_kubeconfigs_pass_the_real_validators() {
             "x509", "-in", cert, "-noout", "-subject", "-nameopt", "RFC2253",
         ],
     );
-    assert!(
-        subject.contains("CN=alice") && subject.contains("O=dev"),
-        "{subject}"
-    );
+    for want in ["CN=alice", "O=dev", "O=ops\\,eu"] {
+        assert!(subject.contains(want), "{want} not in {subject}");
+    }
     // Valid for the hour asked, not more.
     assert!(
         run(
