@@ -74,13 +74,13 @@ impl BuilderProfile for ClientProfile {
                 ca: false,
                 path_len_constraint: None,
             }
-            .to_extension(&tbs.subject(), &ext)?,
+            .to_extension(tbs.subject(), &ext)?,
         );
         ext.push(
             KeyUsage(KeyUsages::DigitalSignature | KeyUsages::KeyEncipherment)
-                .to_extension(&tbs.subject(), &ext)?,
+                .to_extension(tbs.subject(), &ext)?,
         );
-        ext.push(ExtendedKeyUsage(vec![ID_KP_CLIENT_AUTH]).to_extension(&tbs.subject(), &ext)?);
+        ext.push(ExtendedKeyUsage(vec![ID_KP_CLIENT_AUTH]).to_extension(tbs.subject(), &ext)?);
         if let Some(SubjectKeyIdentifier(id)) = &self.issuer_key_id {
             ext.push(
                 AuthorityKeyIdentifier {
@@ -88,7 +88,7 @@ impl BuilderProfile for ClientProfile {
                     authority_cert_issuer: None,
                     authority_cert_serial_number: None,
                 }
-                .to_extension(&tbs.subject(), &ext)?,
+                .to_extension(tbs.subject(), &ext)?,
             );
         }
         Ok(ext)
