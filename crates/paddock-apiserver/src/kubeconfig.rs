@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use base64::Engine;
-use paddock_pki::{Ca, PkiError};
+use paddock_pki::Ca;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -53,6 +53,18 @@ struct RequestSpec {
 struct Request {
     #[serde(default)]
     spec: RequestSpec,
+}
+
+/// An error with its causes, one line.
+fn anyhow_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 /// Parses `8h`, `90m`, `1h30m`, `3600s`.
@@ -170,13 +182,7 @@ pub async fn issue(
     let ca = Ca::from_pem(&ca_pem, &ca_key).map_err(|e| ApiError::Internal(format!("{e:#}")))?;
     let cert = ca
         .issue_client(&user.name, &req.spec.groups, ttl)
-        .map_err(|e| match e {
-            PkiError::Unsupported(why) => ApiError::Invalid(
-                subject(ns, name),
-                vec![FieldError::invalid("spec.groups", why)],
-            ),
-            other => ApiError::Internal(format!("{other:#}")),
-        })?;
+        .map_err(|e| ApiError::Internal(anyhow_chain(&e)))?;
     let server_name = format!("{name}.{ns}.{}", access.base_domain);
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let context = format!("{name}.{ns}");

@@ -19,8 +19,6 @@ pub enum PkiError {
     InvalidSan(String),
     #[error("certificate generation failed")]
     Rcgen(#[from] rcgen::Error),
-    #[error("{0}")]
-    Unsupported(String),
     #[error("client certificate: {0}")]
     X509(String),
 }
