@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::watch;
 
 /// How long a connection to a VM may take before the next one is tried.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
@@ -173,12 +174,20 @@ pub async fn splice(mut client: TcpStream, mut upstream: TcpStream, first: &[u8]
     let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
 }
 
-/// Accepts on `listener` and forwards each connection to `pool`.
+/// Resolves when the cluster's presence on the gateway ends: its
+/// [`watch::Sender`] is dropped. Connections to the cluster end with it.
+pub async fn ended(mut alive: watch::Receiver<()>) {
+    while alive.changed().await.is_ok() {}
+}
+
+/// Accepts on `listener` and forwards each connection to `pool`, until
+/// `alive`'s sender goes.
 pub async fn serve_pool(
     listener: TcpListener,
     netns: PathBuf,
     pool: Arc<Pool>,
     health: Arc<Health>,
+    alive: watch::Receiver<()>,
 ) {
     loop {
         let (client, peer) = match listener.accept().await {
@@ -188,11 +197,18 @@ pub async fn serve_pool(
                 continue;
             }
         };
-        let (ns, pool, health) = (netns.clone(), pool.clone(), health.clone());
+        let (ns, pool, health, alive) =
+            (netns.clone(), pool.clone(), health.clone(), alive.clone());
         tokio::spawn(async move {
-            match dial(&ns, &pool, &health).await {
-                Ok(up) => splice(client, up, &[]).await,
-                Err(e) => tracing::debug!(%peer, error = %e, "no backend for connection"),
+            let forward = async {
+                match dial(&ns, &pool, &health).await {
+                    Ok(up) => splice(client, up, &[]).await,
+                    Err(e) => tracing::debug!(%peer, error = %e, "no backend for connection"),
+                }
+            };
+            tokio::select! {
+                _ = forward => {}
+                _ = ended(alive) => {}
             }
         });
     }

@@ -76,6 +76,7 @@ pub struct GatewayConfig {
 /// Where SNI names lead.
 #[derive(Clone)]
 struct ClusterRoute {
+    alive: tokio::sync::watch::Receiver<()>,
     netns: PathBuf,
     control_plane: Arc<Pool>,
     health: Arc<Health>,
@@ -93,6 +94,8 @@ struct Joined {
     http: Arc<Pool>,
     https: Arc<Pool>,
     health: Arc<Health>,
+    /// Dropped with the cluster's presence: its connections end then.
+    alive: tokio::sync::watch::Sender<()>,
     /// Listener and checker tasks, by what they serve.
     tasks: HashMap<String, JoinHandle<()>>,
 }
@@ -295,6 +298,7 @@ async fn pass(
             continue;
         };
         let (netns, cp, health) = (j.netns.clone(), j.control_plane.clone(), j.health.clone());
+        let alive = j.alive.subscribe();
         ensure_task(&mut j.tasks, j.vni, "api", || {
             let l = forward::listen_in(&netns, SocketAddr::new(gw.into(), API_PORT))?;
             Ok(tokio::spawn(forward::serve_pool(
@@ -302,6 +306,7 @@ async fn pass(
                 netns.clone(),
                 cp.clone(),
                 health.clone(),
+                alive.clone(),
             )))
         });
         let pools = vec![j.control_plane.clone(), j.http.clone(), j.https.clone()];
@@ -336,7 +341,13 @@ async fn pass(
                     std.set_nonblocking(true)?;
                     let l = TcpListener::from_std(std)?;
                     tracing::info!(cluster = %name, org = %ns, %bind, what, "ingress port open");
-                    Ok(tokio::spawn(forward::serve_pool(l, ns_path, pool, health)))
+                    Ok(tokio::spawn(forward::serve_pool(
+                        l,
+                        ns_path,
+                        pool,
+                        health,
+                        alive.clone(),
+                    )))
                 });
             }
             // What the health checks see, in the cluster's status.
@@ -378,6 +389,7 @@ async fn pass(
         new_routes.insert(
             format!("{name}.{ns}.{}", cfg.base_domain).to_ascii_lowercase(),
             ClusterRoute {
+                alive: j.alive.subscribe(),
                 netns: j.netns.clone(),
                 control_plane: j.control_plane.clone(),
                 health: j.health.clone(),
@@ -460,6 +472,7 @@ async fn join<'a>(
             http: Arc::default(),
             https: Arc::default(),
             health: Arc::default(),
+            alive: tokio::sync::watch::channel(()).0,
             tasks: HashMap::new(),
         });
     }
@@ -551,11 +564,17 @@ async fn serve_sni(listener: TcpListener, cfg: Arc<GatewayConfig>, routes: Route
                 sni::refuse(client).await;
                 return;
             };
-            match forward::dial(&route.netns, &route.control_plane, &route.health).await {
-                Ok(up) => forward::splice(client, up, &hello.bytes).await,
-                Err(e) => {
-                    tracing::info!(%peer, name = ?name, error = %e, "no control plane answers");
+            let forward = async {
+                match forward::dial(&route.netns, &route.control_plane, &route.health).await {
+                    Ok(up) => forward::splice(client, up, &hello.bytes).await,
+                    Err(e) => {
+                        tracing::info!(%peer, name = ?name, error = %e, "no control plane answers");
+                    }
                 }
+            };
+            tokio::select! {
+                _ = forward => {}
+                _ = forward::ended(route.alive.clone()) => {}
             }
         });
     }
