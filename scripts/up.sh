@@ -24,6 +24,12 @@ curl -sS --retry 5 --retry-all-errors --cacert "$data/demo-ca.crt" \
   --resolve demo.acme.paddock.local:16443:127.0.0.1 -o /dev/null \
   -w '  HTTP %{http_code}, certificate verified for demo.acme.paddock.local\n' \
   https://demo.acme.paddock.local:16443/
+# The gateway's health checks of the workers' ingress take a moment (the
+# dev image answers HTTP on 30080 only, so HTTPS backends show DOWN).
+for _ in $(seq 30); do
+  "$bin" cluster ingress demo -n acme | awk '$1 == "http"' | grep -q DOWN || break
+  sleep 1
+done
 "$bin" cluster ingress demo -n acme
 cat <<TXT
 
