@@ -17,9 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::StreamExt;
 use kube::Api;
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use paddock_api::host::Resources;
 use paddock_api::{Cluster, Host, Machine, MachineImage};
 use tokio::sync::Notify;
@@ -72,34 +70,6 @@ pub async fn forward_api_socket(socket: PathBuf) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-fn watch<K>(api: Api<K>, notify: Arc<Notify>) -> reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher::watcher(api, watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while let Some(ev) = stream.next().await {
-            if let Err(e) = ev {
-                tracing::debug!(error = %e, "watch error; retrying");
-            }
-            notify.notify_one();
-        }
-    });
-    reader
-}
-
 /// Runs the agent until the process is stopped.
 pub async fn run(client: kube::Client, cfg: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
@@ -121,10 +91,10 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> anyhow::Result<()> {
 
     let notify = Arc::new(Notify::new());
     let world = reconcile::World {
-        machines: watch(Api::<Machine>::all(client.clone()), notify.clone()),
-        hosts: watch(Api::<Host>::all(client.clone()), notify.clone()),
-        clusters: watch(Api::<Cluster>::all(client.clone()), notify.clone()),
-        images: watch(Api::<MachineImage>::all(client.clone()), notify.clone()),
+        machines: paddock_watch::store(Api::<Machine>::all(client.clone()), notify.clone()).0,
+        hosts: paddock_watch::store(Api::<Host>::all(client.clone()), notify.clone()).0,
+        clusters: paddock_watch::store(Api::<Cluster>::all(client.clone()), notify.clone()).0,
+        images: paddock_watch::store(Api::<MachineImage>::all(client.clone()), notify.clone()).0,
     };
     for (what, ready) in [
         ("machines", world.machines.wait_until_ready().await),

@@ -16,6 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
+use paddock_api::cluster::OverlayStatus;
 use paddock_api::host::Resources;
 use paddock_api::{Cluster, Host, Machine, MachineImage, MachinePhase, MachineStatus};
 use paddock_net::guard::SourceGuard;
@@ -74,7 +75,8 @@ struct Wanted {
     machine: Arc<Machine>,
     spec: Result<LaunchSpec, String>,
     seed: Option<Seed>,
-    vni: Option<u32>,
+    /// The overlay of the Machine's cluster, once it has one.
+    overlay: Option<OverlayStatus>,
 }
 
 fn key(m: &Machine) -> (String, String) {
@@ -274,7 +276,7 @@ impl Reconciler {
             machine: m,
             spec,
             seed,
-            vni: overlay.map(|o| o.vni),
+            overlay,
         }
     }
 
@@ -299,7 +301,8 @@ impl Reconciler {
         let mut vnis: BTreeSet<u32> = BTreeSet::new();
         let mut bridges: HashMap<u32, u32> = HashMap::new();
         for w in &wanted {
-            let Some(vni) = w.vni else { continue };
+            let Some(overlay) = &w.overlay else { continue };
+            let vni = overlay.vni;
             if !vnis.insert(vni) {
                 continue;
             }
@@ -340,20 +343,12 @@ impl Reconciler {
                 }
             }
             // The management plane's gateway joins the overlay too.
-            if let Some(o) = self
-                .world
-                .clusters
-                .state()
-                .iter()
-                .find(|c| c.namespace().as_deref() == Some(ns.as_str()) && c.name_any() == cluster)
-                .and_then(|c| c.status.as_ref()?.overlay.clone())
-                && let Some(dst) = o.gateway_vtep.as_deref().and_then(|v| v.parse().ok())
-            {
+            if let Some(dst) = overlay.gateway_vtep.as_deref().and_then(|v| v.parse().ok()) {
                 fdb.insert(FdbEntry {
                     mac: Mac::ZERO,
                     dst,
                 });
-                if let Some(mac) = o.gateway_mac.as_deref().and_then(|m| m.parse().ok()) {
+                if let Some(mac) = overlay.gateway_mac.as_deref().and_then(|m| m.parse().ok()) {
                     fdb.insert(FdbEntry { mac, dst });
                 }
             }
@@ -474,7 +469,7 @@ impl Reconciler {
         bridges: &HashMap<u32, u32>,
     ) -> Result<u32, String> {
         let spec = w.spec.clone()?;
-        let vni = w.vni.ok_or("no overlay")?;
+        let vni = w.overlay.as_ref().ok_or("no overlay")?.vni;
         let br = *bridges.get(&vni).ok_or("no bridge")?;
         let mac: Mac = spec.mac.parse().map_err(|e: String| e)?;
         self.net

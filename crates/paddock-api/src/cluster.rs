@@ -217,6 +217,21 @@ pub struct OverlayStatus {
     pub gateway_mac: Option<String>,
 }
 
+/// Host index of the overlay's gateway address (`.1`) and its MAC.
+pub const GATEWAY_HOST_INDEX: u32 = 1;
+
+/// The MAC of host index `idx` on overlay `vni`: `52:54` (QEMU's prefix),
+/// the VNI's three bytes, the index. Unique across overlays and hosts.
+pub fn overlay_mac(vni: u32, idx: u32) -> String {
+    format!(
+        "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
+        (vni >> 16) & 0xff,
+        (vni >> 8) & 0xff,
+        vni & 0xff,
+        idx & 0xff
+    )
+}
+
 /// The ports on the management plane that forward to the workers' ingress.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -76,18 +76,30 @@ impl From<paddock_store::StoreError> for ApiError {
                 ApiError::Gone(format!("too old resource version: {requested} ({oldest})"))
             }
             other => {
-                let mut msg = other.to_string();
-                let mut src = std::error::Error::source(&other);
-                while let Some(s) = src {
-                    msg.push_str(": ");
-                    msg.push_str(&s.to_string());
-                    src = s.source();
-                }
+                let msg = chain(&other);
                 tracing::error!(error = %msg, "store error");
                 ApiError::Internal(msg)
             }
         }
     }
+}
+
+impl From<paddock_pki::PkiError> for ApiError {
+    fn from(e: paddock_pki::PkiError) -> Self {
+        ApiError::Internal(chain(&e))
+    }
+}
+
+/// An error with its causes, on one line: `outer: inner: root`.
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        src = s.source();
+    }
+    msg
 }
 
 impl ApiError {

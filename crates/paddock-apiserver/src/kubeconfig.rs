@@ -55,18 +55,6 @@ struct Request {
     spec: RequestSpec,
 }
 
-/// An error with its causes, one line.
-fn anyhow_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
-
 /// Parses `8h`, `90m`, `1h30m`, `3600s`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = 0u64;
@@ -88,8 +76,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (num.is_empty() && total > 0).then(|| Duration::from_secs(total))
 }
 
-fn subject(ns: &str, name: &str) -> Subject {
-    let _ = ns;
+fn subject(name: &str) -> Subject {
     Subject {
         group: paddock_api::GROUP.into(),
         kind: "ClusterKubeconfig".into(),
@@ -152,7 +139,7 @@ pub async fn issue(
         }
     }
     if !errs.is_empty() {
-        return Err(ApiError::Invalid(subject(ns, name), errs));
+        return Err(ApiError::Invalid(subject(name), errs));
     }
     let clusters = resources::find(paddock_api::GROUP, paddock_api::VERSION, "clusters")
         .ok_or(ApiError::NoRoute)?;
@@ -163,7 +150,7 @@ pub async fn issue(
         Ok(s) => s,
         Err(ApiError::NotFound(_)) => {
             return Err(ApiError::Conflict(
-                subject(ns, name),
+                subject(name),
                 "the cluster's certificates are not made yet; try again shortly".into(),
             ));
         }
@@ -179,10 +166,8 @@ pub async fn issue(
         String::from_utf8(raw).map_err(|e| ApiError::Internal(format!("{pki_name}/{k}: {e}")))
     };
     let (ca_pem, ca_key) = (field("ca.crt")?, field("ca.key")?);
-    let ca = Ca::from_pem(&ca_pem, &ca_key).map_err(|e| ApiError::Internal(format!("{e:#}")))?;
-    let cert = ca
-        .issue_client(&user.name, &req.spec.groups, ttl)
-        .map_err(|e| ApiError::Internal(anyhow_chain(&e)))?;
+    let ca = Ca::from_pem(&ca_pem, &ca_key)?;
+    let cert = ca.issue_client(&user.name, &req.spec.groups, ttl)?;
     let server_name = format!("{name}.{ns}.{}", access.base_domain);
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let context = format!("{name}.{ns}");

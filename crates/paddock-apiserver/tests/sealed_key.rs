@@ -44,7 +44,7 @@ async fn a_lost_key_stops_the_server_instead_of_orphaning_secrets() {
     std::fs::remove_file(&key).unwrap();
     let err = match start_until_unlocked(&cfg).await {
         Ok(_) => panic!("started without the key that seals its Secrets"),
-        Err(e) => format!("{:#}", anyhow_like(&e)),
+        Err(e) => paddock_apiserver::error::chain(&e),
     };
     assert!(
         err.contains("secrets.key") && err.contains("sealed"),
@@ -63,15 +63,4 @@ async fn a_lost_key_stops_the_server_instead_of_orphaning_secrets() {
         .expect("reads");
     assert_eq!(s["data"]["k"], "dg==");
     running.shutdown();
-}
-
-fn anyhow_like(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

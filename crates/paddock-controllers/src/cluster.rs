@@ -178,15 +178,10 @@ fn address(o: &OverlayStatus, idx: u32) -> (String, String) {
         .and_then(|a| a.parse().ok())
         .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED);
     let ip = std::net::Ipv4Addr::from(u32::from(net) + idx);
-    let v = o.vni;
-    let mac = format!(
-        "52:54:{:02x}:{:02x}:{:02x}:{:02x}",
-        (v >> 16) & 0xff,
-        (v >> 8) & 0xff,
-        v & 0xff,
-        idx & 0xff
-    );
-    (format!("{ip}/24"), mac)
+    (
+        format!("{ip}/24"),
+        paddock_api::cluster::overlay_mac(o.vni, idx),
+    )
 }
 
 /// Deletes one of the cluster's Machines, expects the cache to show it, and says why.
@@ -303,7 +298,10 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
 
     let overlay = OverlayStatus {
         gateway_vtep: ctx.cfg.gateway_vtep.map(|v| v.to_string()),
-        gateway_mac: Some(overlay::gateway_mac(overlay.vni)),
+        gateway_mac: Some(paddock_api::cluster::overlay_mac(
+            overlay.vni,
+            paddock_api::cluster::GATEWAY_HOST_INDEX,
+        )),
         ..overlay
     };
     let pki_name = paddock_bootstrap::pki::secret_name(&name);

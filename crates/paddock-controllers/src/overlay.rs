@@ -22,7 +22,7 @@ fn claim_name(vni: u32) -> String {
 pub fn slot(cfg: &Config, idx: u32) -> OverlayStatus {
     let base = u32::from(cfg.subnet_base);
     let net = Ipv4Addr::from(base + (idx << 8));
-    let gw = Ipv4Addr::from(base + (idx << 8) + 1);
+    let gw = Ipv4Addr::from(base + (idx << 8) + paddock_api::cluster::GATEWAY_HOST_INDEX);
     OverlayStatus {
         vni: cfg.vni_base + idx,
         subnet: format!("{net}/24"),
@@ -30,16 +30,6 @@ pub fn slot(cfg: &Config, idx: u32) -> OverlayStatus {
         gateway_vtep: None,
         gateway_mac: None,
     }
-}
-
-/// The MAC of the gateway's interface on overlay `vni` (host index 1).
-pub fn gateway_mac(vni: u32) -> String {
-    format!(
-        "52:54:{:02x}:{:02x}:{:02x}:01",
-        (vni >> 16) & 0xff,
-        (vni >> 8) & 0xff,
-        vni & 0xff
-    )
 }
 
 /// The overlay held by `holder` (a cluster uid), claiming the lowest free slot if none.

@@ -12,7 +12,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
 use paddock_api::{Host, HostPhase, Machine, MachinePhase, MachineRole, Memory};
 use serde_json::json;
 
@@ -345,8 +344,8 @@ async fn apply(client: &kube::Client, m: &Machine, plan: Result<String, String>)
 
 pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     let notify = Arc::new(tokio::sync::Notify::new());
-    let machines = store::<Machine>(Api::all(client.clone()), notify.clone());
-    let hosts = store::<Host>(Api::all(client.clone()), notify.clone());
+    let machines = paddock_watch::store::<Machine>(Api::all(client.clone()), notify.clone()).0;
+    let hosts = paddock_watch::store::<Host>(Api::all(client.clone()), notify.clone()).0;
     let _ = machines.wait_until_ready().await;
     let _ = hosts.wait_until_ready().await;
     let mut assumed = HashMap::new();
@@ -364,30 +363,4 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
     }
-}
-
-/// A reflector store that pokes `notify` on every change.
-pub fn store<K>(api: Api<K>, notify: Arc<tokio::sync::Notify>) -> reflector::Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher::watcher(api, watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects();
-    tokio::spawn(async move {
-        futures::pin_mut!(stream);
-        while stream.next().await.is_some() {
-            notify.notify_one();
-        }
-    });
-    reader
 }

@@ -27,11 +27,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::reflector::Store;
 use paddock_api::cluster::IngressBackend;
 use paddock_api::{Cluster, Host, Machine, MachineRole};
 use paddock_lb::{Frontend, LoadBalancer};
@@ -137,16 +135,9 @@ where
         + Sync
         + 'static,
 {
-    let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .touched_objects()
-        .for_each(move |_| {
-            notify.notify_one();
-            futures::future::ready(())
-        });
-    tasks.0.push(tokio::spawn(stream));
-    reader
+    let (store, task) = paddock_watch::store(api, notify);
+    tasks.0.push(task);
+    store
 }
 
 /// Runs the gateway until the future is dropped.
@@ -485,12 +476,7 @@ async fn join<'a>(
             .gateway_mac
             .clone()
             .unwrap_or_else(|| {
-                format!(
-                    "52:54:{:02x}:{:02x}:{:02x}:01",
-                    (vni >> 16) & 0xff,
-                    (vni >> 8) & 0xff,
-                    vni & 0xff
-                )
+                paddock_api::cluster::overlay_mac(vni, paddock_api::cluster::GATEWAY_HOST_INDEX)
             })
             .parse()
             .map_err(|e: String| anyhow::anyhow!(e))?;

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use common::lab::{self, Lab};
 use kube::api::{Api, ListParams};
 use paddock_api::{Cluster, ClusterPhase, Machine, MachineRole};
@@ -122,18 +121,10 @@ async fn main() {
         .then_some(c)
     })
     .await;
-    let ca_b64 = s.kubectl_ok(&[
-        "-n",
-        "acme",
-        "get",
-        "secret",
-        "demo-pki",
-        "-o",
-        "jsonpath={.data.ca\\.crt}",
-    ]);
-    let ca = base64::engine::general_purpose::STANDARD
-        .decode(ca_b64.trim())
-        .expect("ca");
+    let ca = s
+        .secret_data("acme", "demo-pki", "ca.crt")
+        .expect("cluster CA")
+        .into_bytes();
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_pemfile::certs(&mut ca.as_slice()) {
         roots.add(cert.expect("cert")).expect("root");

@@ -8,8 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use base64::Engine;
-use common::{TestServer, eventually, stderr, stdout};
+use common::{TestServer, b64, eventually, file, stderr, stdout, write_files};
 use serde_json::Value;
 
 fn run(cmd: &str, args: &[&str]) -> Output {
@@ -37,54 +36,6 @@ fn paddock(kubeconfig: &Path, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("paddock runs")
-}
-
-fn b64(s: &str) -> Vec<u8> {
-    base64::engine::general_purpose::STANDARD
-        .decode(s.split_whitespace().collect::<String>())
-        .expect("base64")
-}
-
-/// The files a user-data's write_files would write, by path.
-fn write_files(user_data: &str) -> Vec<(String, String)> {
-    let v: Value = serde_saphyr::from_str(user_data).expect("user-data is YAML");
-    v["write_files"]
-        .as_array()
-        .expect("write_files")
-        .iter()
-        .map(|f| {
-            let content = f["content"].as_str().expect("content");
-            assert_eq!(f["encoding"], "b64");
-            (
-                f["path"].as_str().expect("path").to_owned(),
-                String::from_utf8(b64(content)).expect("utf-8"),
-            )
-        })
-        .collect()
-}
-
-fn file<'a>(files: &'a [(String, String)], path: &str) -> &'a str {
-    &files
-        .iter()
-        .find(|(p, _)| p == path)
-        .unwrap_or_else(|| panic!("{path} not in write_files"))
-        .1
-}
-
-fn secret_field(s: &TestServer, ns: &str, name: &str, key: &str) -> Option<String> {
-    let o = s.kubectl(&[
-        "-n",
-        ns,
-        "get",
-        "secret",
-        name,
-        "-o",
-        &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
-    ]);
-    if !o.status.success() || stdout(&o).is_empty() {
-        return None;
-    }
-    String::from_utf8(b64(&stdout(&o))).ok()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -122,26 +73,29 @@ async fn pki_bootstrap_data_and_kubeconfigs_pass_the_real_validators() {
         (lines.len() == 3
             && lines.iter().all(|l| {
                 let n = l.split(' ').next().unwrap_or_default();
-                secret_field(&s, "acme", &format!("{n}-bootstrap"), "user-data").is_some()
+                s.secret_data("acme", &format!("{n}-bootstrap"), "user-data")
+                    .is_some()
             }))
         .then_some(lines)
     })
     .await;
-    let ca = secret_field(&s, "acme", "demo-pki", "ca.crt").expect("cluster CA");
+    let ca = s
+        .secret_data("acme", "demo-pki", "ca.crt")
+        .expect("cluster CA");
     let ca_file = w("ca.crt", &ca);
     for k in ["etcd-ca.crt", "front-proxy-ca.crt"] {
-        let p = w(k, &secret_field(&s, "acme", "demo-pki", k).expect(k));
+        let p = w(k, &s.secret_data("acme", "demo-pki", k).expect(k));
         let p = p.to_str().unwrap();
         ok("openssl", &["verify", "-CAfile", p, p]);
     }
     // The service-account key pair is a pair.
     let sa_pub = w(
         "sa.pub",
-        &secret_field(&s, "acme", "demo-pki", "sa.pub").unwrap(),
+        &s.secret_data("acme", "demo-pki", "sa.pub").unwrap(),
     );
     let sa_key = w(
         "sa.key",
-        &secret_field(&s, "acme", "demo-pki", "sa.key").unwrap(),
+        &s.secret_data("acme", "demo-pki", "sa.key").unwrap(),
     );
     assert_eq!(
         ok(
@@ -168,7 +122,9 @@ async fn pki_bootstrap_data_and_kubeconfigs_pass_the_real_validators() {
     let mut init = 0;
     for line in &names {
         let (name, role) = line.split_once(' ').expect("name role");
-        let ud = secret_field(&s, "acme", &format!("{name}-bootstrap"), "user-data").unwrap();
+        let ud = s
+            .secret_data("acme", &format!("{name}-bootstrap"), "user-data")
+            .unwrap();
         let ud_file = w(&format!("{name}.user-data"), &ud);
         let schema = ok(
             "cloud-init",
@@ -178,7 +134,9 @@ async fn pki_bootstrap_data_and_kubeconfigs_pass_the_real_validators() {
         let files = write_files(&ud);
         let kubeadm = file(&files, "/etc/paddock/kubeadm.yaml");
         assert_eq!(file(&files, "/etc/kubernetes/pki/ca.crt"), ca);
-        let nc = secret_field(&s, "acme", &format!("{name}-bootstrap"), "network-config").unwrap();
+        let nc = s
+            .secret_data("acme", &format!("{name}-bootstrap"), "network-config")
+            .unwrap();
         assert!(nc.contains("addresses: [10.64.0."), "{nc}");
         if role == "control-plane" {
             let crt = w(

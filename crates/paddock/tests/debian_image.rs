@@ -11,7 +11,6 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use base64::Engine;
 use common::lab::{self, Lab};
 use common::*;
 use kube::ResourceExt;
@@ -108,21 +107,9 @@ spec:
     let (_, host) = exec(&s, &name, "hostname");
     assert_eq!(host.trim(), name);
     // Paddock's files, as written by cloud-init.
-    let ca = s.kubectl_ok(&[
-        "-n",
-        "acme",
-        "get",
-        "secret",
-        "deb-pki",
-        "-o",
-        "jsonpath={.data.ca\\.crt}",
-    ]);
-    let ca = String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(ca.trim())
-            .expect("b64"),
-    )
-    .expect("utf-8");
+    let ca = s
+        .secret_data("acme", "deb-pki", "ca.crt")
+        .expect("cluster CA");
     let (ok, got) = exec(&s, &name, "cat /etc/kubernetes/pki/ca.crt");
     assert!(ok && got == ca, "cluster CA on the node: {got}");
     let (ok, out) = exec(

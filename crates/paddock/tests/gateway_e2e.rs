@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use base64::Engine;
 use common::lab::{self, Lab};
 use common::*;
 use kube::ResourceExt;
@@ -48,24 +47,6 @@ fn curl(args: &[&str]) -> Output {
 
 fn resolve(name: &str) -> String {
     format!("{name}:{GW_PORT}:{GW_IP}")
-}
-
-fn secret(s: &TestServer, name: &str, key: &str) -> String {
-    let b64 = s.kubectl_ok(&[
-        "-n",
-        "acme",
-        "get",
-        "secret",
-        name,
-        "-o",
-        &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
-    ]);
-    String::from_utf8(
-        base64::engine::general_purpose::STANDARD
-            .decode(b64.trim())
-            .expect("base64"),
-    )
-    .expect("utf-8")
 }
 
 async fn machines_of(api: &Api<Machine>, cluster: &str) -> Vec<Machine> {
@@ -186,8 +167,16 @@ spec:
         std::fs::write(&p, body).unwrap();
         p
     };
-    let demo_ca = write("demo-ca.crt", &secret(&s, "demo-pki", "ca.crt"));
-    let other_ca = write("other-ca.crt", &secret(&s, "other-pki", "ca.crt"));
+    let demo_ca = write(
+        "demo-ca.crt",
+        &s.secret_data("acme", "demo-pki", "ca.crt")
+            .expect("demo CA"),
+    );
+    let other_ca = write(
+        "other-ca.crt",
+        &s.secret_data("acme", "other-pki", "ca.crt")
+            .expect("other CA"),
+    );
     let demo_name = format!("demo.acme.{DOMAIN}");
     let other_name = format!("other.acme.{DOMAIN}");
     let url = |n: &str| format!("https://{n}:{GW_PORT}/");
@@ -228,17 +217,13 @@ spec:
         ))
         .output()
         .expect("openssl");
-    let ud = secret(&s, &format!("{}-bootstrap", cp.name_any()), "user-data");
-    let v: serde_json::Value = serde_saphyr::from_str(&ud).unwrap();
-    let issued = v["write_files"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|f| f["path"] == "/etc/kubernetes/pki/apiserver.crt")
-        .and_then(|f| f["content"].as_str())
-        .map(|c| base64::engine::general_purpose::STANDARD.decode(c).unwrap())
-        .expect("apiserver.crt in user-data");
-    let issued = write("issued.crt", std::str::from_utf8(&issued).unwrap());
+    let ud = s
+        .secret_data("acme", &format!("{}-bootstrap", cp.name_any()), "user-data")
+        .expect("user-data");
+    let issued = write(
+        "issued.crt",
+        file(&write_files(&ud), "/etc/kubernetes/pki/apiserver.crt"),
+    );
     let want = Command::new("openssl")
         .args(["x509", "-noout", "-serial", "-in", issued.to_str().unwrap()])
         .output()

@@ -65,6 +65,23 @@ impl TestServer {
         self.dir.path().join("data")
     }
 
+    /// One key of a Secret, decoded, or None if the Secret or key is missing.
+    pub fn secret_data(&self, ns: &str, name: &str, key: &str) -> Option<String> {
+        let o = self.kubectl(&[
+            "-n",
+            ns,
+            "get",
+            "secret",
+            name,
+            "-o",
+            &format!("jsonpath={{.data.{}}}", key.replace('.', "\\.")),
+        ]);
+        if !o.status.success() || stdout(&o).is_empty() {
+            return None;
+        }
+        String::from_utf8(b64(&stdout(&o))).ok()
+    }
+
     /// Runs kubectl against this server.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         kubectl_with(&self.kubeconfig(), args, None)
@@ -166,6 +183,41 @@ pub fn machine_exec(
         out.status.success(),
         format!("{}{}", stdout(&out), stderr(&out)),
     )
+}
+
+/// Decodes standard base64, ignoring whitespace.
+pub fn b64(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(s.split_whitespace().collect::<String>())
+        .expect("base64")
+}
+
+/// The files a cloud-init user-data's `write_files` would write: (path, content).
+pub fn write_files(user_data: &str) -> Vec<(String, String)> {
+    let v: serde_json::Value = serde_saphyr::from_str(user_data).expect("user-data is YAML");
+    v["write_files"]
+        .as_array()
+        .expect("write_files")
+        .iter()
+        .map(|f| {
+            let content = f["content"].as_str().expect("content");
+            assert_eq!(f["encoding"], "b64");
+            (
+                f["path"].as_str().expect("path").to_owned(),
+                String::from_utf8(b64(content)).expect("utf-8"),
+            )
+        })
+        .collect()
+}
+
+/// The content `write_files` gives `path`.
+pub fn file<'a>(files: &'a [(String, String)], path: &str) -> &'a str {
+    &files
+        .iter()
+        .find(|(p, _)| p == path)
+        .unwrap_or_else(|| panic!("{path} not in write_files"))
+        .1
 }
 
 pub fn stderr(o: &Output) -> String {

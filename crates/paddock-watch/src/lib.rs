@@ -1,0 +1,44 @@
+//! Watched caches of API objects for Paddock's level-triggered loops (the
+//! host agent, the scheduler, the gateway): a kube-rs reflector store kept
+//! current by a watch, which pokes a [`Notify`] on every change so the loop
+//! runs again.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use kube::api::Api;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+/// A store of every `K` that `api` sees, and the task that keeps it
+/// current (it retries with backoff and runs until aborted). `notify` is
+/// poked on every change.
+pub fn store<K>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, JoinHandle<()>)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api, watcher::Config::default()).default_backoff(),
+    )
+    .touched_objects();
+    let task = tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(ev) = stream.next().await {
+            if let Err(e) = ev {
+                tracing::debug!(error = %e, "watch error; retrying");
+            }
+            notify.notify_one();
+        }
+    });
+    (reader, task)
+}
