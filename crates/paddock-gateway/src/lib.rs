@@ -125,16 +125,11 @@ impl Drop for Tasks {
     }
 }
 
-fn reflect<K>(api: Api<K>, notify: Arc<tokio::sync::Notify>, tasks: &mut Tasks) -> Store<K>
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-{
+fn reflect<K: paddock_watch::Watchable>(
+    api: Api<K>,
+    notify: Arc<tokio::sync::Notify>,
+    tasks: &mut Tasks,
+) -> Store<K> {
     let (store, task) = paddock_watch::store(api, notify);
     tasks.0.push(task);
     store

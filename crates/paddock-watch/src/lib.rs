@@ -12,19 +12,33 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-/// A store of every `K` that `api` sees, and the task that keeps it
-/// current (it retries with backoff and runs until aborted). `notify` is
-/// poked on every change.
-pub fn store<K>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, JoinHandle<()>)
-where
+/// What can be watched into a store: any cluster- or namespace-scoped API type.
+pub trait Watchable:
+    kube::Resource<DynamicType = ()>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watchable for K where
     K: kube::Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+/// A store of every `K` that `api` sees, and the task that keeps it
+/// current (it retries with backoff and runs until aborted). `notify` is
+/// poked on every change.
+pub fn store<K: Watchable>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, JoinHandle<()>) {
     let (reader, writer) = reflector::store();
     let stream = reflector::reflector(
         writer,
