@@ -7,5 +7,8 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh test
 export PADDOCK_DEV_IMAGE=${PADDOCK_DEV_IMAGE:-/var/cache/paddock/dev-image}
 scripts/build-dev-image.sh "$PADDOCK_DEV_IMAGE" >/dev/null
+# A clean checkout gains nothing from incremental artifacts; they would
+# double the size of target/.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 cargo build --workspace --all-targets --locked
 cargo test --workspace --locked -- --test-threads=2
