@@ -11,9 +11,6 @@ use paddock_api::host::Resources;
 use paddock_api::{Host, HostPhase, HostSpec, HostStatus, Memory};
 use serde_json::json;
 
-/// Namespace of host leases.
-pub const LEASE_NAMESPACE: &str = "paddock-system";
-
 /// CPUs and memory of this machine.
 pub fn capacity() -> Resources {
     let cpu = std::thread::available_parallelism()
@@ -86,8 +83,8 @@ pub async fn renew_lease(
     name: &str,
     lease_seconds: i32,
 ) -> kube::Result<()> {
-    let api: Api<Lease> = Api::namespaced(client.clone(), LEASE_NAMESPACE);
-    let lease_name = format!("host-{name}");
+    let api: Api<Lease> = Api::namespaced(client.clone(), paddock_api::host::SYSTEM_NAMESPACE);
+    let lease_name = paddock_api::host::lease_name(name);
     let now = MicroTime(Timestamp::now());
     let spec = json!({"spec": {"holderIdentity": name, "leaseDurationSeconds": lease_seconds, "renewTime": now}});
     match api

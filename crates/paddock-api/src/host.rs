@@ -30,6 +30,15 @@ pub struct HostSpec {
     pub unschedulable: bool,
 }
 
+/// Namespace of the platform's own objects: host leases, overlay claims.
+pub const SYSTEM_NAMESPACE: &str = "paddock-system";
+
+/// Name of the Lease (in [`SYSTEM_NAMESPACE`]) that a host's agent renews
+/// as its heartbeat.
+pub fn lease_name(host: &str) -> String {
+    format!("host-{host}")
+}
+
 /// How to reach a host's BMC.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -9,15 +9,40 @@
 //! Secrets (cluster CAs and bootstrap data) and Leases (overlay claims,
 //! heartbeats) are not open to tenants, nor is anything cluster-wide (Hosts,
 //! MachineImages, other namespaces, lists across all namespaces).
+//!
+//! A host agent's credential (user `host:<name>`, group `paddock:hosts`)
+//! acts for that one host, as Kubernetes' node authorizer does for kubelets:
+//! it reads Hosts, Machines, Clusters and MachineImages (what it needs to
+//! run VMs and program overlays), registers its own Host and writes its
+//! status, renews its own Lease, writes the status of Machines bound to it,
+//! and reads the bootstrap Secret of those Machines — no other Secret, so a
+//! compromised host holds no cluster's CA key and no other host's bootstrap
+//! data. Whether a Machine is bound to the host is read from the store, so
+//! such requests are allowed on a [`Condition`] that [`holds`] checks.
 
 use http::Method;
 
+use serde_json::Value;
+
+use crate::api::{Api, ListOptions};
 use crate::auth::{ADMIN_GROUP, User};
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 use crate::route::Target;
+use crate::selector::FieldSelector;
 
 /// The group prefix that makes a user a member of an organization.
 pub const ORG_GROUP_PREFIX: &str = "org:";
+
+/// The group of host agents' credentials.
+pub const HOSTS_GROUP: &str = "paddock:hosts";
+
+/// A host credential's user is this prefix and the host's name.
+pub const HOST_USER_PREFIX: &str = "host:";
+
+/// The user name of host `host`'s credential.
+pub fn host_user(host: &str) -> String {
+    format!("{HOST_USER_PREFIX}{host}")
+}
 
 /// The group that grants an organization.
 pub fn org_group(org: &str) -> String {
@@ -27,6 +52,16 @@ pub fn org_group(org: &str) -> String {
 impl User {
     pub fn is_admin(&self) -> bool {
         self.groups.iter().any(|g| g == ADMIN_GROUP)
+    }
+
+    /// The host this user acts for, if it holds a host credential.
+    pub fn host(&self) -> Option<&str> {
+        if !self.groups.iter().any(|g| g == HOSTS_GROUP) {
+            return None;
+        }
+        self.name
+            .strip_prefix(HOST_USER_PREFIX)
+            .filter(|h| !h.is_empty())
     }
 
     /// Whether the user belongs to organization `org`.
@@ -53,30 +88,112 @@ fn verb(method: &Method, named: bool, watch: bool) -> &'static str {
     }
 }
 
-/// Allows the request or says, in a 403, what was refused.
-pub fn check(user: &User, t: &Target, method: &Method, watch: bool) -> Result<(), ApiError> {
-    if user.is_admin() {
-        return Ok(());
-    }
-    let plural = t.res.plural;
-    let read = *method == Method::GET;
-    let tenant_may = || match (t.res.group, plural) {
-        _ if t.call.is_some() => true,
-        (paddock_api::GROUP, "clusters") => read || !t.status,
-        (paddock_api::GROUP, "machines") | ("", "events") | ("events.k8s.io", "events") => read,
-        _ => false,
-    };
-    let allowed = match (t.res.namespaced, t.namespace.as_deref()) {
-        (true, Some(ns)) => user.in_org(ns) && tenant_may(),
-        // The Namespace object of one's own organization, read only.
-        (false, _) if plural == "namespaces" && *method == Method::GET => {
-            t.name.as_deref().is_some_and(|ns| user.in_org(ns))
+/// What decides a request that the request alone cannot: a host may touch
+/// some objects only if they are its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// A create, allowed if the new object is named `name`.
+    CreatesNamed(String),
+    /// Allowed if Machine `namespace/name` is bound to `host`.
+    MachineOnHost {
+        host: String,
+        namespace: String,
+        name: String,
+    },
+    /// Allowed if Secret `namespace/name` is the bootstrap Secret of a
+    /// Machine bound to `host`.
+    BootstrapSecretOf {
+        host: String,
+        namespace: String,
+        name: String,
+    },
+}
+
+impl Condition {
+    /// Why the request was refused when the condition did not hold.
+    fn unmet(&self) -> String {
+        match self {
+            Condition::CreatesNamed(name) => format!("a host may only create {name:?}"),
+            Condition::MachineOnHost { host, .. } => {
+                format!("the Machine is not bound to host {host:?}")
+            }
+            Condition::BootstrapSecretOf { host, .. } => {
+                format!("it is not the bootstrap Secret of a Machine bound to host {host:?}")
+            }
         }
-        _ => false,
-    };
-    if allowed {
-        return Ok(());
     }
+}
+
+/// The outcome of [`check`] for a request it does not refuse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow,
+    /// Allowed if the condition [`holds`].
+    AllowIf(Condition),
+}
+
+/// Allows the request, allows it on a condition, or says, in a 403, what
+/// was refused.
+pub fn check(user: &User, t: &Target, method: &Method, watch: bool) -> Result<Decision, ApiError> {
+    if user.is_admin() {
+        return Ok(Decision::Allow);
+    }
+    let decision = match user.host() {
+        Some(host) => host_may(host, t, method),
+        None => tenant_may(user, t, method).then_some(Decision::Allow),
+    };
+    decision.ok_or_else(|| forbidden(user, t, method, watch, None))
+}
+
+/// Whether `cond` holds; `body` gives the request's object (for creates).
+pub async fn holds(
+    api: &Api,
+    cond: &Condition,
+    body: impl FnOnce() -> ApiResult<Value>,
+) -> ApiResult<bool> {
+    let bound_to = |m: &Value, host: &str| m["spec"]["hostName"].as_str() == Some(host);
+    match cond {
+        Condition::CreatesNamed(name) => {
+            Ok(body()?["metadata"]["name"].as_str() == Some(name.as_str()))
+        }
+        Condition::MachineOnHost {
+            host,
+            namespace,
+            name,
+        } => match api.get(machines(), Some(namespace), name).await {
+            Ok(m) => Ok(bound_to(&m, host)),
+            Err(ApiError::NotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        },
+        Condition::BootstrapSecretOf {
+            host,
+            namespace,
+            name,
+        } => {
+            let res = machines();
+            let opts = ListOptions {
+                fields: FieldSelector::parse(&format!("spec.hostName={host}"), res.field_labels)
+                    .map_err(ApiError::Internal)?,
+                ..ListOptions::default()
+            };
+            let page = api.list(res, Some(namespace), &opts).await?;
+            Ok(page.items.iter().any(|m| {
+                bound_to(m, host) && m["spec"]["bootstrapSecret"].as_str() == Some(name.as_str())
+            }))
+        }
+    }
+}
+
+/// Refuses the request in a 403 naming user, verb, object and, for a
+/// condition that did not hold, why.
+pub fn forbidden(
+    user: &User,
+    t: &Target,
+    method: &Method,
+    watch: bool,
+    unmet: Option<&Condition>,
+) -> ApiError {
+    let plural = t.res.plural;
     let v = verb(method, t.name.is_some(), watch);
     let sub = if t.status { "/status" } else { "" };
     let what = match &t.name {
@@ -88,8 +205,118 @@ pub fn check(user: &User, t: &Target, method: &Method, watch: bool) -> Result<()
         (true, None) => " across all organizations".to_owned(),
         _ => " (cluster-wide)".to_owned(),
     };
-    Err(ApiError::Forbidden(format!(
-        "user {:?} cannot {v} {what}{where_}",
+    let why = unmet
+        .map(|c| format!(": {}", c.unmet()))
+        .unwrap_or_default();
+    ApiError::Forbidden(format!(
+        "user {:?} cannot {v} {what}{where_}{why}",
         user.name
-    )))
+    ))
+}
+
+fn machines() -> &'static crate::resources::Resource {
+    crate::resources::find(paddock_api::GROUP, paddock_api::VERSION, "machines")
+        .expect("machines are a served resource")
+}
+
+/// What a tenant may do: see the module's documentation.
+fn tenant_may(user: &User, t: &Target, method: &Method) -> bool {
+    let plural = t.res.plural;
+    let read = *method == Method::GET;
+    let in_org = || match (t.res.group, plural) {
+        _ if t.call.is_some() => true,
+        (paddock_api::GROUP, "clusters") => read || !t.status,
+        (paddock_api::GROUP, "machines") | ("", "events") | ("events.k8s.io", "events") => read,
+        _ => false,
+    };
+    match (t.res.namespaced, t.namespace.as_deref()) {
+        (true, Some(ns)) => user.in_org(ns) && in_org(),
+        // The Namespace object of one's own organization, read only.
+        (false, _) if plural == "namespaces" && *method == Method::GET => {
+            t.name.as_deref().is_some_and(|ns| user.in_org(ns))
+        }
+        _ => false,
+    }
+}
+
+/// What host `host`'s agent may do: see the module's documentation.
+fn host_may(host: &str, t: &Target, method: &Method) -> Option<Decision> {
+    if t.call.is_some() {
+        return None;
+    }
+    let read = *method == Method::GET;
+    let write = matches!(*method, Method::PUT | Method::PATCH);
+    let name = t.name.as_deref();
+    let ns = t.namespace.as_deref();
+    let allow = Some(Decision::Allow);
+    match (t.res.group, t.res.plural) {
+        (paddock_api::GROUP, "hosts" | "machines" | "clusters" | "machineimages") if read => allow,
+        (paddock_api::GROUP, "hosts") if *method == Method::POST && name.is_none() => {
+            Some(Decision::AllowIf(Condition::CreatesNamed(host.to_owned())))
+        }
+        (paddock_api::GROUP, "hosts") if write && t.status && name == Some(host) => allow,
+        (paddock_api::GROUP, "machines") if write && t.status => {
+            Some(Decision::AllowIf(Condition::MachineOnHost {
+                host: host.to_owned(),
+                namespace: ns?.to_owned(),
+                name: name?.to_owned(),
+            }))
+        }
+        ("coordination.k8s.io", "leases") if ns == Some(paddock_api::host::SYSTEM_NAMESPACE) => {
+            let lease = paddock_api::host::lease_name(host);
+            match name {
+                Some(n) if n == lease && (read || write) => allow,
+                None if *method == Method::POST => {
+                    Some(Decision::AllowIf(Condition::CreatesNamed(lease)))
+                }
+                _ => None,
+            }
+        }
+        ("", "secrets") if read && !t.status => {
+            Some(Decision::AllowIf(Condition::BootstrapSecretOf {
+                host: host.to_owned(),
+                namespace: ns?.to_owned(),
+                name: name?.to_owned(),
+            }))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str, groups: &[&str]) -> User {
+        User {
+            name: name.to_owned(),
+            groups: groups.iter().map(|g| (*g).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn a_host_credential_needs_both_the_group_and_the_name() {
+        assert_eq!(user("host:h1", &[HOSTS_GROUP]).host(), Some("h1"));
+        assert_eq!(user("host:h1", &["org:acme"]).host(), None);
+        assert_eq!(user("h1", &[HOSTS_GROUP]).host(), None);
+        assert_eq!(user("host:", &[HOSTS_GROUP]).host(), None);
+    }
+
+    #[test]
+    fn a_host_may_not_call_machine_subresources() {
+        let t = crate::route::parse("/apis/paddock.io/v1alpha1/namespaces/acme/machines/m1/exec")
+            .expect("route");
+        let h1 = user("host:h1", &[HOSTS_GROUP]);
+        assert!(check(&h1, &t, &Method::POST, false).is_err());
+        let t = crate::route::parse("/apis/paddock.io/v1alpha1/namespaces/acme/machines/m1/status")
+            .expect("route");
+        assert_eq!(
+            check(&h1, &t, &Method::PATCH, false).expect("conditional"),
+            Decision::AllowIf(Condition::MachineOnHost {
+                host: "h1".into(),
+                namespace: "acme".into(),
+                name: "m1".into()
+            })
+        );
+    }
 }

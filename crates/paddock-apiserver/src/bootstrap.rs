@@ -216,6 +216,17 @@ pub fn add_user(root: &Path, user: &str, groups: &[String]) -> Result<String, Bo
     Ok(kubeconfig(&url, &ca, "paddock", user, &token))
 }
 
+/// Adds the credential of host `host`'s agent (user `host:<host>`, group
+/// `paddock:hosts`: it may act only for that host, see [`crate::authz`])
+/// and returns a kubeconfig for it.
+pub fn add_host(root: &Path, host: &str) -> Result<String, BootstrapError> {
+    add_user(
+        root,
+        &crate::authz::host_user(host),
+        &[crate::authz::HOSTS_GROUP.to_owned()],
+    )
+}
+
 /// Creates `default` and `paddock-system` if they are missing.
 pub async fn ensure_system_namespaces(api: &Api) {
     let Some(ns) = resources::find("", "v1", "namespaces") else {

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use crate::AppState;
 use crate::api::{Api, DeleteOptions, Deleted, ListOptions, Part, PatchKind, WriteOptions, decode};
 use crate::auth::User;
+use crate::authz::{self, Decision};
 use crate::error::{ApiError, ApiResult};
 use crate::resources::Resource;
 use crate::route::{self, Call, Target};
@@ -148,7 +149,18 @@ async fn serve(
     let p: Params = Query::try_from_uri(uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
-    crate::authz::check(user, &target, method, truthy(&p.watch))?;
+    let watching = truthy(&p.watch);
+    if let Decision::AllowIf(cond) = authz::check(user, &target, method, watching)?
+        && !authz::holds(api, &cond, || body_json(headers, body)).await?
+    {
+        return Err(authz::forbidden(
+            user,
+            &target,
+            method,
+            watching,
+            Some(&cond),
+        ));
+    }
     let Target {
         res,
         namespace,

@@ -29,14 +29,14 @@ fn lease_fresh(l: Option<&Lease>, now: Timestamp) -> bool {
 
 pub async fn pass(client: &kube::Client, cfg: &Config) -> anyhow::Result<()> {
     let hosts: Api<Host> = Api::all(client.clone());
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "paddock-system");
+    let leases: Api<Lease> = Api::namespaced(client.clone(), paddock_api::host::SYSTEM_NAMESPACE);
     let leases = leases.list(&ListParams::default()).await?.items;
     let now = Timestamp::now();
     for h in hosts.list(&ListParams::default()).await?.items {
         let name = h.name_any();
         let lease = leases
             .iter()
-            .find(|l| l.metadata.name.as_deref() == Some(&format!("host-{name}")));
+            .find(|l| l.metadata.name.as_deref() == Some(&paddock_api::host::lease_name(&name)));
         let fresh = lease_fresh(lease, now);
         let st = h.status.clone().unwrap_or_default();
         let ready_cond = st.conditions.iter().find(|c| c.type_ == "Ready");

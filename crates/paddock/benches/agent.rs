@@ -38,7 +38,7 @@ async fn main() {
     let client = s.client.clone();
     lab::cluster_with_overlay(&client, "bench", "c", 3001, "10.101.0.0/24", "10.101.0.1").await;
     let (k, i) = (image.join("vmlinuz"), image.join("initrd.img"));
-    lab.start_agent(0, &s.kubeconfig(), &socket, &image);
+    lab.start_agent(0, &s, &socket, &image);
     let hosts: Api<paddock_api::Host> = Api::all(client.clone());
     common::eventually(60, "host registered", || async {
         hosts.get_opt("host-1").await.ok().flatten().map(drop)

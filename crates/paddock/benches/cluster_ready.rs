@@ -65,7 +65,7 @@ async fn main() {
     let s = s.with_controllers(paddock_controllers::Config::default());
     lab.agent_args = vec!["--heartbeat-seconds".into(), "2".into()];
     for h in 0..3 {
-        lab.start_agent(h, &s.kubeconfig(), &socket, &image);
+        lab.start_agent(h, &s, &socket, &image);
     }
     let hosts: Api<paddock_api::Host> = Api::all(s.client.clone());
     common::eventually(60, "hosts", || async {

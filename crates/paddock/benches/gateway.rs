@@ -106,7 +106,7 @@ async fn main() {
     s.kubectl_ok(&["create", "namespace", "acme"]);
     lab::create_dev_image(&s.client, &image).await;
     for h in 0..2 {
-        lab.start_agent(h, &s.kubeconfig(), &socket, &image);
+        lab.start_agent(h, &s, &socket, &image);
     }
     s.apply(
         "apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata: {name: demo, namespace: acme}\nspec:\n  controlPlane: {replicas: 1, memory: 512Mi, disk: 2Gi}\n  nodePools:\n  - {name: default, replicas: 1, cpu: 1, memory: 256Mi, disk: 2Gi}\n",

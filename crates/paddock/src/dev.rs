@@ -171,6 +171,14 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
                  ip -n {ns} link set pdh{n} name eth0 && ip -n {ns} addr add {ip}/24 dev eth0 && ip -n {ns} link set eth0 up"
             ))?;
         }
+        // Each agent holds a credential for its own host only.
+        let host_kubeconfig = d.join(format!("host-{n}.kubeconfig"));
+        if !host_kubeconfig.exists() {
+            let kc =
+                paddock_apiserver::bootstrap::add_host(&d.join("server"), &format!("host-{n}"))
+                    .context("issuing the host's credential")?;
+            paddock_apiserver::bootstrap::write_private(&host_kubeconfig, kc.as_bytes())?;
+        }
         let pidfile = d.join(format!("agent-{n}.pid"));
         if !alive(&pidfile) {
             let args: Vec<String> = [
@@ -183,7 +191,7 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
                 "--api-socket",
                 &socket.display().to_string(),
                 "--kubeconfig",
-                &kubeconfig.display().to_string(),
+                &host_kubeconfig.display().to_string(),
                 "--name",
                 &format!("host-{n}"),
                 "--underlay-ip",

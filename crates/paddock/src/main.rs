@@ -36,6 +36,10 @@ enum Command {
     /// Add a user to a server's data directory (a running server picks it
     /// up) and print a kubeconfig for them.
     AddUser(AddUserArgs),
+    /// Add the credential of a host's agent to a server's data directory and
+    /// print its kubeconfig: it may act only for that host (its Host, Lease,
+    /// Machines' status and their bootstrap Secrets).
+    AddHost(AddHostArgs),
     #[command(flatten)]
     User(paddock_cli::Command),
 }
@@ -153,6 +157,18 @@ struct ServerArgs {
 }
 
 #[derive(clap::Args)]
+struct AddHostArgs {
+    /// The host's name, as its agent's `--name`.
+    name: String,
+    /// Write the kubeconfig here (mode 0600) instead of printing it.
+    #[arg(long)]
+    output_file: Option<PathBuf>,
+    /// The server's data directory.
+    #[arg(long, env = "PADDOCK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 struct AddUserArgs {
     /// The user's name (their identity in the API and the CN of the
     /// cluster certificates they are issued).
@@ -224,6 +240,22 @@ fn init_tracing() {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
+}
+
+fn add_host(a: AddHostArgs) -> anyhow::Result<()> {
+    let mut errs = Vec::new();
+    paddock_api::validation::check_dns_label("name", &a.name, 63, &mut errs);
+    if let Some(e) = errs.first() {
+        anyhow::bail!("invalid host {e}");
+    }
+    let dir = a.data_dir.unwrap_or_else(paddock_cli::default_data_dir);
+    let kc = paddock_apiserver::bootstrap::add_host(&dir, &a.name)?;
+    match a.output_file {
+        Some(path) => paddock_apiserver::bootstrap::write_private(&path, kc.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{kc}"),
+    }
+    Ok(())
 }
 
 async fn admin_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
@@ -478,6 +510,13 @@ async fn main() -> ExitCode {
                 }
             }
         }
+        Command::AddHost(a) => match add_host(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::User(cmd) => paddock_cli::run(cmd, cli.global).await,
     }
 }

@@ -118,7 +118,7 @@ async fn overlays_isolation_adoption_and_cleanup() {
             .expect("machine");
     }
     for h in 0..3 {
-        lab.start_agent(h, &s.kubeconfig(), &socket, &image);
+        lab.start_agent(h, &s, &socket, &image);
     }
     for vm in &VMS {
         eventually(240, &format!("{} GuestReady", vm.name), || async {
@@ -238,7 +238,7 @@ async fn overlays_isolation_adoption_and_cleanup() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (ok, out) = exec(&s, "red-2", "ping -c 1 -W 3 10.100.1.11");
     assert!(ok, "red-1 keeps running without its agent: {out}");
-    lab.start_agent(0, &s.kubeconfig(), &socket, &image);
+    lab.start_agent(0, &s, &socket, &image);
     tokio::time::sleep(Duration::from_secs(8)).await;
     let after: Vec<Option<u32>> = uids.iter().map(|(h, u)| pid_of(&lab, *h, u)).collect();
     assert_eq!(
@@ -342,7 +342,7 @@ async fn disk_image_boot_keeps_its_overlay() {
         .create(&PostParams::default(), &Machine::new("disk-1", spec))
         .await
         .expect("machine");
-    lab.start_agent(0, &s.kubeconfig(), &socket, &image);
+    lab.start_agent(0, &s, &socket, &image);
     let vmdir = lab.hosts[0].state.join("vms").join(m.uid().expect("uid"));
     eventually(60, "the boot sector to print", || async {
         std::fs::read_to_string(vmdir.join("console.log"))

@@ -53,7 +53,7 @@ async fn start_agents(
 ) {
     lab.agent_args = vec!["--heartbeat-seconds".into(), "1".into()];
     for h in 0..lab.hosts.len() {
-        lab.start_agent(h, &s.kubeconfig(), socket, image);
+        lab.start_agent(h, s, socket, image);
     }
     let hosts: Api<paddock_api::Host> = Api::all(s.client.clone());
     let n = lab.hosts.len();

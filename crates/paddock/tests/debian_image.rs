@@ -62,7 +62,7 @@ async fn debian_cloud_init_applies_paddocks_bootstrap_data() {
     )
     .await;
     lab.agent_args = vec!["--heartbeat-seconds".into(), "1".into()];
-    lab.start_agent(0, &s.kubeconfig(), &socket, &dev);
+    lab.start_agent(0, &s, &socket, &dev);
     s.apply(
         r#"
 apiVersion: paddock.io/v1alpha1

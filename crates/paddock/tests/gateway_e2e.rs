@@ -138,7 +138,7 @@ async fn gateway_routes_by_name_keeps_clusters_apart_and_balances_ingress() {
     lab::create_dev_image(&s.client, &image).await;
     lab.agent_args = vec!["--heartbeat-seconds".into(), "1".into()];
     for h in 0..3 {
-        lab.start_agent(h, &s.kubeconfig(), &socket, &image);
+        lab.start_agent(h, &s, &socket, &image);
     }
     for (name, workers) in [("demo", 2), ("other", 1)] {
         s.apply(&format!(

@@ -132,8 +132,16 @@ impl Lab {
         format!("pdt{}-gw", self.id)
     }
 
-    /// Starts (or restarts) the agent of host `i` (0-based).
-    pub fn start_agent(&mut self, i: usize, kubeconfig: &Path, api_socket: &Path, image: &Path) {
+    /// Starts (or restarts) the agent of host `i` (0-based), with a
+    /// credential of that host's own (`paddock add-host`), as in production.
+    pub fn start_agent(
+        &mut self,
+        i: usize,
+        server: &super::TestServer,
+        api_socket: &Path,
+        image: &Path,
+    ) {
+        let kubeconfig = server.host_kubeconfig(&self.hosts[i].name);
         let h = &mut self.hosts[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -149,7 +157,7 @@ impl Lab {
                 "agent",
             ])
             .arg("--kubeconfig")
-            .arg(kubeconfig)
+            .arg(&kubeconfig)
             .arg("--api-socket")
             .arg(api_socket)
             .args([

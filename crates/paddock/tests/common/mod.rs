@@ -57,6 +57,23 @@ impl TestServer {
             .admin_kubeconfig()
     }
 
+    /// The kubeconfig of host `host`'s agent (`paddock add-host`), issued
+    /// on first use.
+    pub fn host_kubeconfig(&self, host: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("host-{host}.kubeconfig"));
+        if !path.exists() {
+            let out = Command::new(env!("CARGO_BIN_EXE_paddock"))
+                .args(["add-host", host, "--output-file"])
+                .arg(&path)
+                .arg("--data-dir")
+                .arg(self.data_dir())
+                .output()
+                .expect("paddock add-host runs");
+            assert!(out.status.success(), "paddock add-host: {}", stderr(&out));
+        }
+        path
+    }
+
     pub fn url(&self) -> String {
         self.running.as_ref().expect("running").data.url.clone()
     }

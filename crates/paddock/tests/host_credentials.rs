@@ -1,0 +1,313 @@
+//! A host agent's credential (`paddock add-host`) acts for its own host
+//! only. With the real `kubectl`, host h1 reads what it needs to run VMs,
+//! registers itself and renews its own Lease, writes the status of its own
+//! Machines and reads their bootstrap Secrets — and every attempt to cross
+//! to another host's Machines, Secrets, Host or Lease, to a cluster's CA, or
+//! to a tenant's rights is a 403 that names the user and the reason.
+//! (The end-to-end tests run every lab agent on such a credential, so what
+//! an agent needs is proven allowed there.)
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{TestServer, kubectl_with, stderr, stdout};
+
+const MACHINES: &str = r#"
+apiVersion: paddock.io/v1alpha1
+kind: Machine
+metadata: {name: m1, namespace: acme}
+spec: {clusterName: demo, role: worker, cpu: 1, memory: 256Mi, disk: 1Gi, hostName: h1, bootstrapSecret: m1-bootstrap}
+---
+apiVersion: paddock.io/v1alpha1
+kind: Machine
+metadata: {name: m2, namespace: acme}
+spec: {clusterName: demo, role: worker, cpu: 1, memory: 256Mi, disk: 1Gi, hostName: h2, bootstrapSecret: m2-bootstrap}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: m1-bootstrap, namespace: acme}
+stringData: {user-data: "for m1"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: m2-bootstrap, namespace: acme}
+stringData: {user-data: "for m2"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: demo-pki, namespace: acme}
+stringData: {ca.key: "the cluster CA's key"}
+---
+apiVersion: paddock.io/v1alpha1
+kind: Host
+metadata: {name: h2}
+spec: {}
+"#;
+
+fn lease(name: &str) -> String {
+    format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {name}, namespace: paddock-system}}\nspec: {{holderIdentity: {name}, leaseDurationSeconds: 10}}\n"
+    )
+}
+
+fn host(name: &str) -> String {
+    format!("apiVersion: paddock.io/v1alpha1\nkind: Host\nmetadata: {{name: {name}}}\nspec: {{}}\n")
+}
+
+fn allowed(kc: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let o = kubectl_with(kc, args, stdin);
+    assert!(o.status.success(), "kubectl {args:?}: {}", stderr(&o));
+    stdout(&o)
+}
+
+/// Refused with a 403 whose message contains `why`.
+fn refused(kc: &Path, args: &[&str], stdin: Option<&str>, why: &str) {
+    let o: Output = kubectl_with(kc, args, stdin);
+    let err = stderr(&o);
+    assert!(!o.status.success(), "kubectl {args:?} was allowed");
+    assert!(
+        err.contains("Forbidden") || err.contains("forbidden"),
+        "kubectl {args:?}: not a 403: {err}"
+    );
+    assert!(err.contains(why), "kubectl {args:?}: {why:?} not in {err}");
+}
+
+fn add_host(s: &TestServer, name: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["add-host", name, "--data-dir"])
+        .arg(s.data_dir())
+        .output()
+        .expect("paddock add-host runs")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_credential_acts_for_its_own_host_only() {
+    let s = TestServer::start().await;
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    s.apply(MACHINES);
+    let h1 = s.host_kubeconfig("h1");
+
+    // What an agent needs: the fleet's Hosts, Machines, Clusters and images.
+    let all = allowed(&h1, &["get", "machines", "-A", "-o", "name"], None);
+    assert!(all.contains("m1") && all.contains("m2"), "{all}");
+    for args in [
+        &["get", "hosts"][..],
+        &["get", "clusters", "-A"],
+        &["get", "machineimages"],
+    ] {
+        allowed(&h1, args, None);
+    }
+
+    // Its own bootstrap Secret, and no other Secret.
+    let data = allowed(
+        &h1,
+        &[
+            "-n",
+            "acme",
+            "get",
+            "secret",
+            "m1-bootstrap",
+            "-o",
+            "jsonpath={.data.user-data}",
+        ],
+        None,
+    );
+    assert_eq!(common::b64(&data), b"for m1");
+    let not_bootstrap = r#"not the bootstrap Secret of a Machine bound to host "h1""#;
+    refused(
+        &h1,
+        &["-n", "acme", "get", "secret", "m2-bootstrap"],
+        None,
+        not_bootstrap,
+    );
+    refused(
+        &h1,
+        &["-n", "acme", "get", "secret", "demo-pki"],
+        None,
+        not_bootstrap,
+    );
+    refused(&h1, &["-n", "acme", "get", "secrets"], None, "host:h1");
+    refused(&h1, &["get", "secrets", "-A"], None, "host:h1");
+
+    // Status of its own Machines; nothing else of any Machine.
+    let status = |m: &str| {
+        [
+            "-n",
+            "acme",
+            "patch",
+            "machine",
+            m,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Running"}}"#,
+        ]
+        .map(str::to_owned)
+    };
+    let args = status("m1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    allowed(&h1, &args, None);
+    let args = status("m2");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    refused(&h1, &args, None, r#"the Machine is not bound to host "h1""#);
+    let phase = s.kubectl_ok(&[
+        "-n",
+        "acme",
+        "get",
+        "machine",
+        "m2",
+        "-o",
+        "jsonpath={.status.phase}",
+    ]);
+    assert_eq!(phase.trim(), "", "m2's status was not written");
+    refused(
+        &h1,
+        &[
+            "-n",
+            "acme",
+            "patch",
+            "machine",
+            "m1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"hostName":"h2"}}"#,
+        ],
+        None,
+        "host:h1",
+    );
+    refused(
+        &h1,
+        &["-n", "acme", "delete", "machine", "m1"],
+        None,
+        "host:h1",
+    );
+
+    // Registers its own Host and writes its status; not another's, and not
+    // its own spec (cordoning is the operator's).
+    refused(
+        &h1,
+        &["create", "-f", "-"],
+        Some(&host("h3")),
+        r#"a host may only create "h1""#,
+    );
+    allowed(&h1, &["create", "-f", "-"], Some(&host("h1")));
+    allowed(
+        &h1,
+        &[
+            "patch",
+            "host",
+            "h1",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Ready"}}"#,
+        ],
+        None,
+    );
+    refused(
+        &h1,
+        &[
+            "patch",
+            "host",
+            "h2",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Ready"}}"#,
+        ],
+        None,
+        "host:h1",
+    );
+    refused(
+        &h1,
+        &[
+            "patch",
+            "host",
+            "h1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"unschedulable":false}}"#,
+        ],
+        None,
+        "host:h1",
+    );
+    refused(&h1, &["delete", "host", "h2"], None, "host:h1");
+
+    // Its own Lease, not another host's.
+    allowed(&h1, &["create", "-f", "-"], Some(&lease("host-h1")));
+    allowed(
+        &h1,
+        &["-n", "paddock-system", "get", "lease", "host-h1"],
+        None,
+    );
+    refused(
+        &h1,
+        &["create", "-f", "-"],
+        Some(&lease("host-h2")),
+        r#"a host may only create "host-h1""#,
+    );
+    refused(
+        &h1,
+        &["-n", "paddock-system", "get", "lease", "overlay-4096"],
+        None,
+        "host:h1",
+    );
+
+    // No tenant rights: clusters, kubeconfigs, exec.
+    refused(
+        &h1,
+        &["-n", "acme", "apply", "-f", "-"],
+        Some("apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata: {name: mine}\nspec: {}\n"),
+        "host:h1",
+    );
+    refused(
+        &h1,
+        &[
+            "create",
+            "--raw",
+            "/apis/paddock.io/v1alpha1/namespaces/acme/clusters/demo/kubeconfig",
+            "-f",
+            "-",
+        ],
+        Some("{}"),
+        "host:h1",
+    );
+    refused(
+        &h1,
+        &[
+            "create",
+            "--raw",
+            "/apis/paddock.io/v1alpha1/namespaces/acme/machines/m1/exec",
+            "-f",
+            "-",
+        ],
+        Some(r#"{"command":["true"]}"#),
+        "host:h1",
+    );
+
+    // The name alone grants nothing: a tenant called "host:h2" is a tenant.
+    let fake = s.dir.path().join("fake.kubeconfig");
+    std::fs::write(
+        &fake,
+        paddock_apiserver::bootstrap::add_user(&s.data_dir(), "host:h2", &["org:acme".into()])
+            .expect("add user"),
+    )
+    .expect("write kubeconfig");
+    refused(
+        &fake,
+        &["-n", "acme", "get", "secret", "m2-bootstrap"],
+        None,
+        "host:h2",
+    );
+
+    // Issuing: a bad name is refused naming the field; a second credential
+    // for the same host is refused.
+    let o = add_host(&s, "Bad_Name");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("invalid host name"), "{}", stderr(&o));
+    let o = add_host(&s, "h1");
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+}
