@@ -162,12 +162,31 @@ pub async fn dial(netns: &Path, pool: &Pool, health: &Health) -> io::Result<TcpS
     Err(last)
 }
 
+/// TCP keepalive on spliced connections: a peer that vanished without a
+/// word (a VM on a host that died, a client whose network went) is found
+/// after [`KEEPALIVE_IDLE`] plus three unanswered probes, and its
+/// connection closed. Idle but live connections, such as `kubectl get
+/// --watch`, are kept: an idle timeout would cut them.
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
+
+/// Sets what a spliced connection needs: no Nagle delay (against delayed
+/// ACKs it costs a TLS handshake 40 ms per round trip) and keepalive.
+pub fn tune(s: &TcpStream) -> io::Result<()> {
+    s.set_nodelay(true)?;
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(KEEPALIVE_IDLE)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    socket2::SockRef::from(s).set_tcp_keepalive(&ka)
+}
+
 /// Copies both ways until either side closes; `first` is sent ahead.
 pub async fn splice(mut client: TcpStream, mut upstream: TcpStream, first: &[u8]) {
-    // A proxy must not hold small writes back (Nagle against delayed ACKs
-    // costs a TLS handshake 40 ms per round trip).
-    let _ = client.set_nodelay(true);
-    let _ = upstream.set_nodelay(true);
+    for s in [&client, &upstream] {
+        if let Err(e) = tune(s) {
+            tracing::debug!(error = %e, "cannot tune a spliced connection");
+        }
+    }
     if !first.is_empty() && upstream.write_all(first).await.is_err() {
         return;
     }
@@ -211,5 +230,29 @@ pub async fn serve_pool(
                 _ = ended(alive) => {}
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn spliced_connections_get_keepalive_and_no_delay() {
+        let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = l.local_addr().expect("addr");
+        let (c, accepted) = tokio::join!(TcpStream::connect(addr), l.accept());
+        let (c, (a, _)) = (c.expect("connect"), accepted.expect("accept"));
+        for s in [&c, &a] {
+            tune(s).expect("tune");
+            let r = socket2::SockRef::from(s);
+            assert!(r.keepalive().expect("SO_KEEPALIVE"));
+            assert_eq!(
+                r.tcp_keepalive_time().expect("TCP_KEEPIDLE"),
+                KEEPALIVE_IDLE
+            );
+            assert_eq!(r.tcp_keepalive_retries().expect("TCP_KEEPCNT"), 3);
+            assert!(s.nodelay().expect("TCP_NODELAY"));
+        }
     }
 }
