@@ -232,6 +232,17 @@ pub fn overlay_mac(vni: u32, idx: u32) -> String {
     )
 }
 
+/// Milestones of a cluster's first start.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterInitialization {
+    /// Set once, by the gateway, when a control-plane VM first answers on
+    /// the API port: from then on the cluster's state lives in its etcd, and
+    /// a lost init Machine's replacement joins instead of initializing anew.
+    #[serde(default)]
+    pub control_plane_initialized: bool,
+}
+
 /// The ports on the management plane that forward to the workers' ingress.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -276,6 +287,8 @@ pub struct ClusterStatus {
     pub api_endpoint: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialization: Option<ClusterInitialization>,
     #[serde(default)]
     pub control_plane_ready: u32,
     #[serde(default)]

@@ -8,7 +8,10 @@ pub mod machine;
 pub mod quantity;
 pub mod validation;
 
-pub use cluster::{Cluster, ClusterPhase, ClusterSpec, ClusterStatus, ControlPlaneSpec, NodePool};
+pub use cluster::{
+    Cluster, ClusterInitialization, ClusterPhase, ClusterSpec, ClusterStatus, ControlPlaneSpec,
+    NodePool,
+};
 pub use host::{Host, HostPhase, HostSpec, HostStatus};
 pub use image::{MachineImage, MachineImageSpec};
 pub use machine::{Machine, MachinePhase, MachineRole, MachineSpec, MachineStatus};

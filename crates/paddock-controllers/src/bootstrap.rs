@@ -3,10 +3,18 @@
 //! Machine's `<machine>-bootstrap` Secret (owned by the Machine, so it goes
 //! with it).
 //!
-//! Exactly one Machine of a cluster ever runs `kubeadm init`: the PKI
+//! Exactly one Machine of a cluster runs `kubeadm init` at a time: the PKI
 //! Secret's annotation [`INIT_MACHINE`] names it, set (conditionally on the
-//! Secret's resourceVersion) before its bootstrap data is written. A
-//! replacement control-plane Machine therefore joins, never re-initializes.
+//! Secret's resourceVersion) before its bootstrap data is written. Once the
+//! control plane has initialized (`status.initialization`, set by the
+//! gateway when a control-plane VM first answers on the API port) a
+//! replacement control-plane Machine joins, never re-initializes. If the
+//! init Machine is gone before that — its host died during `kubeadm init` —
+//! and no other control plane was given join data, a control-plane Machine
+//! that has no bootstrap data yet (its replacement) is named instead, so the
+//! cluster is not left waiting for a node that will never come; the switch
+//! is recorded as an Event. If other control planes already wait to join,
+//! a second init would split etcd: a Warning Event tells the operator.
 
 use std::collections::BTreeMap;
 
@@ -162,15 +170,47 @@ pub async fn ensure_bootstrap(
     let pki_secret = ensure_pki(client, c).await?;
     let pki = ClusterPki::from_data(&decoded(&pki_secret))?;
 
-    // Which Machine initializes the cluster: named once, kept forever.
+    // Which Machine initializes the cluster: named once, and named again
+    // only if it is gone before the control plane initialized.
     let mut init = pki_secret.annotations().get(INIT_MACHINE).cloned();
-    if init.is_none() {
-        let mut cps: Vec<&Machine> = machines
+    let live = |name: &str| {
+        machines
             .iter()
-            .filter(|m| {
-                m.spec.role == MachineRole::ControlPlane && m.metadata.deletion_timestamp.is_none()
-            })
-            .collect();
+            .any(|m| m.name_any() == name && m.metadata.deletion_timestamp.is_none())
+    };
+    let lost = init
+        .as_deref()
+        .filter(|name| !initialized(c) && !live(name))
+        .map(str::to_owned);
+    // Control planes that were given join data wait for the lost one; a new
+    // init beside them would start a second etcd. They are left to the
+    // operator (deleting them makes replacements that may initialize).
+    let joined: Vec<String> = machines
+        .iter()
+        .filter(|m| m.spec.role == MachineRole::ControlPlane)
+        .filter(|m| !missing.iter().any(|x| x.name_any() == m.name_any()))
+        .map(|m| m.name_any())
+        .collect();
+    if let Some(gone) = lost.as_deref().filter(|_| !joined.is_empty()) {
+        let why = format!(
+            "init Machine {gone} is gone before the control plane initialized, and control planes {} wait to join it; delete them to initialize the cluster anew",
+            joined.join(", ")
+        );
+        tracing::warn!(cluster = %cluster, org = %ns, "{why}");
+        crate::events::record(client, c, true, "InitMachineLost", why).await;
+    }
+    let lost = lost.filter(|_| joined.is_empty());
+    if init.is_none() || lost.is_some() {
+        // A first pick may be any control plane; a new one must be a Machine
+        // that has not been given join data.
+        let mut cps: Vec<&Machine> = if lost.is_some() {
+            missing.clone()
+        } else {
+            machines.iter().collect()
+        };
+        cps.retain(|m| {
+            m.spec.role == MachineRole::ControlPlane && m.metadata.deletion_timestamp.is_none()
+        });
         cps.sort_by_key(|m| {
             (
                 m.metadata.creation_timestamp.clone().map(|t| t.0),
@@ -188,6 +228,14 @@ pub async fn ensure_bootstrap(
                 &Patch::Merge(&patch),
             )
             .await?;
+            if let Some(gone) = &lost {
+                let why = format!(
+                    "init Machine {gone} is gone before the control plane initialized; {} initializes the cluster instead",
+                    first.name_any()
+                );
+                tracing::warn!(cluster = %cluster, org = %ns, "{why}");
+                crate::events::record(client, c, true, "InitMachineReplaced", why).await;
+            }
             init = Some(first.name_any());
         }
     }
@@ -247,6 +295,14 @@ pub async fn ensure_bootstrap(
         }
     }
     Ok(made)
+}
+
+/// Whether the cluster's control plane has initialized (its API answered).
+fn initialized(c: &Cluster) -> bool {
+    c.status
+        .as_ref()
+        .and_then(|s| s.initialization.as_ref())
+        .is_some_and(|i| i.control_plane_initialized)
 }
 
 /// The cluster's name at the gateway: `<cluster>.<org>.<base-domain>`.

@@ -518,6 +518,8 @@ async fn set_status(
                 backends: old.map(|o| o.backends).unwrap_or_default(),
             }
         }),
+        // The gateway owns it; omitted from the merge patch, it is kept.
+        initialization: None,
         control_plane_ready: live
             .iter()
             .filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m))

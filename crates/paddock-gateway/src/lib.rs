@@ -266,6 +266,26 @@ async fn pass(
             .filter(|m| m.spec.role == MachineRole::Worker)
             .filter_map(|m| Some((*m, ip_of(m)?)))
             .collect();
+        // The first time a control plane answers, the cluster has
+        // initialized: recorded once, for the cluster controller.
+        let initialized = c
+            .status
+            .as_ref()
+            .and_then(|s| s.initialization.as_ref())
+            .is_some_and(|i| i.control_plane_initialized);
+        if !initialized && cps.iter().any(|a| j.health.healthy(a)) {
+            let api: Api<Cluster> = Api::namespaced(client.clone(), &ns);
+            let patch = json!({"status": {"initialization": {"controlPlaneInitialized": true}}});
+            match api
+                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(_) => tracing::info!(cluster = %name, org = %ns, "control plane initialized"),
+                Err(e) => {
+                    tracing::warn!(cluster = %name, error = %e, "cannot write initialization status");
+                }
+            }
+        }
         j.control_plane.set(cps);
         j.http.set(
             workers

@@ -398,3 +398,192 @@ async fn pki_bootstrap_data_and_kubeconfigs_pass_the_real_validators() {
     let o = paddock(&bob, &["cluster", "kubeconfig", "nope", "-n", "other"]);
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
 }
+
+/// The Machine named to run `kubeadm init` (the PKI Secret's annotation).
+fn init_machine(s: &TestServer, cluster: &str) -> Option<String> {
+    let o = s.kubectl(&[
+        "-n",
+        "acme",
+        "get",
+        "secret",
+        &format!("{cluster}-pki"),
+        "-o",
+        r"jsonpath={.metadata.annotations.paddock\.io/init-machine}",
+    ]);
+    Some(stdout(&o).trim().to_owned()).filter(|n| !n.is_empty())
+}
+
+fn control_planes(s: &TestServer, cluster: &str) -> Vec<String> {
+    let o = s.kubectl(&[
+        "-n",
+        "acme",
+        "get",
+        "machines",
+        "-l",
+        &format!("paddock.io/role=control-plane,paddock.io/cluster={cluster}"),
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    stdout(&o).split_whitespace().map(str::to_owned).collect()
+}
+
+/// Bootstrap data (`kubeadm` configuration) of the Machine `name`.
+fn kubeadm_of(s: &TestServer, name: &str) -> Option<String> {
+    let ud = s.secret_data("acme", &format!("{name}-bootstrap"), "user-data")?;
+    let files = write_files(&ud);
+    files
+        .iter()
+        .find(|(p, _)| p.ends_with("kubeadm.yaml"))
+        .map(|(_, c)| c.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_init_machine_is_replaced_until_the_control_plane_initializes() {
+    let s = TestServer::start()
+        .await
+        .with_controllers(paddock_controllers::Config::default());
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    s.apply(common::CLUSTER_YAML);
+    let (first, kubeadm) = eventually(30, "the init machine's bootstrap data", || async {
+        let name = init_machine(&s, "demo")?;
+        let kubeadm = kubeadm_of(&s, &name)?;
+        Some((name, kubeadm))
+    })
+    .await;
+    assert!(kubeadm.contains("kind: InitConfiguration"), "{kubeadm}");
+
+    // Its host dies in the middle of `kubeadm init`: the Machine is gone
+    // and the cluster has not initialized. The replacement initializes.
+    s.kubectl_ok(&["-n", "acme", "delete", "machine", &first]);
+    let second = eventually(30, "a new init machine", || async {
+        init_machine(&s, "demo").filter(|n| *n != first)
+    })
+    .await;
+    assert_eq!(control_planes(&s, "demo"), vec![second.clone()]);
+    let kubeadm = eventually(30, "the replacement's bootstrap data", || async {
+        kubeadm_of(&s, &second)
+    })
+    .await;
+    assert!(
+        kubeadm.contains("kind: InitConfiguration"),
+        "the replacement must initialize: {kubeadm}"
+    );
+    let events = s.kubectl_ok(&[
+        "-n",
+        "acme",
+        "get",
+        "events",
+        "--field-selector",
+        "reason=InitMachineReplaced",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert!(
+        events.contains(&first) && events.contains(&second),
+        "event: {events}"
+    );
+
+    // Once the control plane answered (the gateway records it), a lost init
+    // Machine's replacement joins the running control plane.
+    s.kubectl_ok(&[
+        "-n",
+        "acme",
+        "patch",
+        "cluster",
+        "demo",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"initialization":{"controlPlaneInitialized":true}}}"#,
+    ]);
+    eventually(10, "the controller to see the initialization", || async {
+        let o = s.kubectl(&[
+            "-n",
+            "acme",
+            "get",
+            "cluster",
+            "demo",
+            "-o",
+            "jsonpath={.status.initialization.controlPlaneInitialized}",
+        ]);
+        (stdout(&o).trim() == "true").then_some(())
+    })
+    .await;
+    // The controller reads it from its watch cache, a moment behind the API.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    s.kubectl_ok(&["-n", "acme", "delete", "machine", &second]);
+    let third = eventually(30, "a replacement control plane", || async {
+        control_planes(&s, "demo")
+            .into_iter()
+            .find(|n| *n != second)
+            .filter(|n| kubeadm_of(&s, n).is_some())
+    })
+    .await;
+    let kubeadm = kubeadm_of(&s, &third).expect("kubeadm config");
+    assert!(
+        kubeadm.contains("kind: JoinConfiguration") && !kubeadm.contains("InitConfiguration"),
+        "after initialization the replacement joins: {kubeadm}"
+    );
+    assert_eq!(init_machine(&s, "demo"), Some(second));
+}
+
+/// Three control planes: when the init Machine is lost, the other two
+/// already wait to join it, and a second init would split etcd. The
+/// replacement joins too, and a Warning Event tells the operator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_init_machine_beside_joining_control_planes_is_left_to_the_operator() {
+    let s = TestServer::start()
+        .await
+        .with_controllers(paddock_controllers::Config::default());
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    s.apply(
+        "apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata: {name: tri, namespace: acme}\n\
+         spec: {controlPlane: {replicas: 3, cpu: 1, memory: 1Gi, disk: 10Gi}, nodePools: []}\n",
+    );
+    let first = eventually(30, "three control planes with bootstrap data", || async {
+        let cps = control_planes(&s, "tri");
+        (cps.len() == 3 && cps.iter().all(|n| kubeadm_of(&s, n).is_some()))
+            .then(|| init_machine(&s, "tri"))
+            .flatten()
+    })
+    .await;
+    s.kubectl_ok(&["-n", "acme", "delete", "machine", &first]);
+    eventually(30, "a replacement with bootstrap data", || async {
+        let cps = control_planes(&s, "tri");
+        (cps.len() == 3 && !cps.contains(&first))
+            .then(|| {
+                cps.into_iter().find_map(|n| {
+                    kubeadm_of(&s, &n)
+                        .filter(|k| !k.contains("InitConfiguration"))
+                        .map(|_| n)
+                })
+            })
+            .flatten()
+    })
+    .await;
+    assert!(
+        control_planes(&s, "tri")
+            .iter()
+            .all(|n| kubeadm_of(&s, n).is_some_and(|k| k.contains("kind: JoinConfiguration"))),
+        "no second init"
+    );
+    assert_eq!(init_machine(&s, "tri"), Some(first.clone()));
+    let events = eventually(10, "the InitMachineLost event", || async {
+        let o = s.kubectl(&[
+            "-n",
+            "acme",
+            "get",
+            "events",
+            "--field-selector",
+            "reason=InitMachineLost,type=Warning",
+            "-o",
+            "jsonpath={.items[*].message}",
+        ]);
+        Some(stdout(&o)).filter(|e| !e.is_empty())
+    })
+    .await;
+    assert!(
+        events.contains(&first) && events.contains("delete them"),
+        "{events}"
+    );
+}

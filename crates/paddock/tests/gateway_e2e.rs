@@ -229,6 +229,13 @@ spec:
         .output()
         .unwrap();
     assert_eq!(stdout(&served), stdout(&want), "{}", stderr(&served));
+    // The gateway recorded that demo's control plane has initialized (a lost
+    // init Machine is replaced by a joining one from now on).
+    eventually(10, "demo's status.initialization", || async {
+        let i = clusters.get("demo").await.ok()?.status?.initialization?;
+        i.control_plane_initialized.then_some(())
+    })
+    .await;
 
     // The second cluster's name lands on the second cluster: its CA verifies, demo's does not.
     let o = curl(&[
