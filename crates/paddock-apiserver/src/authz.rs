@@ -13,8 +13,8 @@
 //! A host agent's credential (user `host:<name>`, group `paddock:hosts`)
 //! acts for that one host, as Kubernetes' node authorizer does for kubelets:
 //! it reads Hosts, Machines, Clusters and MachineImages (what it needs to
-//! run VMs and program overlays), registers its own Host and writes its
-//! status, renews its own Lease, writes the status of Machines bound to it,
+//! run VMs and program overlays), registers its own Host (without BMC
+//! settings) and writes its status, renews its own Lease, writes the status of Machines bound to it,
 //! and reads the bootstrap Secret of those Machines — no other Secret, so a
 //! compromised host holds no cluster's CA key and no other host's bootstrap
 //! data. Whether a Machine is bound to the host is read from the store, so
@@ -94,6 +94,10 @@ fn verb(method: &Method, named: bool, watch: bool) -> &'static str {
 pub enum Condition {
     /// A create, allowed if the new object is named `name`.
     CreatesNamed(String),
+    /// A host registering itself: allowed if the new Host is named `name`
+    /// and carries no BMC settings (they name the credentials the platform
+    /// will send to that BMC address).
+    RegistersHost(String),
     /// Allowed if Machine `namespace/name` is bound to `host`.
     MachineOnHost {
         host: String,
@@ -114,6 +118,9 @@ impl Condition {
     fn unmet(&self) -> String {
         match self {
             Condition::CreatesNamed(name) => format!("a host may only create {name:?}"),
+            Condition::RegistersHost(name) => {
+                format!("a host may only register itself, as {name:?}, without BMC settings")
+            }
             Condition::MachineOnHost { host, .. } => {
                 format!("the Machine is not bound to host {host:?}")
             }
@@ -155,6 +162,10 @@ pub async fn holds(
     match cond {
         Condition::CreatesNamed(name) => {
             Ok(body()?["metadata"]["name"].as_str() == Some(name.as_str()))
+        }
+        Condition::RegistersHost(name) => {
+            let b = body()?;
+            Ok(b["metadata"]["name"].as_str() == Some(name.as_str()) && b["spec"]["bmc"].is_null())
         }
         Condition::MachineOnHost {
             host,
@@ -252,7 +263,7 @@ fn host_may(host: &str, t: &Target, method: &Method) -> Option<Decision> {
     match (t.res.group, t.res.plural) {
         (paddock_api::GROUP, "hosts" | "machines" | "clusters" | "machineimages") if read => allow,
         (paddock_api::GROUP, "hosts") if *method == Method::POST && name.is_none() => {
-            Some(Decision::AllowIf(Condition::CreatesNamed(host.to_owned())))
+            Some(Decision::AllowIf(Condition::RegistersHost(host.to_owned())))
         }
         (paddock_api::GROUP, "hosts") if write && t.status && name == Some(host) => allow,
         (paddock_api::GROUP, "machines") if write && t.status => {

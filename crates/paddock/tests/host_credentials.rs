@@ -190,7 +190,18 @@ async fn a_host_credential_acts_for_its_own_host_only() {
         &h1,
         &["create", "-f", "-"],
         Some(&host("h3")),
-        r#"a host may only create "h1""#,
+        r#"a host may only register itself, as "h1""#,
+    );
+    // ... and not with BMC settings, which name the credentials the platform
+    // would send to the BMC address given.
+    refused(
+        &h1,
+        &["create", "-f", "-"],
+        Some(&host("h1").replace(
+            "spec: {}",
+            "spec: {bmc: {driver: redfish, address: \"10.9.9.9\", credentialsSecret: bmc-h2}}",
+        )),
+        "without BMC settings",
     );
     allowed(&h1, &["create", "-f", "-"], Some(&host("h1")));
     allowed(
