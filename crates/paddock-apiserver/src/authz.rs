@@ -92,8 +92,12 @@ fn verb(method: &Method, named: bool, watch: bool) -> &'static str {
 /// some objects only if they are its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
-    /// A create, allowed if the new object is named `name`.
+    /// A create, allowed if the new object is named `name` and claims no
+    /// ownership (see [`Condition::ClaimsNoOwnership`]).
     CreatesNamed(String),
+    /// A write, allowed if it sets no finalizers and no owner references:
+    /// through them an object can hold up other objects' deletion.
+    ClaimsNoOwnership,
     /// A host registering itself: allowed if the new Host is named `name`
     /// and carries no BMC settings (they name the credentials the platform
     /// will send to that BMC address).
@@ -117,9 +121,16 @@ impl Condition {
     /// Why the request was refused when the condition did not hold.
     fn unmet(&self) -> String {
         match self {
-            Condition::CreatesNamed(name) => format!("a host may only create {name:?}"),
+            Condition::CreatesNamed(name) => {
+                format!("a host may only create {name:?}, without finalizers or owner references")
+            }
+            Condition::ClaimsNoOwnership => {
+                "a host may not set finalizers or owner references".to_owned()
+            }
             Condition::RegistersHost(name) => {
-                format!("a host may only register itself, as {name:?}, without BMC settings")
+                format!(
+                    "a host may only register itself, as {name:?}, without BMC settings, finalizers or owner references"
+                )
             }
             Condition::MachineOnHost { host, .. } => {
                 format!("the Machine is not bound to host {host:?}")
@@ -161,11 +172,15 @@ pub async fn holds(
     let bound_to = |m: &Value, host: &str| m["spec"]["hostName"].as_str() == Some(host);
     match cond {
         Condition::CreatesNamed(name) => {
-            Ok(body()?["metadata"]["name"].as_str() == Some(name.as_str()))
+            let b = body()?;
+            Ok(b["metadata"]["name"].as_str() == Some(name.as_str()) && !claims_ownership(&b))
         }
+        Condition::ClaimsNoOwnership => Ok(!claims_ownership(&body()?)),
         Condition::RegistersHost(name) => {
             let b = body()?;
-            Ok(b["metadata"]["name"].as_str() == Some(name.as_str()) && b["spec"]["bmc"].is_null())
+            Ok(b["metadata"]["name"].as_str() == Some(name.as_str())
+                && b["spec"]["bmc"].is_null()
+                && !claims_ownership(&b))
         }
         Condition::MachineOnHost {
             host,
@@ -192,6 +207,26 @@ pub async fn holds(
                 bound_to(m, host) && m["spec"]["bootstrapSecret"].as_str() == Some(name.as_str())
             }))
         }
+    }
+}
+
+/// Whether a request body — an object, a merge patch or a JSON patch —
+/// sets finalizers or owner references.
+fn claims_ownership(body: &Value) -> bool {
+    const FIELDS: [&str; 2] = ["finalizers", "ownerReferences"];
+    match body {
+        Value::Array(ops) => ops.iter().any(|op| {
+            let path = op["path"].as_str().unwrap_or_default();
+            path == "/metadata"
+                || FIELDS
+                    .iter()
+                    .any(|f| path.starts_with(&format!("/metadata/{f}")))
+        }),
+        _ => FIELDS.iter().any(|f| match &body["metadata"][f] {
+            Value::Null => false,
+            Value::Array(a) => !a.is_empty(),
+            _ => true,
+        }),
     }
 }
 
@@ -276,7 +311,10 @@ fn host_may(host: &str, t: &Target, method: &Method) -> Option<Decision> {
         ("coordination.k8s.io", "leases") if ns == Some(paddock_api::host::SYSTEM_NAMESPACE) => {
             let lease = paddock_api::host::lease_name(host);
             match name {
-                Some(n) if n == lease && (read || write) => allow,
+                Some(n) if n == lease && read => allow,
+                Some(n) if n == lease && write => {
+                    Some(Decision::AllowIf(Condition::ClaimsNoOwnership))
+                }
                 None if *method == Method::POST => {
                     Some(Decision::AllowIf(Condition::CreatesNamed(lease)))
                 }

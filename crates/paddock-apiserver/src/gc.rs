@@ -149,12 +149,23 @@ pub async fn pass(api: &Api) -> ApiResult<()> {
         if owners.is_empty() {
             continue;
         }
-        let live: Vec<_> = owners
+        // As in Kubernetes, an owner in another namespace does not count
+        // (namespaced dependents treat it as absent; a cluster-scoped
+        // dependent cannot resolve a namespaced owner and is kept), so no
+        // one can hold up deletions across namespaces.
+        let existing: Vec<_> = owners
             .iter()
             .filter_map(|o| Some((o, *by_uid.get(o.0.as_str())?)))
             .collect();
+        let live: Vec<_> = existing
+            .iter()
+            .copied()
+            .filter(|(_, owner)| owner.ns().is_none() || owner.ns() == it.ns())
+            .collect();
         if live.is_empty() {
-            delete(api, it).await?;
+            if it.ns().is_some() || existing.is_empty() {
+                delete(api, it).await?;
+            }
             continue;
         }
         let mut orphaned_by = Vec::new();

@@ -253,6 +253,48 @@ async fn a_host_credential_acts_for_its_own_host_only() {
         &["-n", "paddock-system", "get", "lease", "host-h1"],
         None,
     );
+    // Nothing it writes may claim ownership: finalizers and owner
+    // references would let it hold up other objects' deletion.
+    for (kind, patch) in [
+        (
+            "merge",
+            r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+        ),
+        (
+            "json",
+            r#"[{"op":"add","path":"/metadata/ownerReferences","value":[{"apiVersion":"paddock.io/v1alpha1","kind":"Cluster","name":"demo","uid":"0000"}]}]"#,
+        ),
+    ] {
+        refused(
+            &h1,
+            &[
+                "-n",
+                "paddock-system",
+                "patch",
+                "lease",
+                "host-h1",
+                &format!("--type={kind}"),
+                "-p",
+                patch,
+            ],
+            None,
+            "may not set finalizers or owner references",
+        );
+    }
+    allowed(
+        &h1,
+        &[
+            "-n",
+            "paddock-system",
+            "patch",
+            "lease",
+            "host-h1",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"leaseDurationSeconds":20}}"#,
+        ],
+        None,
+    );
     refused(
         &h1,
         &["create", "-f", "-"],
@@ -321,4 +363,41 @@ async fn a_host_credential_acts_for_its_own_host_only() {
     let o = add_host(&s, "h1");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+}
+
+/// An owner in another namespace holds up nothing: a Lease in
+/// `paddock-system` that names a tenant's Cluster as a blocking owner, with
+/// a finalizer of its own, does not keep the Cluster's foreground deletion
+/// from finishing (as in Kubernetes, the reference does not count).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_owner_in_another_namespace_holds_up_no_deletion() {
+    let s = TestServer::start().await;
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    s.apply("apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata: {name: demo, namespace: acme}\nspec: {}\n");
+    let uid = s.kubectl_ok(&[
+        "-n",
+        "acme",
+        "get",
+        "cluster",
+        "demo",
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    s.apply(&format!(
+        "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: stray\n  namespace: paddock-system\n  \
+         finalizers: [example.com/hold]\n  ownerReferences:\n  - {{apiVersion: paddock.io/v1alpha1, kind: Cluster, name: demo, uid: {}, blockOwnerDeletion: true}}\n",
+        uid.trim()
+    ));
+    let o = s.kubectl(&[
+        "-n",
+        "acme",
+        "delete",
+        "cluster",
+        "demo",
+        "--cascade=foreground",
+        "--timeout=20s",
+    ]);
+    assert!(o.status.success(), "foreground delete: {}", stderr(&o));
+    let o = s.kubectl(&["-n", "acme", "get", "cluster", "demo"]);
+    assert!(!o.status.success(), "the cluster is gone");
 }
