@@ -5,16 +5,21 @@
 //!
 //! Exactly one Machine of a cluster runs `kubeadm init` at a time: the PKI
 //! Secret's annotation [`INIT_MACHINE`] names it, set (conditionally on the
-//! Secret's resourceVersion) before its bootstrap data is written. Once the
-//! control plane has initialized (`status.initialization`, set by the
-//! gateway when a control-plane VM first answers on the API port) a
-//! replacement control-plane Machine joins, never re-initializes. If the
-//! init Machine is gone before that — its host died during `kubeadm init` —
-//! and no other control plane was given join data, a control-plane Machine
-//! that has no bootstrap data yet (its replacement) is named instead, so the
-//! cluster is not left waiting for a node that will never come; the switch
-//! is recorded as an Event. If other control planes already wait to join,
-//! a second init would split etcd: a Warning Event tells the operator.
+//! Secret's resourceVersion) before its bootstrap data is written, and
+//! [`INIT_HOST`] records the host it was bound to. Once the control plane
+//! has initialized (`status.initialization`, set by the gateway when a
+//! control-plane VM first answers on the API port) a replacement
+//! control-plane Machine joins, never re-initializes.
+//!
+//! If the init Machine is gone before that — its host died during `kubeadm
+//! init` — a control-plane Machine that has no bootstrap data yet (its
+//! replacement) is named instead, with an Event, but only when the old VM
+//! is known not to run: its host is Ready again (its agent stops the VMs of
+//! Machines that are gone) or removed, or it never had one. A host that is
+//! merely unreachable may still be running it, and a second init would make
+//! a second etcd: until then the replacement gets no bootstrap data and a
+//! Warning Event says what the cluster waits for. Likewise if other control
+//! planes were already given join data, which the operator is told.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +36,83 @@ use crate::Config;
 
 /// Annotation on the PKI Secret naming the Machine that runs `kubeadm init`.
 pub const INIT_MACHINE: &str = "paddock.io/init-machine";
+/// Annotation on the PKI Secret naming the host the init Machine was bound to.
+pub const INIT_HOST: &str = "paddock.io/init-host";
+/// Annotation on the PKI Secret with the last lost-init-Machine report, so
+/// that it is made once.
+pub const INIT_LOST: &str = "paddock.io/init-lost";
+
+/// What [`ensure_bootstrap`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Bootstrapped {
+    /// Bootstrap data Secrets written.
+    pub made: usize,
+    /// Why control-plane Machines were given none yet, if they were not.
+    pub waiting: Option<String>,
+}
+
+/// Records, until the control plane has initialized, which host the init
+/// Machine is bound to (see the module's documentation). `pki` is the
+/// cluster's PKI Secret as cached.
+pub async fn track_init_host(
+    client: &kube::Client,
+    c: &Cluster,
+    pki: Option<&Secret>,
+    machines: &[Machine],
+) -> kube::Result<()> {
+    let Some(pki) = pki else { return Ok(()) };
+    if initialized(c) {
+        return Ok(());
+    }
+    let ann = pki.annotations();
+    let Some(init) = ann.get(INIT_MACHINE) else {
+        return Ok(());
+    };
+    let Some(host) = machines
+        .iter()
+        .find(|m| m.name_any() == *init)
+        .and_then(|m| m.spec.host_name.clone())
+    else {
+        return Ok(());
+    };
+    if ann.get(INIT_HOST) == Some(&host) {
+        return Ok(());
+    }
+    let patch = json!({"metadata": {
+        "annotations": {INIT_HOST: host},
+        "resourceVersion": pki.resource_version(),
+    }});
+    Api::<Secret>::namespaced(client.clone(), &c.namespace().unwrap_or_default())
+        .patch(
+            &pki.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .map(drop)
+}
+
+/// Whether the VM of a lost init Machine bound to `host` is known not to
+/// run: the host is gone, or Ready (its agent stops VMs of Machines that
+/// are gone). `Err` says what the cluster waits for.
+async fn init_vm_stopped(
+    client: &kube::Client,
+    host: Option<&str>,
+) -> anyhow::Result<Result<(), String>> {
+    let Some(host) = host else { return Ok(Ok(())) };
+    let hosts: Api<paddock_api::Host> = Api::all(client.clone());
+    Ok(match hosts.get_opt(host).await? {
+        None => Ok(()),
+        Some(h)
+            if h.status.as_ref().and_then(|s| s.phase) == Some(paddock_api::HostPhase::Ready) =>
+        {
+            Ok(())
+        }
+        Some(_) => Err(format!(
+            "host {host}, which may still run it, to be Ready again or removed (kubectl delete host {host})"
+        )),
+    })
+}
 
 fn owner<K: Resource<DynamicType = ()>>(o: &K) -> OwnerReference {
     OwnerReference {
@@ -136,14 +218,14 @@ pub async fn ensure_bootstrap(
     c: &Cluster,
     machines: &[Machine],
     have: impl Fn(&str) -> bool,
-) -> anyhow::Result<usize> {
+) -> anyhow::Result<Bootstrapped> {
     let missing: Vec<&Machine> = machines
         .iter()
         .filter(|m| m.metadata.deletion_timestamp.is_none())
         .filter(|m| m.spec.bootstrap_secret.as_deref().is_some_and(|s| !have(s)))
         .collect();
     if missing.is_empty() {
-        return Ok(0);
+        return Ok(Bootstrapped::default());
     }
     let ns = c.namespace().unwrap_or_default();
     let cluster = c.name_any();
@@ -165,7 +247,7 @@ pub async fn ensure_bootstrap(
         })
         .collect();
     if missing.is_empty() {
-        return Ok(0);
+        return Ok(Bootstrapped::default());
     }
     let pki_secret = ensure_pki(client, c).await?;
     let pki = ClusterPki::from_data(&decoded(&pki_secret))?;
@@ -191,15 +273,45 @@ pub async fn ensure_bootstrap(
         .filter(|m| !missing.iter().any(|x| x.name_any() == m.name_any()))
         .map(|m| m.name_any())
         .collect();
-    if let Some(gone) = lost.as_deref().filter(|_| !joined.is_empty()) {
-        let why = format!(
-            "init Machine {gone} is gone before the control plane initialized, and control planes {} wait to join it; delete them to initialize the cluster anew",
-            joined.join(", ")
-        );
-        tracing::warn!(cluster = %cluster, org = %ns, "{why}");
-        crate::events::record(client, c, true, "InitMachineLost", why).await;
+    let mut waiting = None;
+    if let Some(gone) = lost.as_deref() {
+        let wait = if joined.is_empty() {
+            init_vm_stopped(
+                client,
+                pki_secret.annotations().get(INIT_HOST).map(String::as_str),
+            )
+            .await?
+            .err()
+            .map(|w| format!("waits for {w}"))
+        } else {
+            Some(format!(
+                "control planes {} wait to join it; delete them to initialize the cluster anew",
+                joined.join(", ")
+            ))
+        };
+        if let Some(w) = wait {
+            let why =
+                format!("init Machine {gone} is gone before the control plane initialized; {w}");
+            // Said once: the pass whose conditional write of the PKI
+            // Secret's INIT_LOST annotation wins records the Event.
+            if pki_secret.annotations().get(INIT_LOST) != Some(&why) {
+                let patch = json!({"metadata": {
+                    "annotations": {INIT_LOST: why},
+                    "resourceVersion": pki_secret.resource_version(),
+                }});
+                api.patch(
+                    &pki_secret.name_any(),
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+                tracing::warn!(cluster = %cluster, org = %ns, "{why}");
+                crate::events::record(client, c, true, "InitMachineLost", why.clone()).await;
+            }
+            waiting = Some(why);
+        }
     }
-    let lost = lost.filter(|_| joined.is_empty());
+    let lost = lost.filter(|_| waiting.is_none());
     if init.is_none() || lost.is_some() {
         // A first pick may be any control plane; a new one must be a Machine
         // that has not been given join data.
@@ -218,8 +330,9 @@ pub async fn ensure_bootstrap(
             )
         });
         if let Some(first) = cps.first() {
+            // The new init Machine's host is recorded once it is bound.
             let patch = json!({"metadata": {
-                "annotations": {INIT_MACHINE: first.name_any()},
+                "annotations": {INIT_MACHINE: first.name_any(), INIT_HOST: null},
                 "resourceVersion": pki_secret.resource_version(),
             }});
             api.patch(
@@ -247,6 +360,10 @@ pub async fn ensure_bootstrap(
     let gateway = overlay.gateway.parse()?;
     let mut made = 0;
     for m in missing {
+        if waiting.is_some() && joined.is_empty() && m.spec.role == MachineRole::ControlPlane {
+            // Kept for the init role until the lost init VM is known stopped.
+            continue;
+        }
         let (Some(secret_name), Some(address), Some(mac)) =
             (&m.spec.bootstrap_secret, &m.spec.ip, &m.spec.mac)
         else {
@@ -294,7 +411,7 @@ pub async fn ensure_bootstrap(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(made)
+    Ok(Bootstrapped { made, waiting })
 }
 
 /// Whether the cluster's control plane has initialized (its API answered).

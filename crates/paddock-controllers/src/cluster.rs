@@ -411,10 +411,15 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         .into_iter()
         .filter(|m| m.metadata.deletion_timestamp.is_none())
         .collect();
-    let made = bootstrap::ensure_bootstrap(&ctx.client, &ctx.cfg, &c, &live, |s| {
+    let pki = ctx
+        .secrets
+        .get(&ObjectRef::new(&format!("{name}-pki")).within(&ns));
+    bootstrap::track_init_host(&ctx.client, &c, pki.as_deref(), &live).await?;
+    let bootstrapped = bootstrap::ensure_bootstrap(&ctx.client, &ctx.cfg, &c, &live, |s| {
         ctx.secrets.get(&ObjectRef::new(s).within(&ns)).is_some()
     })
     .await?;
+    let made = bootstrapped.made;
     if made > 0 {
         events::record(
             &ctx.client,
@@ -438,7 +443,9 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         && ready_w == want_w
         && live.len() as u32 == c.spec.control_plane.replicas + want_w;
     let unscheduled = live.iter().filter(|m| m.spec.host_name.is_none()).count();
-    let (phase, why) = if all {
+    let (phase, why) = if let Some(w) = &bootstrapped.waiting {
+        (ClusterPhase::Provisioning, w.clone())
+    } else if all {
         (ClusterPhase::Ready, "every machine is ready".to_owned())
     } else if unscheduled > 0 && live.iter().all(|m| m.spec.host_name.is_none()) {
         (
@@ -468,6 +475,10 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     .await?;
     if was != Some(phase) && phase == ClusterPhase::Ready {
         events::record(&ctx.client, c.as_ref(), false, "Ready", why).await;
+    }
+    if bootstrapped.waiting.is_some() {
+        // A host's return or removal is not watched here: look again soon.
+        return Ok(Action::requeue(Duration::from_secs(2)));
     }
     Ok(Action::requeue(Duration::from_secs(30)))
 }
@@ -586,6 +597,11 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         )
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    // A Machine's change triggers its Cluster's reconcile only once the
+    // index has it: a second watch (`owns`) could run the reconcile first,
+    // on an index that still holds a deleted Machine, and the replacement
+    // would wait for the next periodic pass.
+    let (trigger_tx, trigger_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<Cluster>>();
     {
         let index = index.clone();
         let mut stream = watcher::watcher(
@@ -600,6 +616,10 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
             while let Some(ev) = stream.next().await {
                 let Ok(ev) = ev else { continue };
                 let Ok(mut idx) = index.write() else { return };
+                let changed = match &ev {
+                    watcher::Event::Apply(m) | watcher::Event::Delete(m) => Some(key(m)),
+                    _ => None,
+                };
                 match ev {
                     watcher::Event::Apply(m) => {
                         idx.entry(key(&m)).or_default().insert(m.name_any(), m);
@@ -619,6 +639,10 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
                             let _ = tx.send(());
                         }
                     }
+                }
+                drop(idx);
+                if let Some((ns, cluster)) = changed.filter(|(_, c)| !c.is_empty()) {
+                    let _ = trigger_tx.send(ObjectRef::new(&cluster).within(&ns));
                 }
             }
         });
@@ -652,7 +676,9 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         Api::<Cluster>::all(client.clone()),
         watcher::Config::default(),
     )
-    .owns(Api::<Machine>::all(client), watcher::Config::default())
+    .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
+        trigger_rx,
+    ))
     .run(reconcile_and_reset, error_policy, ctx)
     .for_each(|_| futures::future::ready(()))
     .await;

@@ -587,3 +587,108 @@ async fn a_lost_init_machine_beside_joining_control_planes_is_left_to_the_operat
         "{events}"
     );
 }
+
+/// The init Machine was bound to a host that stopped answering: the host
+/// may still run it, so its replacement is given no bootstrap data (a
+/// second `kubeadm init` would make a second etcd) and the cluster says what
+/// it waits for, until the host is removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_init_machine_on_an_unreachable_host_waits_for_the_host() {
+    let s = TestServer::start()
+        .await
+        .with_controllers(paddock_controllers::Config::default());
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    s.apply("apiVersion: paddock.io/v1alpha1\nkind: Host\nmetadata: {name: h-gone}\nspec: {unschedulable: true}\n");
+    s.kubectl_ok(&[
+        "patch",
+        "host",
+        "h-gone",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"NotReady"}}"#,
+    ]);
+    s.apply(common::CLUSTER_YAML);
+    let first = eventually(30, "the init machine", || async {
+        init_machine(&s, "demo")
+    })
+    .await;
+    // Bound to h-gone (as the scheduler would have, before h-gone went quiet).
+    s.kubectl_ok(&[
+        "-n",
+        "acme",
+        "patch",
+        "machine",
+        &first,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"hostName":"h-gone"}}"#,
+    ]);
+    eventually(30, "the init host recorded", || async {
+        let o = s.kubectl(&[
+            "-n",
+            "acme",
+            "get",
+            "secret",
+            "demo-pki",
+            "-o",
+            r"jsonpath={.metadata.annotations.paddock\.io/init-host}",
+        ]);
+        (stdout(&o).trim() == "h-gone").then_some(())
+    })
+    .await;
+    s.kubectl_ok(&["-n", "acme", "delete", "machine", &first]);
+    let why = eventually(30, "the cluster to say what it waits for", || async {
+        let o = s.kubectl(&[
+            "-n",
+            "acme",
+            "get",
+            "cluster",
+            "demo",
+            "-o",
+            "jsonpath={.status.conditions[0].message}",
+        ]);
+        Some(stdout(&o)).filter(|m| m.contains("h-gone"))
+    })
+    .await;
+    assert!(
+        why.contains(&first) && why.contains("kubectl delete host h-gone"),
+        "{why}"
+    );
+    let replacement = eventually(30, "a replacement control plane", || async {
+        control_planes(&s, "demo").into_iter().find(|n| *n != first)
+    })
+    .await;
+    // A couple of controller passes (every 2 s while waiting) later, the
+    // replacement still has no bootstrap data, so no VM of it can start.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    assert!(
+        kubeadm_of(&s, &replacement).is_none(),
+        "no second init while h-gone may run the first"
+    );
+    assert_eq!(init_machine(&s, "demo"), Some(first.clone()));
+    let events = s.kubectl_ok(&[
+        "-n",
+        "acme",
+        "get",
+        "events",
+        "--field-selector",
+        "reason=InitMachineLost",
+        "-o",
+        "jsonpath={.items[*].message}",
+    ]);
+    assert_eq!(
+        events.matches("h-gone, which may still run it").count(),
+        1,
+        "said once: {events}"
+    );
+
+    // The operator confirms the host is gone: the replacement initializes.
+    s.kubectl_ok(&["delete", "host", "h-gone"]);
+    let kubeadm = eventually(30, "the replacement's bootstrap data", || async {
+        kubeadm_of(&s, &replacement)
+    })
+    .await;
+    assert!(kubeadm.contains("kind: InitConfiguration"), "{kubeadm}");
+    assert_eq!(init_machine(&s, "demo"), Some(replacement));
+}
