@@ -12,7 +12,8 @@
 //! control-plane Machine joins, never re-initializes.
 //!
 //! If the init Machine is gone before that — its host died during `kubeadm
-//! init` — a control-plane Machine that has no bootstrap data yet (its
+//! init` — and a gateway records initialization (without one the two cases
+//! cannot be told apart, and the init Machine is named once) — a control-plane Machine that has no bootstrap data yet (its
 //! replacement) is named instead, with an Event, but only when the old VM
 //! is known not to run: its host is Ready again (its agent stops the VMs of
 //! Machines that are gone) or removed, or it never had one. A host that is
@@ -262,7 +263,7 @@ pub async fn ensure_bootstrap(
     };
     let lost = init
         .as_deref()
-        .filter(|name| !initialized(c) && !live(name))
+        .filter(|name| cfg.initialization_recorded && !initialized(c) && !live(name))
         .map(str::to_owned);
     // Control planes that were given join data wait for the lost one; a new
     // init beside them would start a second etcd. They are left to the

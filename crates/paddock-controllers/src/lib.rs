@@ -45,6 +45,11 @@ pub struct Config {
     pub overlay_mtu: u32,
     /// The CNI manifest the first control-plane node applies.
     pub cni_manifest: String,
+    /// Whether a gateway records `status.initialization` (`paddock server
+    /// --gateway-listen` runs one). Only then can a lost init Machine be
+    /// told apart from a lost member of a running control plane, and be
+    /// replaced by a new init; without it the init Machine is named once.
+    pub initialization_recorded: bool,
 }
 
 impl Default for Config {
@@ -57,6 +62,7 @@ impl Default for Config {
             memory_overcommit: 1.0,
             spread_workers: true,
             host_grace: Duration::from_secs(60),
+            initialization_recorded: false,
             rack_label: "paddock.io/rack".into(),
             base_domain: "paddock.local".into(),
             gateway_port: 6443,

@@ -89,6 +89,7 @@ async fn main() {
     let s = s.with_controllers(paddock_controllers::Config {
         base_domain: DOMAIN.into(),
         gateway_vtep: Some("10.77.0.2".parse().expect("ip")),
+        initialization_recorded: true,
         ..Default::default()
     });
     let prefix = lab.gateway_prefix();

@@ -322,6 +322,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             gateway_vtep: args.gateway_vtep,
             ingress_port_base: args.ingress_port_base,
             overlay_mtu: args.overlay_mtu,
+            initialization_recorded: args.gateway_listen.is_some(),
             ..Default::default()
         };
         let client = admin_client(&running.data.admin_kubeconfig()).await?;

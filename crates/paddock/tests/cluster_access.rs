@@ -441,7 +441,11 @@ fn kubeadm_of(s: &TestServer, name: &str) -> Option<String> {
 async fn a_lost_init_machine_is_replaced_until_the_control_plane_initializes() {
     let s = TestServer::start()
         .await
-        .with_controllers(paddock_controllers::Config::default());
+        .with_controllers(paddock_controllers::Config {
+            // As with a gateway, which this test stands in for.
+            initialization_recorded: true,
+            ..Default::default()
+        });
     s.kubectl_ok(&["create", "namespace", "acme"]);
     s.apply(common::CLUSTER_YAML);
     let (first, kubeadm) = eventually(30, "the init machine's bootstrap data", || async {
@@ -534,7 +538,11 @@ async fn a_lost_init_machine_is_replaced_until_the_control_plane_initializes() {
 async fn a_lost_init_machine_beside_joining_control_planes_is_left_to_the_operator() {
     let s = TestServer::start()
         .await
-        .with_controllers(paddock_controllers::Config::default());
+        .with_controllers(paddock_controllers::Config {
+            // As with a gateway, which this test stands in for.
+            initialization_recorded: true,
+            ..Default::default()
+        });
     s.kubectl_ok(&["create", "namespace", "acme"]);
     s.apply(
         "apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata: {name: tri, namespace: acme}\n\
@@ -596,7 +604,11 @@ async fn a_lost_init_machine_beside_joining_control_planes_is_left_to_the_operat
 async fn a_lost_init_machine_on_an_unreachable_host_waits_for_the_host() {
     let s = TestServer::start()
         .await
-        .with_controllers(paddock_controllers::Config::default());
+        .with_controllers(paddock_controllers::Config {
+            // As with a gateway, which this test stands in for.
+            initialization_recorded: true,
+            ..Default::default()
+        });
     s.kubectl_ok(&["create", "namespace", "acme"]);
     s.apply("apiVersion: paddock.io/v1alpha1\nkind: Host\nmetadata: {name: h-gone}\nspec: {unschedulable: true}\n");
     s.kubectl_ok(&[

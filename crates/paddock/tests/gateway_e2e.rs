@@ -121,6 +121,7 @@ async fn gateway_routes_by_name_keeps_clusters_apart_and_balances_ingress() {
         gateway_port: GW_PORT,
         gateway_vtep: Some("10.77.0.2".parse().unwrap()),
         ingress_port_base: 32000,
+        initialization_recorded: true,
         ..Default::default()
     });
     let prefix = lab.gateway_prefix();
