@@ -14,11 +14,13 @@
 //! acts for that one host, as Kubernetes' node authorizer does for kubelets:
 //! it reads Hosts, Machines, Clusters and MachineImages (what it needs to
 //! run VMs and program overlays), registers its own Host (without BMC
-//! settings) and writes its status, renews its own Lease, writes the status of Machines bound to it,
-//! and reads the bootstrap Secret of those Machines — no other Secret, so a
-//! compromised host holds no cluster's CA key and no other host's bootstrap
-//! data. Whether a Machine is bound to the host is read from the store, so
-//! such requests are allowed on a [`Condition`] that [`holds`] checks.
+//! settings) and writes its status, renews its own Lease, writes the status
+//! of Machines bound to it, and reads the bootstrap Secret of those Machines
+//! — no other Secret. A compromised host thus holds the CA keys only of
+//! clusters whose control planes it runs (kubeadm needs them there) and no
+//! other host's bootstrap data. Whether a Machine is bound to the host is
+//! read from the store, so such requests are allowed on a [`Condition`]
+//! that [`holds`] checks.
 
 use http::Method;
 

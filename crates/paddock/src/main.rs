@@ -244,7 +244,8 @@ fn init_tracing() {
 
 fn add_host(a: AddHostArgs) -> anyhow::Result<()> {
     let mut errs = Vec::new();
-    paddock_api::validation::check_dns_label("name", &a.name, 63, &mut errs);
+    // As a Host's name: a DNS subdomain.
+    paddock_api::validation::check_dns_subdomain("name", &a.name, &mut errs);
     if let Some(e) = errs.first() {
         anyhow::bail!("invalid host {e}");
     }

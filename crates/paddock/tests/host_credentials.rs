@@ -363,6 +363,10 @@ async fn a_host_credential_acts_for_its_own_host_only() {
     let o = add_host(&s, "h1");
     assert!(!o.status.success());
     assert!(stderr(&o).contains("already exists"), "{}", stderr(&o));
+    // Host names are DNS subdomains, as Host objects' names are.
+    let o = add_host(&s, "node1.rack2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("host:node1.rack2"), "{}", stdout(&o));
 }
 
 /// An owner in another namespace holds up nothing: a Lease in
