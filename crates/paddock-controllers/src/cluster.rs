@@ -616,9 +616,9 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
             while let Some(ev) = stream.next().await {
                 let Ok(ev) = ev else { continue };
                 let Ok(mut idx) = index.write() else { return };
-                let changed = match &ev {
-                    watcher::Event::Apply(m) | watcher::Event::Delete(m) => Some(key(m)),
-                    _ => None,
+                let mut changed: Vec<(String, String)> = match &ev {
+                    watcher::Event::Apply(m) | watcher::Event::Delete(m) => vec![key(m)],
+                    _ => Vec::new(),
                 };
                 match ev {
                     watcher::Event::Apply(m) => {
@@ -634,6 +634,9 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
                         fresh.entry(key(&m)).or_default().insert(m.name_any(), m);
                     }
                     watcher::Event::InitDone => {
+                        // After a relist, every cluster seen before or now
+                        // may have changed (deletions in the gap included).
+                        changed.extend(idx.keys().chain(fresh.keys()).cloned());
                         *idx = std::mem::take(&mut fresh);
                         if let Some(tx) = ready_tx.take() {
                             let _ = tx.send(());
@@ -641,7 +644,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
                     }
                 }
                 drop(idx);
-                if let Some((ns, cluster)) = changed.filter(|(_, c)| !c.is_empty()) {
+                for (ns, cluster) in changed.into_iter().filter(|(_, c)| !c.is_empty()) {
                     let _ = trigger_tx.send(ObjectRef::new(&cluster).within(&ns));
                 }
             }
