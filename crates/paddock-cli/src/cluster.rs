@@ -534,26 +534,22 @@ fn ingress(c: &Cluster, haproxy_bind: Option<String>, out: Format) -> CliResult 
             b.join(", ")
         }
     };
-    t.add_row([
-        "http".to_owned(),
-        format!(
-            "{}:{}",
-            ing.address.as_deref().unwrap_or("-"),
-            ing.http_port
+    for (proto, port, node_port, https) in [
+        ("http", ing.http_port, c.spec.ingress.http_node_port, false),
+        (
+            "https",
+            ing.https_port,
+            c.spec.ingress.https_node_port,
+            true,
         ),
-        c.spec.ingress.http_node_port.to_string(),
-        backends(c.spec.ingress.http_node_port, false),
-    ]);
-    t.add_row([
-        "https".to_owned(),
-        format!(
-            "{}:{}",
-            ing.address.as_deref().unwrap_or("-"),
-            ing.https_port
-        ),
-        c.spec.ingress.https_node_port.to_string(),
-        backends(c.spec.ingress.https_node_port, true),
-    ]);
+    ] {
+        t.add_row([
+            proto.to_owned(),
+            format!("{}:{port}", ing.address.as_deref().unwrap_or("-")),
+            node_port.to_string(),
+            backends(node_port, https),
+        ]);
+    }
     println!("cluster {org}/{name}\n{t}");
     Ok(())
 }

@@ -79,18 +79,8 @@ pub async fn track_init_host(
     if ann.get(INIT_HOST) == Some(&host) {
         return Ok(());
     }
-    let patch = json!({"metadata": {
-        "annotations": {INIT_HOST: host},
-        "resourceVersion": pki.resource_version(),
-    }});
-    Api::<Secret>::namespaced(client.clone(), &c.namespace().unwrap_or_default())
-        .patch(
-            &pki.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .map(drop)
+    let api = Api::<Secret>::namespaced(client.clone(), &c.namespace().unwrap_or_default());
+    annotate(&api, pki, json!({INIT_HOST: host})).await
 }
 
 /// Whether the VM of a lost init Machine bound to `host` is known not to
@@ -253,8 +243,100 @@ pub async fn ensure_bootstrap(
     let pki_secret = ensure_pki(client, c).await?;
     let pki = ClusterPki::from_data(&decoded(&pki_secret))?;
 
-    // Which Machine initializes the cluster: named once, and named again
-    // only if it is gone before the control plane initialized.
+    let choice = choose_init(client, cfg, c, machines, &missing, &pki_secret).await?;
+    let overlay = c
+        .status
+        .as_ref()
+        .and_then(|s| s.overlay.clone())
+        .ok_or_else(|| anyhow::anyhow!("no overlay yet"))?;
+    let gateway = overlay.gateway.parse()?;
+    let mut made = 0;
+    for m in missing {
+        if choice.hold_control_planes && m.spec.role == MachineRole::ControlPlane {
+            // Kept for the init role until the lost init VM is known stopped.
+            continue;
+        }
+        let (Some(secret_name), Some(address), Some(mac)) =
+            (&m.spec.bootstrap_secret, &m.spec.ip, &m.spec.mac)
+        else {
+            continue;
+        };
+        let role = match m.spec.role {
+            MachineRole::ControlPlane
+                if choice.machine.as_deref() == Some(m.name_any().as_str()) =>
+            {
+                Role::InitControlPlane
+            }
+            MachineRole::ControlPlane => Role::JoinControlPlane,
+            MachineRole::Worker => Role::Worker,
+        };
+        let node = Node {
+            cluster: cluster.clone(),
+            org: ns.clone(),
+            hostname: m.name_any(),
+            role,
+            address: address.clone(),
+            mac: mac.clone(),
+            gateway,
+            mtu: cfg.overlay_mtu,
+            kubernetes_version: c.spec.kubernetes_version.clone(),
+            pod_cidr: c.spec.network.pod_cidr.clone(),
+            service_cidr: c.spec.network.service_cidr.clone(),
+            api_name: api_name(cfg, c),
+            cni_manifest: cfg.cni_manifest.clone(),
+        };
+        let data = paddock_bootstrap::render(&node, &pki)?;
+        let s = secret(
+            secret_name.clone(),
+            &cluster,
+            paddock_bootstrap::SECRET_TYPE,
+            owner(m),
+            BTreeMap::from([
+                (paddock_bootstrap::USER_DATA.to_owned(), data.user_data),
+                (
+                    paddock_bootstrap::NETWORK_CONFIG.to_owned(),
+                    data.network_config,
+                ),
+            ]),
+        );
+        match api.create(&PostParams::default(), &s).await {
+            Ok(_) => made += 1,
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Bootstrapped {
+        made,
+        waiting: choice.waiting,
+    })
+}
+
+/// Which Machine of the cluster runs `kubeadm init` (see the module's
+/// documentation), and whether control planes must wait for it.
+struct InitChoice {
+    /// The init Machine, once one is named.
+    machine: Option<String>,
+    /// What the cluster waits for, if anything.
+    waiting: Option<String>,
+    /// Control planes without bootstrap data are kept for the init role.
+    hold_control_planes: bool,
+}
+
+/// Names the init Machine (once, or again when the lost one is known
+/// stopped), recording reports on the PKI Secret so they are made once.
+async fn choose_init(
+    client: &kube::Client,
+    cfg: &Config,
+    c: &Cluster,
+    machines: &[Machine],
+    missing: &[&Machine],
+    pki_secret: &Secret,
+) -> anyhow::Result<InitChoice> {
+    let ns = c.namespace().unwrap_or_default();
+    let cluster = c.name_any();
+    let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // Named once, and named again only if it is gone before the control
+    // plane initialized.
     let mut init = pki_secret.annotations().get(INIT_MACHINE).cloned();
     let live = |name: &str| {
         machines
@@ -296,16 +378,7 @@ pub async fn ensure_bootstrap(
             // Said once: the pass whose conditional write of the PKI
             // Secret's INIT_LOST annotation wins records the Event.
             if pki_secret.annotations().get(INIT_LOST) != Some(&why) {
-                let patch = json!({"metadata": {
-                    "annotations": {INIT_LOST: why},
-                    "resourceVersion": pki_secret.resource_version(),
-                }});
-                api.patch(
-                    &pki_secret.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await?;
+                annotate(&api, pki_secret, json!({INIT_LOST: why})).await?;
                 tracing::warn!(cluster = %cluster, org = %ns, "{why}");
                 crate::events::record(client, c, true, "InitMachineLost", why.clone()).await;
             }
@@ -317,7 +390,7 @@ pub async fn ensure_bootstrap(
         // A first pick may be any control plane; a new one must be a Machine
         // that has not been given join data.
         let mut cps: Vec<&Machine> = if lost.is_some() {
-            missing.clone()
+            missing.to_vec()
         } else {
             machines.iter().collect()
         };
@@ -332,14 +405,10 @@ pub async fn ensure_bootstrap(
         });
         if let Some(first) = cps.first() {
             // The new init Machine's host is recorded once it is bound.
-            let patch = json!({"metadata": {
-                "annotations": {INIT_MACHINE: first.name_any(), INIT_HOST: null},
-                "resourceVersion": pki_secret.resource_version(),
-            }});
-            api.patch(
-                &pki_secret.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(&patch),
+            annotate(
+                &api,
+                pki_secret,
+                json!({INIT_MACHINE: first.name_any(), INIT_HOST: null}),
             )
             .await?;
             if let Some(gone) = &lost {
@@ -353,66 +422,31 @@ pub async fn ensure_bootstrap(
             init = Some(first.name_any());
         }
     }
-    let overlay = c
-        .status
-        .as_ref()
-        .and_then(|s| s.overlay.clone())
-        .ok_or_else(|| anyhow::anyhow!("no overlay yet"))?;
-    let gateway = overlay.gateway.parse()?;
-    let mut made = 0;
-    for m in missing {
-        if waiting.is_some() && joined.is_empty() && m.spec.role == MachineRole::ControlPlane {
-            // Kept for the init role until the lost init VM is known stopped.
-            continue;
-        }
-        let (Some(secret_name), Some(address), Some(mac)) =
-            (&m.spec.bootstrap_secret, &m.spec.ip, &m.spec.mac)
-        else {
-            continue;
-        };
-        let role = match m.spec.role {
-            MachineRole::ControlPlane if init.as_deref() == Some(m.name_any().as_str()) => {
-                Role::InitControlPlane
-            }
-            MachineRole::ControlPlane => Role::JoinControlPlane,
-            MachineRole::Worker => Role::Worker,
-        };
-        let node = Node {
-            cluster: cluster.clone(),
-            org: ns.clone(),
-            hostname: m.name_any(),
-            role,
-            address: address.clone(),
-            mac: mac.clone(),
-            gateway,
-            mtu: cfg.overlay_mtu,
-            kubernetes_version: c.spec.kubernetes_version.clone(),
-            pod_cidr: c.spec.network.pod_cidr.clone(),
-            service_cidr: c.spec.network.service_cidr.clone(),
-            api_name: api_name(cfg, c),
-            cni_manifest: cfg.cni_manifest.clone(),
-        };
-        let data = paddock_bootstrap::render(&node, &pki)?;
-        let s = secret(
-            secret_name.clone(),
-            &cluster,
-            paddock_bootstrap::SECRET_TYPE,
-            owner(m),
-            BTreeMap::from([
-                (paddock_bootstrap::USER_DATA.to_owned(), data.user_data),
-                (
-                    paddock_bootstrap::NETWORK_CONFIG.to_owned(),
-                    data.network_config,
-                ),
-            ]),
-        );
-        match api.create(&PostParams::default(), &s).await {
-            Ok(_) => made += 1,
-            Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Bootstrapped { made, waiting })
+    let hold_control_planes = waiting.is_some() && joined.is_empty();
+    Ok(InitChoice {
+        machine: init,
+        waiting,
+        hold_control_planes,
+    })
+}
+
+/// Sets annotations of the PKI Secret, conditionally on the version read.
+async fn annotate(
+    api: &Api<Secret>,
+    pki: &Secret,
+    annotations: serde_json::Value,
+) -> kube::Result<()> {
+    let patch = json!({"metadata": {
+        "annotations": annotations,
+        "resourceVersion": pki.resource_version(),
+    }});
+    api.patch(
+        &pki.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(&patch),
+    )
+    .await
+    .map(drop)
 }
 
 /// Whether the cluster's control plane has initialized (its API answered).

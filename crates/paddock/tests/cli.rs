@@ -8,19 +8,11 @@ use std::process::{Command, Output};
 use common::*;
 
 fn paddock(s: &TestServer, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig())
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .output()
-        .expect("paddock runs")
+    common::paddock(&s.kubeconfig(), args)
 }
 
 fn ok(s: &TestServer, args: &[&str]) -> String {
-    let out = paddock(s, args);
-    assert!(out.status.success(), "paddock {args:?}: {}", stderr(&out));
-    stdout(&out)
+    paddock_ok(&s.kubeconfig(), args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
-use common::{TestServer, b64, eventually, file, stderr, stdout, write_files};
+use common::{TestServer, b64, eventually, file, paddock, stderr, stdout, write_files};
 use serde_json::Value;
 
 fn run(cmd: &str, args: &[&str]) -> Output {
@@ -27,15 +27,6 @@ fn ok(cmd: &str, args: &[&str]) -> String {
         stderr(&o)
     );
     stdout(&o)
-}
-
-fn paddock(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("paddock runs")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -401,16 +392,39 @@ async fn pki_bootstrap_data_and_kubeconfigs_pass_the_real_validators() {
 
 /// The Machine named to run `kubeadm init` (the PKI Secret's annotation).
 fn init_machine(s: &TestServer, cluster: &str) -> Option<String> {
-    let o = s.kubectl(&[
+    Some(s.field(
+        "acme",
+        &format!("secret/{cluster}-pki"),
+        r"{.metadata.annotations.paddock\.io/init-machine}",
+    ))
+    .filter(|n| !n.is_empty())
+}
+
+/// The controllers, with `status.initialization` recorded as a gateway
+/// would (the tests stand in for it), and organization acme.
+async fn recording_server() -> TestServer {
+    let s = TestServer::start()
+        .await
+        .with_controllers(paddock_controllers::Config {
+            initialization_recorded: true,
+            ..Default::default()
+        });
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    s
+}
+
+/// Messages of acme's Events that match a field selector.
+fn event_messages(s: &TestServer, selector: &str) -> String {
+    stdout(&s.kubectl(&[
         "-n",
         "acme",
         "get",
-        "secret",
-        &format!("{cluster}-pki"),
+        "events",
+        "--field-selector",
+        selector,
         "-o",
-        r"jsonpath={.metadata.annotations.paddock\.io/init-machine}",
-    ]);
-    Some(stdout(&o).trim().to_owned()).filter(|n| !n.is_empty())
+        "jsonpath={.items[*].message}",
+    ]))
 }
 
 fn control_planes(s: &TestServer, cluster: &str) -> Vec<String> {
@@ -439,14 +453,7 @@ fn kubeadm_of(s: &TestServer, name: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_init_machine_is_replaced_until_the_control_plane_initializes() {
-    let s = TestServer::start()
-        .await
-        .with_controllers(paddock_controllers::Config {
-            // As with a gateway, which this test stands in for.
-            initialization_recorded: true,
-            ..Default::default()
-        });
-    s.kubectl_ok(&["create", "namespace", "acme"]);
+    let s = recording_server().await;
     s.apply(common::CLUSTER_YAML);
     let (first, kubeadm) = eventually(30, "the init machine's bootstrap data", || async {
         let name = init_machine(&s, "demo")?;
@@ -472,16 +479,7 @@ async fn a_lost_init_machine_is_replaced_until_the_control_plane_initializes() {
         kubeadm.contains("kind: InitConfiguration"),
         "the replacement must initialize: {kubeadm}"
     );
-    let events = s.kubectl_ok(&[
-        "-n",
-        "acme",
-        "get",
-        "events",
-        "--field-selector",
-        "reason=InitMachineReplaced",
-        "-o",
-        "jsonpath={.items[*].message}",
-    ]);
+    let events = event_messages(&s, "reason=InitMachineReplaced");
     assert!(
         events.contains(&first) && events.contains(&second),
         "event: {events}"
@@ -501,16 +499,12 @@ async fn a_lost_init_machine_is_replaced_until_the_control_plane_initializes() {
         r#"{"status":{"initialization":{"controlPlaneInitialized":true}}}"#,
     ]);
     eventually(10, "the controller to see the initialization", || async {
-        let o = s.kubectl(&[
-            "-n",
+        let done = s.field(
             "acme",
-            "get",
-            "cluster",
-            "demo",
-            "-o",
-            "jsonpath={.status.initialization.controlPlaneInitialized}",
-        ]);
-        (stdout(&o).trim() == "true").then_some(())
+            "cluster/demo",
+            "{.status.initialization.controlPlaneInitialized}",
+        );
+        (done == "true").then_some(())
     })
     .await;
     // The controller reads it from its watch cache, a moment behind the API.
@@ -536,14 +530,7 @@ async fn a_lost_init_machine_is_replaced_until_the_control_plane_initializes() {
 /// replacement joins too, and a Warning Event tells the operator.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_init_machine_beside_joining_control_planes_is_left_to_the_operator() {
-    let s = TestServer::start()
-        .await
-        .with_controllers(paddock_controllers::Config {
-            // As with a gateway, which this test stands in for.
-            initialization_recorded: true,
-            ..Default::default()
-        });
-    s.kubectl_ok(&["create", "namespace", "acme"]);
+    let s = recording_server().await;
     s.apply(
         "apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata: {name: tri, namespace: acme}\n\
          spec: {controlPlane: {replicas: 3, cpu: 1, memory: 1Gi, disk: 10Gi}, nodePools: []}\n",
@@ -577,17 +564,7 @@ async fn a_lost_init_machine_beside_joining_control_planes_is_left_to_the_operat
     );
     assert_eq!(init_machine(&s, "tri"), Some(first.clone()));
     let events = eventually(10, "the InitMachineLost event", || async {
-        let o = s.kubectl(&[
-            "-n",
-            "acme",
-            "get",
-            "events",
-            "--field-selector",
-            "reason=InitMachineLost,type=Warning",
-            "-o",
-            "jsonpath={.items[*].message}",
-        ]);
-        Some(stdout(&o)).filter(|e| !e.is_empty())
+        Some(event_messages(&s, "reason=InitMachineLost,type=Warning")).filter(|e| !e.is_empty())
     })
     .await;
     assert!(
@@ -602,14 +579,7 @@ async fn a_lost_init_machine_beside_joining_control_planes_is_left_to_the_operat
 /// it waits for, until the host is removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_init_machine_on_an_unreachable_host_waits_for_the_host() {
-    let s = TestServer::start()
-        .await
-        .with_controllers(paddock_controllers::Config {
-            // As with a gateway, which this test stands in for.
-            initialization_recorded: true,
-            ..Default::default()
-        });
-    s.kubectl_ok(&["create", "namespace", "acme"]);
+    let s = recording_server().await;
     s.apply("apiVersion: paddock.io/v1alpha1\nkind: Host\nmetadata: {name: h-gone}\nspec: {unschedulable: true}\n");
     s.kubectl_ok(&[
         "patch",
@@ -637,30 +607,18 @@ async fn a_lost_init_machine_on_an_unreachable_host_waits_for_the_host() {
         r#"{"spec":{"hostName":"h-gone"}}"#,
     ]);
     eventually(30, "the init host recorded", || async {
-        let o = s.kubectl(&[
-            "-n",
+        let host = s.field(
             "acme",
-            "get",
-            "secret",
-            "demo-pki",
-            "-o",
-            r"jsonpath={.metadata.annotations.paddock\.io/init-host}",
-        ]);
-        (stdout(&o).trim() == "h-gone").then_some(())
+            "secret/demo-pki",
+            r"{.metadata.annotations.paddock\.io/init-host}",
+        );
+        (host == "h-gone").then_some(())
     })
     .await;
     s.kubectl_ok(&["-n", "acme", "delete", "machine", &first]);
     let why = eventually(30, "the cluster to say what it waits for", || async {
-        let o = s.kubectl(&[
-            "-n",
-            "acme",
-            "get",
-            "cluster",
-            "demo",
-            "-o",
-            "jsonpath={.status.conditions[0].message}",
-        ]);
-        Some(stdout(&o)).filter(|m| m.contains("h-gone"))
+        Some(s.field("acme", "cluster/demo", "{.status.conditions[0].message}"))
+            .filter(|m| m.contains("h-gone"))
     })
     .await;
     assert!(
@@ -679,16 +637,7 @@ async fn a_lost_init_machine_on_an_unreachable_host_waits_for_the_host() {
         "no second init while h-gone may run the first"
     );
     assert_eq!(init_machine(&s, "demo"), Some(first.clone()));
-    let events = s.kubectl_ok(&[
-        "-n",
-        "acme",
-        "get",
-        "events",
-        "--field-selector",
-        "reason=InitMachineLost",
-        "-o",
-        "jsonpath={.items[*].message}",
-    ]);
+    let events = event_messages(&s, "reason=InitMachineLost");
     assert_eq!(
         events.matches("h-gone, which may still run it").count(),
         1,

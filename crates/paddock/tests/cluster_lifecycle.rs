@@ -8,7 +8,6 @@
 mod common;
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::time::Duration;
 
 use common::lab::{self, Lab};
@@ -24,24 +23,8 @@ fn controllers() -> paddock_controllers::Config {
     }
 }
 
-fn paddock(s: &TestServer, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("--kubeconfig")
-        .arg(s.kubeconfig())
-        .args(args)
-        .output()
-        .expect("paddock")
-}
-
 fn ok(s: &TestServer, args: &[&str]) -> String {
-    let out = paddock(s, args);
-    assert!(
-        out.status.success(),
-        "paddock {args:?}: {}{}",
-        stdout(&out),
-        stderr(&out)
-    );
-    stdout(&out)
+    paddock_ok(&s.kubeconfig(), args)
 }
 
 /// Starts every host's agent and waits until all hosts are Ready.

@@ -24,15 +24,6 @@ const GW_PORT: u16 = 16443;
 const LB_IP: &str = "127.78.0.1";
 const DOMAIN: &str = "paddock.test";
 
-fn paddock(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("--kubeconfig")
-        .arg(kubeconfig)
-        .args(args)
-        .output()
-        .expect("paddock")
-}
-
 fn exec(s: &TestServer, vm: &str, cmd: &str) -> (bool, String) {
     machine_exec(s, "acme", vm, 20, cmd)
 }
@@ -47,6 +38,17 @@ fn curl(args: &[&str]) -> Output {
 
 fn resolve(name: &str) -> String {
     format!("{name}:{GW_PORT}:{GW_IP}")
+}
+
+/// `GET https://<name>:<gateway port>/` through the gateway, verified with `ca`.
+fn curl_gateway(ca: &Path, name: &str) -> Output {
+    curl(&[
+        "--cacert",
+        ca.to_str().expect("utf-8 path"),
+        "--resolve",
+        &resolve(name),
+        &format!("https://{name}:{GW_PORT}/"),
+    ])
 }
 
 async fn machines_of(api: &Api<Machine>, cluster: &str) -> Vec<Machine> {
@@ -180,17 +182,10 @@ spec:
     );
     let demo_name = format!("demo.acme.{DOMAIN}");
     let other_name = format!("other.acme.{DOMAIN}");
-    let url = |n: &str| format!("https://{n}:{GW_PORT}/");
 
     // curl verifies the cluster's API certificate by its name, through the gateway.
     let o = eventually(60, "demo's API through the gateway", || async {
-        let o = curl(&[
-            "--cacert",
-            demo_ca.to_str()?,
-            "--resolve",
-            &resolve(&demo_name),
-            &url(&demo_name),
-        ]);
+        let o = curl_gateway(&demo_ca, &demo_name);
         if !o.status.success() {
             eprintln!("curl: {}", stderr(&o).trim());
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -239,25 +234,13 @@ spec:
     .await;
 
     // The second cluster's name lands on the second cluster: its CA verifies, demo's does not.
-    let o = curl(&[
-        "--cacert",
-        other_ca.to_str().unwrap(),
-        "--resolve",
-        &resolve(&other_name),
-        &url(&other_name),
-    ]);
+    let o = curl_gateway(&other_ca, &other_name);
     assert!(
         o.status.success(),
         "other through the gateway: {}",
         stderr(&o)
     );
-    let o = curl(&[
-        "--cacert",
-        demo_ca.to_str().unwrap(),
-        "--resolve",
-        &resolve(&other_name),
-        &url(&other_name),
-    ]);
+    let o = curl_gateway(&demo_ca, &other_name);
     assert_eq!(
         o.status.code(),
         Some(60),
@@ -266,13 +249,7 @@ spec:
     );
     // A name of no cluster is refused.
     let nope = format!("nope.acme.{DOMAIN}");
-    let o = curl(&[
-        "--cacert",
-        demo_ca.to_str().unwrap(),
-        "--resolve",
-        &resolve(&nope),
-        &url(&nope),
-    ]);
+    let o = curl_gateway(&demo_ca, &nope);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("unrecognized name"), "{}", stderr(&o));
     // The management API under its own name.

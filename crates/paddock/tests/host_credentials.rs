@@ -378,19 +378,12 @@ async fn an_owner_in_another_namespace_holds_up_no_deletion() {
     let s = TestServer::start().await;
     s.kubectl_ok(&["create", "namespace", "acme"]);
     s.apply("apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata: {name: demo, namespace: acme}\nspec: {}\n");
-    let uid = s.kubectl_ok(&[
-        "-n",
-        "acme",
-        "get",
-        "cluster",
-        "demo",
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ]);
+    let uid = s.field("acme", "cluster/demo", "{.metadata.uid}");
+    assert!(!uid.is_empty(), "the cluster's uid");
     s.apply(&format!(
         "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata:\n  name: stray\n  namespace: paddock-system\n  \
          finalizers: [example.com/hold]\n  ownerReferences:\n  - {{apiVersion: paddock.io/v1alpha1, kind: Cluster, name: demo, uid: {}, blockOwnerDeletion: true}}\n",
-        uid.trim()
+        uid
     ));
     let o = s.kubectl(&[
         "-n",

@@ -99,6 +99,13 @@ impl TestServer {
         String::from_utf8(b64(&stdout(&o))).ok()
     }
 
+    /// `kubectl -n NS get WHAT -o jsonpath=PATH` (WHAT as `cluster/demo`);
+    /// empty if it fails.
+    pub fn field(&self, ns: &str, what: &str, path: &str) -> String {
+        let o = self.kubectl(&["-n", ns, "get", what, "-o", &format!("jsonpath={path}")]);
+        stdout(&o).trim().to_owned()
+    }
+
     /// Runs kubectl against this server.
     pub fn kubectl(&self, args: &[&str]) -> Output {
         kubectl_with(&self.kubeconfig(), args, None)
@@ -147,6 +154,29 @@ pub async fn client_for(kubeconfig: &Path) -> kube::Client {
         .await
         .expect("config");
     kube::Client::try_from(cfg).expect("client")
+}
+
+/// Runs the `paddock` CLI with `kubeconfig`.
+pub fn paddock(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .output()
+        .expect("paddock runs")
+}
+
+/// Runs the `paddock` CLI and insists that it succeeds; returns stdout.
+pub fn paddock_ok(kubeconfig: &Path, args: &[&str]) -> String {
+    let out = paddock(kubeconfig, args);
+    assert!(
+        out.status.success(),
+        "paddock {args:?}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    stdout(&out)
 }
 
 pub fn kubectl_with(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
