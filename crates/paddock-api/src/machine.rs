@@ -10,6 +10,13 @@ use crate::quantity::{Cpu, Memory};
 use crate::validation::{FieldError, Validate, check_dns_label, check_dns_subdomain};
 
 /// One node VM of a workload cluster.
+/// The finalizer every Machine carries while a VM of it may exist. The
+/// agent of the Machine's host removes it once the VM, its tap and (if no
+/// other Machine of the cluster runs there) the overlay's devices are gone;
+/// host health removes it for Machines that never had a host or whose Host
+/// was deleted (the operator's word that it is gone for good).
+pub const VM_FINALIZER: &str = "paddock.io/vm";
+
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "paddock.io",

@@ -28,12 +28,29 @@ pub struct Api {
     pub bookmark_every: Duration,
 }
 
+/// Decides whether a write may store `new` in place of `old` (none for a
+/// create): authorization on the result, not on the shape of the request.
+pub type Admit = std::sync::Arc<dyn Fn(Option<&Value>, &Value) -> ApiResult<()> + Send + Sync>;
+
 /// What a write may do besides writing.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Clone, Default)]
 pub struct WriteOptions {
     pub dry_run: bool,
     /// Reject fields the type does not know (`fieldValidation=Strict`).
     pub strict: bool,
+    /// Checked on the object as it would be stored, after validation and
+    /// before anything is written (also on dry runs).
+    pub admit: Option<Admit>,
+}
+
+impl std::fmt::Debug for WriteOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteOptions")
+            .field("dry_run", &self.dry_run)
+            .field("strict", &self.strict)
+            .field("admit", &self.admit.is_some())
+            .finish()
+    }
 }
 
 /// Which part of an object an update may change.
@@ -250,16 +267,27 @@ impl Api {
             None => (None, None),
         };
         let mut items = Vec::new();
-        let mut revision = 0;
+        // Every chunk, and every later page, is read at the first page's revision.
+        let mut revision = first_rv;
         let mut more;
         let mut last_key = None;
         let chunk = opts.limit.map_or(1000, |l| l.clamp(1, 1000));
         loop {
-            let page = self
+            let page = match self
                 .store
-                .list(&prefix, after.as_deref(), Some(chunk))
-                .await?;
-            revision = revision.max(page.revision);
+                .list(&prefix, after.as_deref(), Some(chunk), revision)
+                .await
+            {
+                Err(StoreError::Compacted { .. }) if first_rv.is_some() => {
+                    return Err(ApiError::Gone(
+                        "The provided continue parameter is too old to display a consistent list result. \
+                         You can start a new list without the continue parameter."
+                            .into(),
+                    ));
+                }
+                other => other?,
+            };
+            revision = Some(page.revision);
             more = page.more;
             for kv in &page.items {
                 last_key = Some(kv.key.clone());
@@ -278,7 +306,7 @@ impl Api {
             }
             after = last_key.clone();
         }
-        let rv = first_rv.unwrap_or(revision);
+        let rv = revision.unwrap_or_default();
         let continue_token = match (more, &last_key) {
             (true, Some(k)) if opts.limit.is_some() => {
                 let tok = serde_json::to_vec(&ContinueToken { k: k.clone(), rv })
@@ -393,6 +421,9 @@ impl Api {
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
         m.insert("generation".into(), json!(1));
+        if let Some(admit) = &opts.admit {
+            admit(None, &normal)?;
+        }
         if opts.dry_run {
             return Ok(normal);
         }
@@ -433,7 +464,17 @@ impl Api {
         for attempt in 0.. {
             let (kv, old) = self.read(res, ns, name).await?;
             match self
-                .write_update(res, ns, name, &kv, &old, obj.clone(), part, opts, pinned)
+                .write_update(
+                    res,
+                    ns,
+                    name,
+                    &kv,
+                    &old,
+                    obj.clone(),
+                    part,
+                    opts.clone(),
+                    pinned,
+                )
                 .await
             {
                 Err(ApiError::Conflict(..)) if pinned.is_none() && attempt < MAX_RETRIES => {
@@ -487,7 +528,7 @@ impl Api {
                 meta_mut(&mut new).remove("resourceVersion");
             }
             match self
-                .write_update(res, ns, name, &kv, &old, new, part, opts, pinned)
+                .write_update(res, ns, name, &kv, &old, new, part, opts.clone(), pinned)
                 .await
             {
                 Err(ApiError::Conflict(..)) if pinned.is_none() && attempt < MAX_RETRIES => {
@@ -632,6 +673,9 @@ impl Api {
                 .and_then(Value::as_i64)
                 .unwrap_or(1);
             meta_mut(&mut normal).insert("generation".into(), json!(g + 1));
+        }
+        if let Some(admit) = &opts.admit {
+            admit(Some(old), &normal)?;
         }
         if normal == object::without_rv(old) {
             return Ok(old.clone());

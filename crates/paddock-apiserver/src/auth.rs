@@ -193,7 +193,15 @@ pub async fn require_user(State(state): State<AppState>, mut req: Request, next:
             req.extensions_mut().insert(user);
             next.run(req).await
         }
-        None => ApiError::Unauthorized.into_response(),
+        None => {
+            tracing::warn!(
+                method = %req.method(),
+                path = %req.uri().path(),
+                token = if header.is_some() { "unknown" } else { "none" },
+                "unauthenticated request refused"
+            );
+            ApiError::Unauthorized.into_response()
+        }
     }
 }
 

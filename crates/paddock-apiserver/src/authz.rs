@@ -18,9 +18,15 @@
 //! of Machines bound to it, and reads the bootstrap Secret of those Machines
 //! — no other Secret. A compromised host thus holds the CA keys only of
 //! clusters whose control planes it runs (kubeadm needs them there) and no
-//! other host's bootstrap data. Whether a Machine is bound to the host is
-//! read from the store, so such requests are allowed on a [`Condition`]
-//! that [`holds`] checks.
+//! other host's bootstrap data. Once a Machine bound to it is deleted and
+//! its VM is gone, it removes the Machine's [`VM_FINALIZER`] (and changes
+//! nothing else). Whether a Machine is bound to the host is read from the
+//! store, so such requests are allowed on a [`Condition`]: reads on one that
+//! [`holds`] looks up first, writes on one that [`admits`] decides on the
+//! object as it would be stored — whatever the shape of the request (a
+//! merge patch, a JSON patch replacing the whole document, a PUT).
+//!
+//! [`VM_FINALIZER`]: paddock_api::machine::VM_FINALIZER
 
 use http::Method;
 
@@ -97,21 +103,21 @@ pub enum Condition {
     /// A create, allowed if the new object is named `name` and claims no
     /// ownership (see [`Condition::ClaimsNoOwnership`]).
     CreatesNamed(String),
-    /// A write, allowed if it sets no finalizers and no owner references:
-    /// through them an object can hold up other objects' deletion.
+    /// A write, allowed if the stored object gains no finalizers and no
+    /// owner references: through them an object can hold up other objects'
+    /// deletion.
     ClaimsNoOwnership,
     /// A host registering itself: allowed if the new Host is named `name`
     /// and carries no BMC settings (they name the credentials the platform
     /// will send to that BMC address).
     RegistersHost(String),
-    /// Allowed if Machine `namespace/name` is bound to `host`.
-    MachineOnHost {
-        host: String,
-        namespace: String,
-        name: String,
-    },
-    /// Allowed if Secret `namespace/name` is the bootstrap Secret of a
-    /// Machine bound to `host`.
+    /// A status write, allowed if the Machine written is bound to `host`.
+    MachineOnHost { host: String },
+    /// A write to a Machine bound to `host` that only removes its
+    /// [`paddock_api::machine::VM_FINALIZER`].
+    ReleasesMachine { host: String },
+    /// A read, allowed if Secret `namespace/name` is the bootstrap Secret of
+    /// a Machine bound to `host`.
     BootstrapSecretOf {
         host: String,
         namespace: String,
@@ -134,9 +140,13 @@ impl Condition {
                     "a host may only register itself, as {name:?}, without BMC settings, finalizers or owner references"
                 )
             }
-            Condition::MachineOnHost { host, .. } => {
+            Condition::MachineOnHost { host } => {
                 format!("the Machine is not bound to host {host:?}")
             }
+            Condition::ReleasesMachine { host } => format!(
+                "a host may only remove the finalizer {:?} of a Machine bound to it (host {host:?}), and change nothing else",
+                paddock_api::machine::VM_FINALIZER
+            ),
             Condition::BootstrapSecretOf { host, .. } => {
                 format!("it is not the bootstrap Secret of a Machine bound to host {host:?}")
             }
@@ -165,71 +175,90 @@ pub fn check(user: &User, t: &Target, method: &Method, watch: bool) -> Result<De
     decision.ok_or_else(|| forbidden(user, t, method, watch, None))
 }
 
-/// Whether `cond` holds; `body` gives the request's object (for creates).
-pub async fn holds(
-    api: &Api,
-    cond: &Condition,
-    body: impl FnOnce() -> ApiResult<Value>,
-) -> ApiResult<bool> {
-    let bound_to = |m: &Value, host: &str| m["spec"]["hostName"].as_str() == Some(host);
-    match cond {
-        Condition::CreatesNamed(name) => {
-            let b = body()?;
-            Ok(b["metadata"]["name"].as_str() == Some(name.as_str()) && !claims_ownership(&b))
-        }
-        Condition::ClaimsNoOwnership => Ok(!claims_ownership(&body()?)),
-        Condition::RegistersHost(name) => {
-            let b = body()?;
-            Ok(b["metadata"]["name"].as_str() == Some(name.as_str())
-                && b["spec"]["bmc"].is_null()
-                && !claims_ownership(&b))
-        }
-        Condition::MachineOnHost {
-            host,
-            namespace,
-            name,
-        } => match api.get(machines(), Some(namespace), name).await {
-            Ok(m) => Ok(bound_to(&m, host)),
-            Err(ApiError::NotFound(_)) => Ok(false),
-            Err(e) => Err(e),
-        },
-        Condition::BootstrapSecretOf {
-            host,
-            namespace,
-            name,
-        } => {
-            let res = machines();
-            let opts = ListOptions {
-                fields: FieldSelector::parse(&format!("spec.hostName={host}"), res.field_labels)
-                    .map_err(ApiError::Internal)?,
-                ..ListOptions::default()
-            };
-            let page = api.list(res, Some(namespace), &opts).await?;
-            Ok(page.items.iter().any(|m| {
-                bound_to(m, host) && m["spec"]["bootstrapSecret"].as_str() == Some(name.as_str())
-            }))
-        }
+impl Condition {
+    /// Whether [`holds`] decides it before the request runs (reads);
+    /// otherwise [`admits`] decides on the object the write would store.
+    pub fn is_lookup(&self) -> bool {
+        matches!(self, Condition::BootstrapSecretOf { .. })
     }
 }
 
-/// Whether a request body — an object, a merge patch or a JSON patch —
-/// sets finalizers or owner references.
-fn claims_ownership(body: &Value) -> bool {
-    const FIELDS: [&str; 2] = ["finalizers", "ownerReferences"];
-    match body {
-        Value::Array(ops) => ops.iter().any(|op| {
-            let path = op["path"].as_str().unwrap_or_default();
-            path == "/metadata"
-                || FIELDS
+/// Whether a lookup condition holds (see [`Condition::is_lookup`]); write
+/// conditions are left to [`admits`] and hold here.
+pub async fn holds(api: &Api, cond: &Condition) -> ApiResult<bool> {
+    let Condition::BootstrapSecretOf {
+        host,
+        namespace,
+        name,
+    } = cond
+    else {
+        return Ok(true);
+    };
+    let res = machines();
+    let opts = ListOptions {
+        fields: FieldSelector::parse(&format!("spec.hostName={host}"), res.field_labels)
+            .map_err(ApiError::Internal)?,
+        ..ListOptions::default()
+    };
+    let page = api.list(res, Some(namespace), &opts).await?;
+    Ok(page
+        .items
+        .iter()
+        .any(|m| bound_to(m, host) && m["spec"]["bootstrapSecret"].as_str() == Some(name.as_str())))
+}
+
+fn bound_to(m: &Value, host: &str) -> bool {
+    m["spec"]["hostName"].as_str() == Some(host)
+}
+
+/// Whether a write condition admits storing `new` in place of `old` (none
+/// for a create). Decided on whole objects, after the patch is applied.
+pub fn admits(cond: &Condition, old: Option<&Value>, new: &Value) -> bool {
+    let named = |name: &str| new["metadata"]["name"].as_str() == Some(name);
+    match cond {
+        Condition::CreatesNamed(name) => old.is_none() && named(name) && !claims(old, new),
+        Condition::ClaimsNoOwnership => !claims(old, new),
+        Condition::RegistersHost(name) => {
+            old.is_none() && named(name) && new["spec"]["bmc"].is_null() && !claims(old, new)
+        }
+        Condition::MachineOnHost { host } => {
+            old.is_some_and(|o| bound_to(o, host)) && bound_to(new, host) && !claims(old, new)
+        }
+        Condition::ReleasesMachine { host } => {
+            let Some(old) = old else { return false };
+            let (before, after) = (
+                crate::object::finalizers(old),
+                crate::object::finalizers(new),
+            );
+            let only_released = after.iter().all(|f| before.contains(f))
+                && before
                     .iter()
-                    .any(|f| path.starts_with(&format!("/metadata/{f}")))
-        }),
-        _ => FIELDS.iter().any(|f| match &body["metadata"][f] {
-            Value::Null => false,
-            Value::Array(a) => !a.is_empty(),
-            _ => true,
-        }),
+                    .all(|f| after.contains(f) || f == paddock_api::machine::VM_FINALIZER);
+            let rest = |v: &Value| {
+                let mut v = crate::object::without_rv(v);
+                if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("finalizers");
+                }
+                v
+            };
+            bound_to(old, host) && only_released && rest(old) == rest(new)
+        }
+        Condition::BootstrapSecretOf { .. } => false,
     }
+}
+
+/// Whether `new` has a finalizer or an owner reference that `old` did not.
+fn claims(old: Option<&Value>, new: &Value) -> bool {
+    ["finalizers", "ownerReferences"].iter().any(|f| {
+        let had = old
+            .and_then(|o| o["metadata"][f].as_array().cloned())
+            .unwrap_or_default();
+        match &new["metadata"][f] {
+            Value::Null => false,
+            Value::Array(a) => a.iter().any(|x| !had.contains(x)),
+            _ => true,
+        }
+    })
 }
 
 /// Refuses the request in a 403 naming user, verb, object and, for a
@@ -303,11 +332,15 @@ fn host_may(host: &str, t: &Target, method: &Method) -> Option<Decision> {
             Some(Decision::AllowIf(Condition::RegistersHost(host.to_owned())))
         }
         (paddock_api::GROUP, "hosts") if write && t.status && name == Some(host) => allow,
-        (paddock_api::GROUP, "machines") if write && t.status => {
-            Some(Decision::AllowIf(Condition::MachineOnHost {
-                host: host.to_owned(),
-                namespace: ns?.to_owned(),
-                name: name?.to_owned(),
+        (paddock_api::GROUP, "machines") if write && name.is_some() => {
+            Some(Decision::AllowIf(if t.status {
+                Condition::MachineOnHost {
+                    host: host.to_owned(),
+                }
+            } else {
+                Condition::ReleasesMachine {
+                    host: host.to_owned(),
+                }
             }))
         }
         ("coordination.k8s.io", "leases") if ns == Some(paddock_api::host::SYSTEM_NAMESPACE) => {
@@ -363,11 +396,73 @@ mod tests {
             .expect("route");
         assert_eq!(
             check(&h1, &t, &Method::PATCH, false).expect("conditional"),
-            Decision::AllowIf(Condition::MachineOnHost {
-                host: "h1".into(),
-                namespace: "acme".into(),
-                name: "m1".into()
-            })
+            Decision::AllowIf(Condition::MachineOnHost { host: "h1".into() })
         );
+    }
+
+    fn lease(fins: &[&str]) -> Value {
+        serde_json::json!({
+            "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "host-h1", "namespace": "paddock-system", "finalizers": fins},
+            "spec": {"holderIdentity": "host-h1"}
+        })
+    }
+
+    fn machine(host: &str, fins: &[&str], cpu: u32) -> Value {
+        serde_json::json!({
+            "apiVersion": "paddock.io/v1alpha1", "kind": "Machine",
+            "metadata": {"name": "m1", "namespace": "acme", "finalizers": fins, "resourceVersion": "7"},
+            "spec": {"hostName": host, "cpu": cpu}
+        })
+    }
+
+    #[test]
+    fn ownership_is_judged_on_the_stored_object() {
+        let c = Condition::ClaimsNoOwnership;
+        let old = lease(&[]);
+        // Whatever patch produced it: a whole-document replace, a move, a copy.
+        assert!(!admits(&c, Some(&old), &lease(&["example.com/hold"])));
+        let mut owned = lease(&[]);
+        owned["metadata"]["ownerReferences"] = serde_json::json!([{"uid": "0000"}]);
+        assert!(!admits(&c, Some(&old), &owned));
+        assert!(admits(&c, Some(&old), &lease(&[])));
+        // Keeping or dropping what was there already is no new claim.
+        let held = lease(&["example.com/hold"]);
+        assert!(admits(&c, Some(&held), &held));
+        assert!(admits(&c, Some(&held), &lease(&[])));
+        let create = Condition::CreatesNamed("host-h1".into());
+        assert!(admits(&create, None, &lease(&[])));
+        assert!(!admits(&create, None, &lease(&["example.com/hold"])));
+        assert!(!admits(&create, Some(&old), &lease(&[])));
+    }
+
+    #[test]
+    fn a_host_releases_only_the_vm_finalizer_of_its_own_machines() {
+        let vm = paddock_api::machine::VM_FINALIZER;
+        let c = Condition::ReleasesMachine { host: "h1".into() };
+        let old = machine("h1", &[vm, "example.com/other"], 1);
+        assert!(admits(
+            &c,
+            Some(&old),
+            &machine("h1", &["example.com/other"], 1)
+        ));
+        // Another finalizer, a change besides, another host's Machine.
+        assert!(!admits(&c, Some(&old), &machine("h1", &[vm], 1)));
+        assert!(!admits(
+            &c,
+            Some(&old),
+            &machine("h1", &["example.com/other"], 2)
+        ));
+        assert!(!admits(
+            &c,
+            Some(&old),
+            &machine("h2", &["example.com/other"], 1)
+        ));
+        let theirs = machine("h2", &[vm], 1);
+        assert!(!admits(&c, Some(&theirs), &machine("h2", &[], 1)));
+        assert!(!admits(&c, None, &machine("h1", &[], 1)));
+        let status = Condition::MachineOnHost { host: "h1".into() };
+        assert!(admits(&status, Some(&old), &old));
+        assert!(!admits(&status, Some(&theirs), &theirs));
     }
 }

@@ -51,6 +51,7 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     TooLarge(String),
+    /// Detail for the server's log only: clients see an id to quote.
     #[error("internal error: {0}")]
     Internal(String),
     #[error("{0}")]
@@ -75,11 +76,10 @@ impl From<paddock_store::StoreError> for ApiError {
             S::Compacted { requested, oldest } => {
                 ApiError::Gone(format!("too old resource version: {requested} ({oldest})"))
             }
-            other => {
-                let msg = chain(&other);
-                tracing::error!(error = %msg, "store error");
-                ApiError::Internal(msg)
-            }
+            S::FutureRevision { requested, current } => ApiError::BadRequest(format!(
+                "resource version {requested} is newer than the server's {current}"
+            )),
+            other => ApiError::Internal(chain(&other)),
         }
     }
 }
@@ -140,12 +140,16 @@ impl ApiError {
 
     /// The `Status` object Kubernetes clients expect.
     pub fn status(&self) -> Value {
+        self.status_with_message(self.to_string())
+    }
+
+    fn status_with_message(&self, message: String) -> Value {
         let mut status = json!({
             "kind": "Status",
             "apiVersion": "v1",
             "metadata": {},
             "status": "Failure",
-            "message": self.to_string(),
+            "message": message,
             "reason": self.reason(),
             "code": self.code().as_u16(),
         });
@@ -173,10 +177,23 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if matches!(self, Self::Internal(_)) {
-            tracing::error!(error = %self, "request failed");
-        }
-        let mut resp = (self.code(), axum::Json(self.status())).into_response();
+        let status = match &self {
+            // The cause stays in the log; the client gets an id to quote.
+            Self::Internal(detail) => {
+                let id = uuid::Uuid::new_v4().simple().to_string();
+                let id = &id[..12];
+                tracing::error!(error_id = id, error = %detail, "request failed");
+                self.status_with_message(format!(
+                    "internal error (id {id}): the server's log has the details"
+                ))
+            }
+            Self::Forbidden(msg) => {
+                tracing::warn!(reason = %msg, "request refused");
+                self.status()
+            }
+            _ => self.status(),
+        };
+        let mut resp = (self.code(), axum::Json(status)).into_response();
         if matches!(self, Self::Unauthorized) {
             resp.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,

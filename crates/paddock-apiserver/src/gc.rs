@@ -84,7 +84,7 @@ fn creates_work(ev: &paddock_store::Event) -> bool {
 }
 
 async fn load(api: &Api) -> ApiResult<Vec<Item>> {
-    let page = api.store.list("/registry/", None, None).await?;
+    let page = api.store.list("/registry/", None, None, None).await?;
     let mut items = Vec::with_capacity(page.items.len());
     for kv in &page.items {
         let obj = decode(kv)?;

@@ -78,7 +78,11 @@ fn write_options(p: &Params) -> ApiResult<WriteOptions> {
             )));
         }
     };
-    Ok(WriteOptions { dry_run, strict })
+    Ok(WriteOptions {
+        dry_run,
+        strict,
+        admit: None,
+    })
 }
 
 fn list_options(res: &Resource, p: &Params) -> ApiResult<ListOptions> {
@@ -150,17 +154,36 @@ async fn serve(
         .map(|q| q.0)
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
     let watching = truthy(&p.watch);
-    if let Decision::AllowIf(cond) = authz::check(user, &target, method, watching)?
-        && !authz::holds(api, &cond, || body_json(headers, body)).await?
-    {
-        return Err(authz::forbidden(
-            user,
-            &target,
-            method,
-            watching,
-            Some(&cond),
-        ));
+    // Conditions on reads are looked up now; those on writes are decided on
+    // the object as it would be stored.
+    let mut admit: Option<crate::api::Admit> = None;
+    if let Decision::AllowIf(cond) = authz::check(user, &target, method, watching)? {
+        let refusal = authz::forbidden(user, &target, method, watching, Some(&cond)).to_string();
+        if cond.is_lookup() {
+            if !authz::holds(api, &cond).await? {
+                return Err(ApiError::Forbidden(refusal));
+            }
+        } else if !matches!(*method, Method::POST | Method::PUT | Method::PATCH)
+            || target.call.is_some()
+        {
+            // Only writes through the object path check the result.
+            return Err(ApiError::Forbidden(refusal));
+        } else {
+            admit = Some(std::sync::Arc::new(move |old, new| {
+                if authz::admits(&cond, old, new) {
+                    Ok(())
+                } else {
+                    Err(ApiError::Forbidden(refusal.clone()))
+                }
+            }));
+        }
     }
+    let write_options = |p: &Params| -> ApiResult<WriteOptions> {
+        Ok(WriteOptions {
+            admit: admit.clone(),
+            ..write_options(p)?
+        })
+    };
     let Target {
         res,
         namespace,

@@ -19,6 +19,7 @@ pub mod resources;
 pub mod route;
 pub mod selector;
 pub mod table;
+pub mod tasks;
 pub mod tls;
 
 use std::net::SocketAddr;
@@ -30,7 +31,6 @@ use axum::Router;
 use axum::routing::{any, get};
 use paddock_store::{DynStore, EncryptedStore, RedbStore, StoreOptions};
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 
 pub use api::Api;
 pub use auth::{Authenticator, User};
@@ -42,6 +42,7 @@ pub struct AppState {
     pub api: Api,
     pub auth: Arc<Authenticator>,
     pub clusters: Arc<kubeconfig::ClusterAccess>,
+    pub tasks: tasks::Tasks,
 }
 
 /// How to run the server.
@@ -114,11 +115,63 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_user,
         ))
-        .with_state(state);
+        .with_state(state.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/livez", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
         .merge(authed)
+}
+
+/// Ready when the store answers and every background task runs; else 503
+/// with a line per check, as Kubernetes' `/readyz?verbose` writes them.
+/// (Causes go to the log, not to this unauthenticated endpoint.)
+async fn readyz(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> (::http::StatusCode, String) {
+    let mut lines = Vec::new();
+    let mut ok = true;
+    let store = tokio::time::timeout(Duration::from_secs(2), state.api.store.check()).await;
+    match store {
+        Ok(Ok(())) => lines.push("[+]store ok".to_owned()),
+        Ok(Err(e)) => {
+            tracing::error!(error = %error::chain(&e), "readiness: the store check failed");
+            ok = false;
+            lines.push("[-]store failed".to_owned());
+        }
+        Err(_) => {
+            ok = false;
+            lines.push("[-]store failed: no answer within 2s".to_owned());
+        }
+    }
+    for t in state.tasks.states() {
+        match t.ended {
+            None => lines.push(format!("[+]{} ok", t.name)),
+            Some(why) => {
+                ok = false;
+                lines.push(format!("[-]{} failed: task {why}", t.name));
+            }
+        }
+    }
+    let verbose = query.is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "verbose" || p.starts_with("verbose="))
+    });
+    if ok {
+        let body = if verbose {
+            format!("{}\nreadyz check passed\n", lines.join("\n"))
+        } else {
+            "ok".to_owned()
+        };
+        (::http::StatusCode::OK, body)
+    } else {
+        (
+            ::http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\nreadyz check failed\n", lines.join("\n")),
+        )
+    }
 }
 
 /// A running server; dropping it does not stop it, [`Running::shutdown`] does.
@@ -126,14 +179,14 @@ pub struct Running {
     pub addr: SocketAddr,
     pub data: DataDir,
     pub api: Api,
-    tasks: Vec<JoinHandle<()>>,
+    /// The supervised background tasks; run the server's other parts
+    /// (controllers, gateway) here so that `/readyz` sees them.
+    pub tasks: tasks::Tasks,
 }
 
 impl Running {
     pub fn shutdown(self) {
-        for t in self.tasks {
-            t.abort();
-        }
+        self.tasks.shutdown();
     }
 }
 
@@ -164,7 +217,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     if !key_file.exists() {
         // A new key would make every sealed Secret unreadable: refuse.
         for prefix in &secrets {
-            let page = raw.list(prefix, None, Some(1000)).await?;
+            let page = raw.list(prefix, None, Some(1000), None).await?;
             if page
                 .items
                 .iter()
@@ -186,21 +239,28 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     let mut api = Api::new(store);
     api.bookmark_every = config.bookmark_every;
     bootstrap::ensure_system_namespaces(&api).await;
+    let tasks = tasks::Tasks::default();
     let state = AppState {
         api: api.clone(),
         auth: Arc::new(data.authenticator.clone()),
         clusters: Arc::new(config.clusters.clone()),
+        tasks: tasks.clone(),
     };
     let tls = tls::server_config(&data.serving.cert_pem, &data.serving.key_pem)?;
     let app = router(state);
-    let mut tasks = vec![tokio::spawn(tls::serve(listener, tls.clone(), app.clone()))];
+    tasks.spawn_loop("serve", tls::serve(listener, tls.clone(), app.clone()));
     if let Some(path) = &config.unix_socket {
-        let _ = std::fs::remove_file(path);
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(ServerError::ListenUnix(path.display().to_string(), e));
+            }
+            _ => {}
+        }
         let ul = tokio::net::UnixListener::bind(path)
             .map_err(|e| ServerError::ListenUnix(path.display().to_string(), e))?;
-        tasks.push(tokio::spawn(tls::serve_unix(ul, tls, app)));
+        tasks.spawn_loop("serve-unix", tls::serve_unix(ul, tls, app));
     }
-    tasks.push(tokio::spawn(gc::run(api.clone(), config.gc_resync)));
+    tasks.spawn_loop("garbage-collector", gc::run(api.clone(), config.gc_resync));
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "paddock server listening");
     Ok(Running {
         addr,

@@ -155,8 +155,9 @@ impl Store for EncryptedStore {
         prefix: &str,
         start_after: Option<&str>,
         limit: Option<usize>,
+        at: Option<Revision>,
     ) -> Result<Page> {
-        let mut page = self.inner.list(prefix, start_after, limit).await?;
+        let mut page = self.inner.list(prefix, start_after, limit, at).await?;
         page.items = page
             .items
             .into_iter()
@@ -197,6 +198,10 @@ impl Store for EncryptedStore {
     fn revision(&self) -> Revision {
         self.inner.revision()
     }
+
+    async fn check(&self) -> Result<()> {
+        self.inner.check().await
+    }
 }
 
 #[cfg(test)]
@@ -231,7 +236,7 @@ mod tests {
             &enc.get("/s/a").await.unwrap().unwrap().value[..],
             b"hunter2"
         );
-        let page = enc.list("/s/", None, None).await.unwrap();
+        let page = enc.list("/s/", None, None, None).await.unwrap();
         assert_eq!(&page.items[0].value[..], b"hunter2");
         let ev = w.next().await.unwrap().unwrap();
         assert!(matches!(&*ev, Event::Put { kv, .. } if &kv.value[..] == b"hunter2"));

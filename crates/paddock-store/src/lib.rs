@@ -98,6 +98,11 @@ pub enum StoreError {
         requested: Revision,
         oldest: Revision,
     },
+    #[error("revision {requested} is newer than the store's {current}")]
+    FutureRevision {
+        requested: Revision,
+        current: Revision,
+    },
     #[error("corrupt record for key {0:?}")]
     Corrupt(String),
     #[error("store is closed")]
@@ -113,12 +118,16 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub trait Store: Send + Sync + 'static {
     /// The value of one key.
     async fn get(&self, key: &str) -> Result<Option<KeyValue>>;
-    /// Keys under `prefix` in order, after `start_after`, at most `limit`.
+    /// Keys under `prefix` in order, after `start_after`, at most `limit`,
+    /// as they were at revision `at` (the newest when `None`): the pages of
+    /// one list, read at the first page's revision, form one snapshot.
+    /// A revision older than the kept history is [`StoreError::Compacted`].
     async fn list(
         &self,
         prefix: &str,
         start_after: Option<&str>,
         limit: Option<usize>,
+        at: Option<Revision>,
     ) -> Result<Page>;
     /// Writes `value` at `key` if `pre` holds; returns the stored record.
     async fn put(&self, key: &str, value: Bytes, pre: Precondition) -> Result<KeyValue>;
@@ -128,6 +137,10 @@ pub trait Store: Send + Sync + 'static {
     fn watch(&self, prefix: &str, after: Revision) -> Result<Watch>;
     /// The newest revision.
     fn revision(&self) -> Revision;
+    /// Whether the store can serve reads and take writes (for readiness).
+    async fn check(&self) -> Result<()> {
+        self.get("/health").await.map(|_| ())
+    }
 }
 
 /// A shared handle to any store.

@@ -283,6 +283,114 @@ fn apply_batch(db: &Database, hub: &Hub, ops: Vec<Op>, keep: u64) {
     }
 }
 
+/// A range read inside one read transaction, as of revision `at`.
+///
+/// The current table gives every key not written since `at`; for the keys
+/// written since, the first change after `at` in the history holds the value
+/// they had at `at` (its `prev`), or says they did not exist yet.
+fn list_at(
+    r: &redb::ReadTransaction,
+    prefix: &str,
+    start: Option<&str>,
+    limit: Option<usize>,
+    at: Option<Revision>,
+) -> Result<Page> {
+    let current = r
+        .open_table(META)
+        .map_err(backend)?
+        .get(REVISION)
+        .map_err(backend)?
+        .map_or(0, |v| v.value());
+    let at = at.unwrap_or(current);
+    if at > current {
+        return Err(StoreError::FutureRevision {
+            requested: at,
+            current,
+        });
+    }
+    let after_start = |key: &str| start.is_none_or(|s| key > s);
+    // Keys written after `at`: their value at `at`, or None if they had none.
+    let mut then: std::collections::BTreeMap<String, Option<KeyValue>> = Default::default();
+    if at < current {
+        let hist = r.open_table(HISTORY).map_err(backend)?;
+        let oldest = hist
+            .first()
+            .map_err(backend)?
+            .map_or(current + 1, |(k, _)| k.value());
+        if oldest > at + 1 {
+            return Err(StoreError::Compacted {
+                requested: at,
+                oldest: oldest.saturating_sub(1),
+            });
+        }
+        for item in hist.range(at + 1..=current).map_err(backend)? {
+            let (rev, raw) = item.map_err(backend)?;
+            let ev = decode_event(raw.value())
+                .ok_or_else(|| StoreError::Corrupt(format!("history@{}", rev.value())))?;
+            let key = ev.key().to_owned();
+            if !key.starts_with(prefix) || !after_start(&key) || then.contains_key(&key) {
+                continue;
+            }
+            let was = match ev {
+                Event::Put { prev, .. } => prev,
+                Event::Delete { prev, .. } => Some(prev),
+            };
+            then.insert(key, was);
+        }
+    }
+    let t = r.open_table(KV).map_err(backend)?;
+    let lower = match start {
+        Some(s) if s >= prefix => Bound::Excluded(s),
+        _ => Bound::Included(prefix),
+    };
+    let full = |n: usize| limit.is_some_and(|l| n >= l);
+    let mut items = Vec::new();
+    let mut more = false;
+    let mut older = then
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k.as_str(), v)))
+        .peekable();
+    'scan: for entry in t
+        .range::<&str>((lower, Bound::Unbounded))
+        .map_err(backend)?
+    {
+        let (k, v) = entry.map_err(backend)?;
+        let key = k.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        while let Some((_, kv)) = older.next_if(|(ok, _)| *ok < key) {
+            if full(items.len()) {
+                more = true;
+                break 'scan;
+            }
+            items.push(kv.clone());
+        }
+        if then.contains_key(key) {
+            continue;
+        }
+        if full(items.len()) {
+            more = true;
+            break;
+        }
+        items.push(decode_record(key, v.value())?);
+    }
+    if !more {
+        for (_, kv) in older {
+            if full(items.len()) {
+                more = true;
+                break;
+            }
+            items.push(kv.clone());
+        }
+    }
+    Ok(Page {
+        items,
+        revision: at,
+        more,
+    })
+}
+
 #[async_trait]
 impl Store for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -303,44 +411,13 @@ impl Store for RedbStore {
         prefix: &str,
         start_after: Option<&str>,
         limit: Option<usize>,
+        at: Option<Revision>,
     ) -> Result<Page> {
         let prefix = prefix.to_owned();
         let start = start_after.map(str::to_owned);
         self.blocking(move |db| {
             let r = db.begin_read().map_err(backend)?;
-            let revision = r
-                .open_table(META)
-                .map_err(backend)?
-                .get(REVISION)
-                .map_err(backend)?
-                .map_or(0, |v| v.value());
-            let t = r.open_table(KV).map_err(backend)?;
-            let lower = match &start {
-                Some(s) if s.as_str() >= prefix.as_str() => Bound::Excluded(s.as_str()),
-                _ => Bound::Included(prefix.as_str()),
-            };
-            let mut items = Vec::new();
-            let mut more = false;
-            for entry in t
-                .range::<&str>((lower, Bound::Unbounded))
-                .map_err(backend)?
-            {
-                let (k, v) = entry.map_err(backend)?;
-                let key = k.value();
-                if !key.starts_with(prefix.as_str()) {
-                    break;
-                }
-                if limit.is_some_and(|l| items.len() >= l) {
-                    more = true;
-                    break;
-                }
-                items.push(decode_record(key, v.value())?);
-            }
-            Ok(Page {
-                items,
-                revision,
-                more,
-            })
+            list_at(&r, &prefix, start.as_deref(), limit, at)
         })
         .await
     }
@@ -378,6 +455,13 @@ impl Store for RedbStore {
 
     fn revision(&self) -> Revision {
         self.hub.current()
+    }
+
+    async fn check(&self) -> Result<()> {
+        if self.writer.is_closed() {
+            return Err(StoreError::Closed);
+        }
+        self.get("/health").await.map(|_| ())
     }
 }
 
@@ -431,11 +515,11 @@ mod tests {
         s.put("/b/1", Bytes::from_static(b"3"), Precondition::None)
             .await
             .unwrap();
-        let page = s.list("/a/", None, Some(1)).await.unwrap();
+        let page = s.list("/a/", None, Some(1), None).await.unwrap();
         assert_eq!(page.items.len(), 1);
         assert!(page.more);
         let page2 = s
-            .list("/a/", Some(&page.items[0].key), Some(5))
+            .list("/a/", Some(&page.items[0].key), Some(5), None)
             .await
             .unwrap();
         assert_eq!(page2.items[0].key, "/a/2");
@@ -463,7 +547,10 @@ mod tests {
         }
         let s = open(dir.path());
         assert_eq!(s.revision(), 8);
-        assert_eq!(s.list("/k/", None, None).await.unwrap().items.len(), 8);
+        assert_eq!(
+            s.list("/k/", None, None, None).await.unwrap().items.len(),
+            8
+        );
         // History keeps 5: revisions 4..=8 are watchable, 3 and older compacted.
         assert!(matches!(
             s.watch("/k/", 1),
@@ -475,5 +562,86 @@ mod tests {
         s.delete("/k/0", Precondition::None).await.unwrap();
         let ev = w.next().await.unwrap().unwrap();
         assert!(matches!(&*ev, Event::Delete { revision: 9, .. }));
+    }
+
+    #[tokio::test]
+    async fn pages_read_at_the_first_pages_revision() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = RedbStore::open(dir.path(), StoreOptions { history: 100 }).unwrap();
+        for i in 0..6 {
+            s.put(
+                &format!("/k/{i}"),
+                Bytes::from(format!("v{i}")),
+                Precondition::None,
+            )
+            .await
+            .unwrap();
+        }
+        s.put("/other", Bytes::from_static(b"x"), Precondition::None)
+            .await
+            .unwrap();
+        let first = s.list("/k/", None, Some(2), None).await.unwrap();
+        let at = first.revision;
+        assert_eq!(at, 7);
+        // Writes after the first page: an update, a delete, creates before
+        // and after the cursor, and a key that comes and goes.
+        s.put("/k/3", Bytes::from_static(b"new"), Precondition::None)
+            .await
+            .unwrap();
+        s.delete("/k/4", Precondition::None).await.unwrap();
+        s.put("/k/0a", Bytes::from_static(b"late"), Precondition::None)
+            .await
+            .unwrap();
+        s.put("/k/9", Bytes::from_static(b"late"), Precondition::None)
+            .await
+            .unwrap();
+        s.put("/k/35", Bytes::from_static(b"brief"), Precondition::None)
+            .await
+            .unwrap();
+        s.delete("/k/35", Precondition::None).await.unwrap();
+        let mut seen: Vec<(String, Bytes)> = first
+            .items
+            .iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect();
+        let mut cursor = first.items.last().map(|kv| kv.key.clone());
+        loop {
+            let p = s
+                .list("/k/", cursor.as_deref(), Some(2), Some(at))
+                .await
+                .unwrap();
+            assert_eq!(p.revision, at);
+            assert!(p.items.iter().all(|kv| kv.mod_revision <= at));
+            seen.extend(p.items.iter().map(|kv| (kv.key.clone(), kv.value.clone())));
+            cursor = p.items.last().map(|kv| kv.key.clone());
+            if !p.more {
+                break;
+            }
+        }
+        let want: Vec<(String, Bytes)> = (0..6)
+            .map(|i| (format!("/k/{i}"), Bytes::from(format!("v{i}"))))
+            .collect();
+        assert_eq!(seen, want);
+        // The newest revision still reads the current state.
+        let now = s.list("/k/", None, None, None).await.unwrap();
+        let keys: Vec<&str> = now.items.iter().map(|kv| kv.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            ["/k/0", "/k/0a", "/k/1", "/k/2", "/k/3", "/k/5", "/k/9"]
+        );
+        // Once the history no longer reaches back, the revision is gone.
+        for i in 0..120 {
+            s.put("/churn", Bytes::from(i.to_string()), Precondition::None)
+                .await
+                .unwrap();
+        }
+        assert!(matches!(
+            s.list("/k/", None, Some(2), Some(at)).await,
+            Err(StoreError::Compacted { .. })
+        ));
+        assert!(matches!(
+            s.list("/k/", None, None, Some(s.revision() + 1)).await,
+            Err(StoreError::FutureRevision { .. })
+        ));
     }
 }

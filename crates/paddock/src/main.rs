@@ -327,7 +327,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             ..Default::default()
         };
         let client = admin_client(&running.data.admin_kubeconfig()).await?;
-        tokio::spawn(paddock_controllers::run(client, cfg));
+        running
+            .tasks
+            .spawn_loop("controllers", paddock_controllers::run(client, cfg));
     }
     if let Some(listen) = args.gateway_listen {
         let vtep = args
@@ -376,10 +378,10 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             load_balancer,
         };
         let client = admin_client(&running.data.admin_kubeconfig()).await?;
-        tokio::spawn(async move {
-            if let Err(e) = paddock_gateway::run(client, gw).await {
-                tracing::error!(error = format!("{e:#}"), "gateway stopped");
-            }
+        running.tasks.spawn("gateway", async move {
+            paddock_gateway::run(client, gw)
+                .await
+                .map_err(|e| format!("{e:#}"))
         });
     }
     eprintln!(

@@ -264,6 +264,24 @@ async fn a_host_credential_acts_for_its_own_host_only() {
             "json",
             r#"[{"op":"add","path":"/metadata/ownerReferences","value":[{"apiVersion":"paddock.io/v1alpha1","kind":"Cluster","name":"demo","uid":"0000"}]}]"#,
         ),
+        // The whole document replaced: the request names no metadata path,
+        // the object it stores has a finalizer.
+        (
+            "json",
+            r#"[{"op":"replace","path":"","value":{"apiVersion":"coordination.k8s.io/v1","kind":"Lease","metadata":{"name":"host-h1","namespace":"paddock-system","finalizers":["example.com/hold"]},"spec":{"holderIdentity":"host-h1"}}}]"#,
+        ),
+        (
+            "json",
+            r#"[{"op":"add","path":"/spec/holderIdentity","value":"x"},{"op":"replace","path":"","value":{"metadata":{"name":"host-h1","namespace":"paddock-system","ownerReferences":[{"apiVersion":"v1","kind":"Namespace","name":"acme","uid":"0000"}]}}}]"#,
+        ),
+        (
+            "json",
+            r#"[{"op":"add","path":"/spec/x","value":["example.com/hold"]},{"op":"move","from":"/spec/x","path":"/metadata/finalizers"}]"#,
+        ),
+        (
+            "json",
+            r#"[{"op":"add","path":"/spec/x","value":["example.com/hold"]},{"op":"copy","from":"/spec/x","path":"/metadata/finalizers"}]"#,
+        ),
     ] {
         refused(
             &h1,
@@ -367,6 +385,59 @@ async fn a_host_credential_acts_for_its_own_host_only() {
     let o = add_host(&s, "node1.rack2");
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stdout(&o).contains("host:node1.rack2"), "{}", stdout(&o));
+
+    // Once its VM is gone, a host releases the VM finalizer of its own
+    // deleted Machine, and does nothing else with that right.
+    for m in ["m1", "m2"] {
+        s.kubectl_ok(&[
+            "-n",
+            "acme",
+            "patch",
+            "machine",
+            m,
+            "--type=merge",
+            "-p",
+            r#"{"metadata":{"finalizers":["paddock.io/vm"]}}"#,
+        ]);
+        s.kubectl_ok(&["-n", "acme", "delete", "machine", m, "--wait=false"]);
+    }
+    let release = |m: &str, kind: &str, patch: &str| {
+        [
+            "-n", "acme", "patch", "machine", m, "--type", kind, "-p", patch,
+        ]
+        .map(str::to_owned)
+    };
+    let only = "may only remove the finalizer";
+    for (m, kind, patch) in [
+        ("m2", "merge", r#"{"metadata":{"finalizers":null}}"#),
+        (
+            "m1",
+            "merge",
+            r#"{"metadata":{"finalizers":null},"spec":{"cpu":2}}"#,
+        ),
+        (
+            "m1",
+            "json",
+            r#"[{"op":"replace","path":"","value":{"apiVersion":"paddock.io/v1alpha1","kind":"Machine","metadata":{"name":"m1","namespace":"acme"},"spec":{"clusterName":"demo","role":"worker","cpu":1,"memory":"256Mi","disk":"1Gi","hostName":"h2"}}}]"#,
+        ),
+    ] {
+        let args = release(m, kind, patch);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        refused(&h1, &args, None, only);
+    }
+    let args = release(
+        "m1",
+        "json",
+        r#"[{"op":"remove","path":"/metadata/finalizers/0"}]"#,
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    allowed(&h1, &args, None);
+    let left = s.kubectl_ok(&["-n", "acme", "get", "machines", "-o", "name"]);
+    assert_eq!(
+        left.trim(),
+        "machine.paddock.io/m2",
+        "m1 is gone, m2 is held"
+    );
 }
 
 /// An owner in another namespace holds up nothing: a Lease in

@@ -450,3 +450,181 @@ async fn orphan_and_generate_name() {
         "orphaned dependents lose the reference"
     );
 }
+
+/// Writes race a paged list: every page is at the first page's revision
+/// (the objects as they were then, nothing newer), and a watch started from
+/// that revision sees every later change, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_lists_are_one_snapshot() {
+    let s = TestServer::start().await;
+    org(&s.client, "acme").await;
+    let api: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
+    for i in 0..30 {
+        api.create(
+            &PostParams::default(),
+            &machine(&format!("m{i:02}"), None, "one"),
+        )
+        .await
+        .expect("create");
+    }
+    let first = api
+        .list(&ListParams::default().limit(5))
+        .await
+        .expect("first page");
+    let rv = first.metadata.resource_version.clone().expect("rv");
+    let rv_n: u64 = rv.parse().expect("numeric rv");
+    let mut seen: Vec<(String, String)> = first
+        .items
+        .iter()
+        .map(|m| (m.name_any(), m.resource_version().unwrap_or_default()))
+        .collect();
+    let want: Vec<(String, String)> = seen.clone();
+    let mut token = first.metadata.continue_.clone().expect("a second page");
+
+    // A writer that changes the objects still to come while the pages are
+    // fetched: updates, deletes, and creates before and after the cursor.
+    let writer = {
+        let api = api.clone();
+        tokio::spawn(async move {
+            let mut changes = 0usize;
+            for i in 5..30 {
+                let name = format!("m{i:02}");
+                if i % 3 == 0 {
+                    api.delete(&name, &DeleteParams::default())
+                        .await
+                        .expect("delete");
+                } else {
+                    api.patch(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"labels": {"raced": "yes"}}})),
+                    )
+                    .await
+                    .expect("patch");
+                }
+                changes += 1;
+                api.create(
+                    &PostParams::default(),
+                    &machine(&format!("m{i:02}x"), None, "one"),
+                )
+                .await
+                .expect("create");
+                changes += 1;
+            }
+            changes
+        })
+    };
+    loop {
+        let page = api
+            .list(&ListParams::default().limit(5).continue_token(&token))
+            .await
+            .expect("page");
+        assert_eq!(page.metadata.resource_version.as_deref(), Some(rv.as_str()));
+        for m in &page.items {
+            let m_rv: u64 = m
+                .resource_version()
+                .unwrap_or_default()
+                .parse()
+                .expect("rv");
+            assert!(
+                m_rv <= rv_n,
+                "{} is at {m_rv}, newer than the list's {rv_n}",
+                m.name_any()
+            );
+            assert!(
+                !m.labels().contains_key("raced"),
+                "{} shows a later write",
+                m.name_any()
+            );
+            seen.push((m.name_any(), m.resource_version().unwrap_or_default()));
+        }
+        // Let the writer get ahead between pages.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match page.metadata.continue_ {
+            Some(c) if !c.is_empty() => token = c,
+            _ => break,
+        }
+    }
+    let changes = writer.await.expect("writer");
+    let names: Vec<String> = seen.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(
+        names,
+        (0..30).map(|i| format!("m{i:02}")).collect::<Vec<_>>()
+    );
+    assert!(want.iter().all(|w| seen.contains(w)));
+
+    // A watch from the list's revision sees every change made since.
+    let mut w = api
+        .watch(&WatchParams::default().timeout(5), &rv)
+        .await
+        .expect("watch")
+        .boxed();
+    let mut events = 0;
+    let mut last = rv_n;
+    while events < changes {
+        let ev = tokio::time::timeout(Duration::from_secs(10), w.try_next())
+            .await
+            .expect("an event within 10 s")
+            .expect("watch stream")
+            .expect("not ended");
+        let m = match ev {
+            WatchEvent::Added(m) | WatchEvent::Modified(m) | WatchEvent::Deleted(m) => m,
+            WatchEvent::Bookmark(_) => continue,
+            WatchEvent::Error(e) => panic!("watch error: {e:?}"),
+        };
+        let m_rv: u64 = m
+            .resource_version()
+            .unwrap_or_default()
+            .parse()
+            .expect("rv");
+        assert!(m_rv > last, "events in revision order");
+        last = m_rv;
+        events += 1;
+    }
+    assert_eq!(events, changes);
+}
+
+/// `/readyz` fails, naming the task, once a background task is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_fails_when_the_controllers_die() {
+    let s = TestServer::start()
+        .await
+        .with_controllers(paddock_controllers::Config::default());
+    let ca = s.data_dir().join("pki/ca.crt");
+    let readyz = |verbose: bool| {
+        let url = format!(
+            "{}/readyz{}",
+            s.url(),
+            if verbose { "?verbose" } else { "" }
+        );
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&ca)
+            .args(["-w", "\n%{http_code}", &url])
+            .output()
+            .expect("curl runs");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+        (code.to_owned(), body.to_owned())
+    };
+    let (code, body) = readyz(true);
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("[+]controllers ok"), "{body}");
+    assert!(body.contains("[+]store ok"), "{body}");
+    s.running
+        .as_ref()
+        .expect("running")
+        .tasks
+        .abort("controllers");
+    let (code, body) = eventually(5, "readyz to fail", || {
+        let r = readyz(false);
+        async move { (r.0 == "503").then_some(r) }
+    })
+    .await;
+    assert_eq!(code, "503");
+    assert!(
+        body.contains("[-]controllers failed: task was aborted"),
+        "{body}"
+    );
+    assert!(body.contains("[+]garbage-collector ok"), "{body}");
+}

@@ -14,7 +14,6 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub running: Option<paddock_apiserver::Running>,
     pub client: kube::Client,
-    controllers: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestServer {
@@ -36,16 +35,16 @@ impl TestServer {
             dir,
             running: Some(running),
             client,
-            controllers: None,
         }
     }
 
-    /// Also runs the controllers, in-process, as `paddock server` does.
-    pub fn with_controllers(mut self, cfg: paddock_controllers::Config) -> Self {
-        self.controllers = Some(tokio::spawn(paddock_controllers::run(
-            self.client.clone(),
-            cfg,
-        )));
+    /// Also runs the controllers, in-process and supervised, as `paddock
+    /// server` does.
+    pub fn with_controllers(self, cfg: paddock_controllers::Config) -> Self {
+        self.running.as_ref().expect("running").tasks.spawn_loop(
+            "controllers",
+            paddock_controllers::run(self.client.clone(), cfg),
+        );
         self
     }
 
@@ -139,9 +138,6 @@ impl TestServer {
 
 impl Drop for TestServer {
     fn drop(&mut self) {
-        if let Some(c) = self.controllers.take() {
-            c.abort();
-        }
         if let Some(r) = self.running.take() {
             r.shutdown();
         }
