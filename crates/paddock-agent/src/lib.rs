@@ -6,7 +6,9 @@
 pub mod accel;
 pub mod endpoint;
 pub mod host;
+pub mod hypervisor;
 pub mod jsonsock;
+pub mod platform;
 pub mod reconcile;
 pub mod seed;
 pub mod vm;
@@ -70,7 +72,19 @@ pub async fn forward_api_socket(socket: PathBuf) -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
-/// Runs the agent until the process is stopped.
+/// What the agent drives: the hypervisor, the host network and the
+/// management API. [`run`] makes the real ones; tests pass fakes.
+pub struct Parts {
+    pub hypervisor: Arc<dyn hypervisor::Hypervisor>,
+    pub net: Arc<dyn paddock_net::HostNet>,
+    pub platform: Arc<dyn platform::Platform>,
+    /// The MTU of the overlays as VMs see them.
+    pub overlay_mtu: u32,
+}
+
+/// Runs the agent on this host's QEMU and kernel until the process is
+/// stopped, or until one of its tasks ends (an error says which and why;
+/// VMs keep running and the next agent adopts them).
 pub async fn run(client: kube::Client, cfg: AgentConfig) -> anyhow::Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
         .with_context(|| format!("state dir {}", cfg.state_dir.display()))?;
@@ -87,8 +101,24 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> anyhow::Result<()> {
         .underlay_mtu(cfg.underlay)
         .await
         .context("finding the underlay interface")?;
-    let overlay_mtu = underlay_mtu - paddock_net::VXLAN_OVERHEAD;
+    let parts = Parts {
+        hypervisor: Arc::new(hypervisor::Qemu {
+            binary: cfg.qemu.clone(),
+            accel,
+        }),
+        net: Arc::new(net),
+        platform: Arc::new(platform::KubePlatform(client.clone())),
+        overlay_mtu: underlay_mtu - paddock_net::VXLAN_OVERHEAD,
+    };
+    run_with(client, cfg, parts).await
+}
 
+/// Runs the agent on the given parts.
+pub async fn run_with(client: kube::Client, cfg: AgentConfig, parts: Parts) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("state dir {}", cfg.state_dir.display()))?;
+    let accel = parts.hypervisor.accel();
+    let overlay_mtu = parts.overlay_mtu;
     let notify = Arc::new(Notify::new());
     let world = reconcile::World {
         machines: paddock_watch::store(Api::<Machine>::all(client.clone()), notify.clone()).0,
@@ -108,8 +138,6 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> anyhow::Result<()> {
         host: cfg.name.clone(),
         underlay: cfg.underlay,
         state_dir: cfg.state_dir.clone(),
-        qemu: cfg.qemu.clone(),
-        accel,
         default_image: cfg.default_image.clone(),
         stop_grace: cfg.stop_grace,
         overlay_mtu,
@@ -117,51 +145,87 @@ pub async fn run(client: kube::Client, cfg: AgentConfig) -> anyhow::Result<()> {
     let r = Arc::new(reconcile::Reconciler::new(
         settings,
         world,
-        client.clone(),
-        net,
+        parts.platform,
+        parts.net,
+        parts.hypervisor,
     ));
     let sock = cfg.state_dir.join("agent.sock");
-    {
-        let r = r.clone();
-        let sock = sock.clone();
-        tokio::spawn(async move {
-            if let Err(e) = endpoint::serve(&sock, r).await {
-                tracing::error!(error = %e, "agent endpoint failed");
-            }
-        });
-    }
-    let report = |allocated: Resources| host::HostReport {
+    let report = host::HostReport {
         name: cfg.name.clone(),
         underlay: cfg.underlay,
         reserve: cfg.reserve.clone(),
-        allocated,
+        allocated: Resources::default(),
         endpoint: format!("unix://{}", sock.display()),
         accel: accel.as_str().into(),
     };
-    host::report(&client, &report(Resources::default()))
+    host::report(&client, &report)
         .await
         .context("registering the host")?;
     tracing::info!(host = %cfg.name, underlay = %cfg.underlay, overlay_mtu, "agent running");
-    // A lease outlives three missed heartbeats.
-    let lease_seconds = i32::try_from(cfg.heartbeat.as_secs().max(1) * 4).unwrap_or(40);
-    let mut heartbeat = tokio::time::interval(cfg.heartbeat);
-    let mut allocated = Resources::default();
-    loop {
-        match r.pass().await {
-            Ok(a) => allocated = a,
-            Err(e) => tracing::warn!(error = format!("{e:#}"), "reconcile pass failed"),
-        }
-        tokio::select! {
-            _ = notify.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
-            _ = tokio::time::sleep(cfg.resync) => {}
-            _ = heartbeat.tick() => {
-                if let Err(e) = host::renew_lease(&client, &cfg.name, lease_seconds).await {
-                    tracing::warn!(error = %e, "cannot renew lease");
+    let allocated = Arc::new(std::sync::Mutex::new(Resources::default()));
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (r, sock) = (r.clone(), sock.clone());
+        tasks.spawn(async move {
+            endpoint::serve(&sock, r)
+                .await
+                .context("the agent endpoint failed")
+        });
+    }
+    tasks.spawn(heartbeat(
+        client.clone(),
+        report,
+        cfg.heartbeat,
+        allocated.clone(),
+    ));
+    tasks.spawn(async move {
+        loop {
+            match r.pass().await {
+                Ok(a) => {
+                    if let Ok(mut x) = allocated.lock() {
+                        *x = a;
+                    }
                 }
-                if let Err(e) = host::report(&client, &report(allocated.clone())).await {
-                    tracing::warn!(error = %e, "cannot report host status");
-                }
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "reconcile pass failed"),
             }
+            tokio::select! {
+                _ = notify.notified() => tokio::time::sleep(Duration::from_millis(20)).await,
+                _ = tokio::time::sleep(cfg.resync) => {}
+            }
+        }
+    });
+    // None of them returns while the agent is healthy.
+    let ended = tasks.join_next().await;
+    tasks.abort_all();
+    match ended {
+        Some(Ok(Err(e))) => Err(e),
+        Some(Err(e)) if e.is_panic() => anyhow::bail!("an agent task panicked: {e}"),
+        _ => anyhow::bail!("an agent task ended"),
+    }
+}
+
+/// Renews the host's Lease and reports its status every `every`, on its own
+/// task: a reconcile pass, however long it takes, never delays it.
+async fn heartbeat(
+    client: kube::Client,
+    mut report: host::HostReport,
+    every: Duration,
+    allocated: Arc<std::sync::Mutex<Resources>>,
+) -> anyhow::Result<()> {
+    // A lease outlives three missed heartbeats.
+    let lease_seconds = i32::try_from(every.as_secs().max(1) * 4).unwrap_or(40);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = host::renew_lease(&client, &report.name, lease_seconds).await {
+            tracing::warn!(error = %e, "cannot renew lease");
+        }
+        if let Ok(a) = allocated.lock() {
+            report.allocated = a.clone();
+        }
+        if let Err(e) = host::report(&client, &report).await {
+            tracing::warn!(error = %e, "cannot report host status");
         }
     }
 }

@@ -8,23 +8,22 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use paddock_api::cluster::OverlayStatus;
 use paddock_api::host::Resources;
+use paddock_api::machine::VM_FINALIZER;
 use paddock_api::{Cluster, Host, Machine, MachineImage, MachinePhase, MachineStatus};
 use paddock_net::guard::SourceGuard;
-use paddock_net::{FdbEntry, Mac, Net};
-use serde_json::json;
+use paddock_net::{FdbEntry, HostNet, Mac};
+use tokio::time::Instant;
 
-use crate::accel::Accel;
-use crate::jsonsock;
+use crate::hypervisor::Hypervisor;
+use crate::platform::Platform;
 use crate::seed::Seed;
 use crate::vm::{self, Boot, LaunchSpec, VmDir};
 
@@ -33,8 +32,6 @@ pub struct Settings {
     pub host: String,
     pub underlay: Ipv4Addr,
     pub state_dir: PathBuf,
-    pub qemu: PathBuf,
-    pub accel: Accel,
     pub default_image: String,
     pub stop_grace: Duration,
     pub overlay_mtu: u32,
@@ -59,11 +56,12 @@ struct Backoff {
 pub struct Reconciler {
     pub settings: Settings,
     pub world: World,
-    pub client: kube::Client,
-    net: Net,
+    api: Arc<dyn Platform>,
+    net: Arc<dyn HostNet>,
+    hv: Arc<dyn Hypervisor>,
     backoff: Mutex<HashMap<String, Backoff>>,
     /// Digests already verified, by (path, size, mtime).
-    verified: Mutex<HashSet<(PathBuf, u64, i64)>>,
+    verified: Arc<Mutex<HashSet<(PathBuf, u64, i64)>>>,
     /// VMs whose status is being read and written right now.
     reporting: Mutex<HashSet<String>>,
     /// Source guards last applied (none yet: apply on the first pass).
@@ -114,21 +112,14 @@ fn file_url(url: &str) -> Result<PathBuf, String> {
         })
 }
 
-impl Reconciler {
-    pub fn new(settings: Settings, world: World, client: kube::Client, net: Net) -> Self {
-        Self {
-            settings,
-            world,
-            client,
-            net,
-            backoff: Mutex::default(),
-            verified: Mutex::default(),
-            reporting: Mutex::default(),
-            guards: Mutex::default(),
-        }
-    }
-
-    fn verify(&self, path: &PathBuf, sha: Option<&str>) -> Result<(), String> {
+/// Checks an image file's sha256, streamed (disk images are large), once per
+/// (path, size, mtime). Blocking: run it off the async workers.
+fn verify(
+    verified: &Mutex<HashSet<(PathBuf, u64, i64)>>,
+    path: &PathBuf,
+    sha: Option<&str>,
+) -> Result<(), String> {
+    {
         let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
         let Some(want) = sha else { return Ok(()) };
         let mtime = meta
@@ -137,12 +128,7 @@ impl Reconciler {
             .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
             .map_or(0, |d| d.as_secs() as i64);
         let k = (path.clone(), meta.len(), mtime);
-        if self
-            .verified
-            .lock()
-            .map(|v| v.contains(&k))
-            .unwrap_or(false)
-        {
+        if verified.lock().map(|v| v.contains(&k)).unwrap_or(false) {
             return Ok(());
         }
         use sha2::Digest;
@@ -161,13 +147,57 @@ impl Reconciler {
                 path.display()
             ));
         }
-        if let Ok(mut v) = self.verified.lock() {
+        if let Ok(mut v) = verified.lock() {
             v.insert(k);
         }
         Ok(())
     }
+}
 
-    fn wanted(&self, m: Arc<Machine>) -> Wanted {
+impl Reconciler {
+    pub fn new(
+        settings: Settings,
+        world: World,
+        api: Arc<dyn Platform>,
+        net: Arc<dyn HostNet>,
+        hv: Arc<dyn Hypervisor>,
+    ) -> Self {
+        Self {
+            settings,
+            world,
+            api,
+            net,
+            hv,
+            backoff: Mutex::default(),
+            verified: Arc::default(),
+            reporting: Mutex::default(),
+            guards: Mutex::default(),
+        }
+    }
+
+    /// [`verify`] on the blocking pool, so that hashing a large image never
+    /// holds up the async workers (the heartbeat among them).
+    async fn verify(&self, path: &PathBuf, sha: Option<&str>) -> Result<(), String> {
+        let (verified, path, sha) = (self.verified.clone(), path.clone(), sha.map(str::to_owned));
+        tokio::task::spawn_blocking(move || verify(&verified, &path, sha.as_deref()))
+            .await
+            .map_err(|e| format!("verifying an image: {e}"))?
+    }
+
+    /// The image files a Machine boots, each checked against its digest.
+    async fn verify_image(&self, image: &MachineImage) -> Result<(), String> {
+        let files = [&image.spec.kernel, &image.spec.initrd]
+            .into_iter()
+            .flatten()
+            .map(|a| (&a.url, &a.sha256))
+            .chain(image.spec.disk.iter().map(|d| (&d.url, &d.sha256)));
+        for (url, sha) in files {
+            self.verify(&file_url(url)?, sha.as_deref()).await?;
+        }
+        Ok(())
+    }
+
+    async fn wanted(&self, m: Arc<Machine>) -> Wanted {
         let (ns, name) = key(&m);
         let cluster = self.world.clusters.state().into_iter().find(|c| {
             c.namespace().as_deref() == Some(ns.as_str()) && c.name_any() == m.spec.cluster_name
@@ -184,25 +214,30 @@ impl Reconciler {
             .image
             .clone()
             .unwrap_or_else(|| self.settings.default_image.clone());
+        let image = self
+            .world
+            .images
+            .state()
+            .into_iter()
+            .find(|i| i.name_any() == image_name);
+        let checked = match &image {
+            Some(i) if overlay.is_some() => self.verify_image(i).await,
+            _ => Ok(()),
+        };
         let spec = (|| -> Result<LaunchSpec, String> {
             let overlay = overlay.as_ref().ok_or_else(|| {
                 format!("cluster {} has no overlay network yet", m.spec.cluster_name)
             })?;
-            let image = self
-                .world
-                .images
-                .state()
-                .into_iter()
-                .find(|i| i.name_any() == image_name)
+            let image = image
+                .clone()
                 .ok_or_else(|| format!("MachineImage {image_name:?} not found"))?;
+            checked.clone()?;
             let boot = match (&image.spec.kernel, &image.spec.disk) {
                 (Some(k), _) => {
                     let kernel = file_url(&k.url)?;
-                    self.verify(&kernel, k.sha256.as_deref())?;
                     let initrd = match &image.spec.initrd {
                         Some(i) => {
                             let p = file_url(&i.url)?;
-                            self.verify(&p, i.sha256.as_deref())?;
                             Some(p)
                         }
                         None => None,
@@ -221,7 +256,6 @@ impl Reconciler {
                     let root_disk = match &image.spec.disk {
                         Some(d) => {
                             let base = file_url(&d.url)?;
-                            self.verify(&base, d.sha256.as_deref())?;
                             Some(vm::RootDisk {
                                 base,
                                 size_bytes: m.spec.disk.bytes(),
@@ -238,7 +272,6 @@ impl Reconciler {
                 }
                 (None, Some(d)) => {
                     let base = file_url(&d.url)?;
-                    self.verify(&base, d.sha256.as_deref())?;
                     Boot::Disk {
                         base,
                         size_bytes: m.spec.disk.bytes(),
@@ -256,7 +289,7 @@ impl Reconciler {
                 name: name.clone(),
                 cpu: m.spec.cpu,
                 memory_mib: m.spec.memory.mib(),
-                accel: self.settings.accel.as_str().into(),
+                accel: self.hv.accel().as_str().into(),
                 boot,
                 tap: paddock_net::tap_name(&uid),
                 mac: mac.clone(),
@@ -284,15 +317,15 @@ impl Reconciler {
     pub async fn pass(self: &Arc<Self>) -> anyhow::Result<Resources> {
         let me = &self.settings.host;
         let all = self.world.machines.state();
-        let mine: Vec<Arc<Machine>> = all
+        let (mine, leaving): (Vec<Arc<Machine>>, Vec<Arc<Machine>>) = all
             .iter()
-            .filter(|m| {
-                m.spec.host_name.as_deref() == Some(me.as_str())
-                    && m.metadata.deletion_timestamp.is_none()
-            })
+            .filter(|m| m.spec.host_name.as_deref() == Some(me.as_str()))
             .cloned()
-            .collect();
-        let wanted: Vec<Wanted> = mine.into_iter().map(|m| self.wanted(m)).collect();
+            .partition(|m| m.metadata.deletion_timestamp.is_none());
+        let mut wanted: Vec<Wanted> = Vec::with_capacity(mine.len());
+        for m in mine {
+            wanted.push(self.wanted(m).await);
+        }
 
         // Networks: one bridge and VXLAN per cluster carried here.
         let hosts = self.world.hosts.state();
@@ -381,7 +414,7 @@ impl Reconciler {
             .map(|g| g.as_ref() == Some(&guards))
             .unwrap_or(false);
         if !applied {
-            paddock_net::guard::apply(&guards).await?;
+            self.net.apply_guards(&guards).await?;
             if let Ok(mut g) = self.guards.lock() {
                 *g = Some(guards);
             }
@@ -424,22 +457,29 @@ impl Reconciler {
             });
         }
 
-        // Whatever no Machine asks for anymore.
-        for vm in vm::list(&self.settings.state_dir) {
-            if keep_vms.contains(&vm.uid()) {
-                continue;
+        // Whatever no Machine asks for anymore, all at once: each stop may
+        // take its grace period.
+        let unwanted: Vec<VmDir> = vm::list(&self.settings.state_dir)
+            .into_iter()
+            .filter(|vm| !keep_vms.contains(&vm.uid()))
+            .collect();
+        futures::future::join_all(unwanted.iter().map(|vm| async move {
+            if self.hv.running(vm).is_some() {
+                tracing::info!(vm = %vm.uid(), "stopping VM no Machine wants");
+                self.hv.stop(vm, self.settings.stop_grace).await;
             }
-            tracing::info!(vm = %vm.uid(), "stopping VM no Machine wants");
-            vm::stop(&vm, self.settings.stop_grace).await;
-            if vm.pid().is_none() {
+            if self.hv.running(vm).is_none() {
                 if let Err(e) = std::fs::remove_dir_all(&vm.dir) {
                     tracing::warn!(vm = %vm.uid(), error = %e, "cannot remove VM directory");
                 }
                 if let Ok(mut b) = self.backoff.lock() {
                     b.remove(&vm.uid());
                 }
+            } else {
+                tracing::warn!(vm = %vm.uid(), "VM still runs after stopping; next pass tries again");
             }
-        }
+        }))
+        .await;
         for link in self.net.links().await? {
             let stale = if link.name.starts_with(paddock_net::TAP_PREFIX) {
                 !keep_taps.contains(&link.name)
@@ -458,7 +498,77 @@ impl Reconciler {
                 self.net.delete(&link.name).await?;
             }
         }
+        self.release(&leaving, &vnis).await?;
         Ok(allocated)
+    }
+
+    /// Releases deleted Machines whose VM is gone, with its directory and
+    /// tap, and the overlay's bridge and VXLAN device unless another Machine
+    /// of the cluster still runs here: only then may the cluster's overlay
+    /// (its VNI) go back to the pool.
+    async fn release(&self, leaving: &[Arc<Machine>], vnis: &BTreeSet<u32>) -> anyhow::Result<()> {
+        let held: Vec<&Arc<Machine>> = leaving
+            .iter()
+            .filter(|m| m.finalizers().iter().any(|f| f == VM_FINALIZER))
+            .collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let links: HashSet<String> = self
+            .net
+            .links()
+            .await?
+            .into_iter()
+            .map(|l| l.name)
+            .collect();
+        for m in held {
+            let uid = m.uid().unwrap_or_default();
+            let vm = VmDir::new(&self.settings.state_dir, &uid);
+            let mut left = Vec::new();
+            if self.hv.running(&vm).is_some() {
+                left.push("its VM".to_owned());
+            }
+            if vm.dir.exists() {
+                left.push(vm.dir.display().to_string());
+            }
+            let tap = paddock_net::tap_name(&uid);
+            if links.contains(&tap) {
+                left.push(tap);
+            }
+            if let Some(vni) = self.overlay_of(m).map(|o| o.vni)
+                && !vnis.contains(&vni)
+            {
+                for dev in [paddock_net::bridge_name(vni), paddock_net::vxlan_name(vni)] {
+                    if links.contains(&dev) {
+                        left.push(dev);
+                    }
+                }
+            }
+            if !left.is_empty() {
+                tracing::info!(machine = %m.name_any(), left = ?left, "deleted machine not released yet");
+                continue;
+            }
+            match self.api.release(m).await {
+                Ok(()) => tracing::info!(machine = %m.name_any(), "VM and links gone; released"),
+                Err(e) => {
+                    tracing::warn!(machine = %m.name_any(), error = %e, "cannot release machine")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn overlay_of(&self, m: &Machine) -> Option<OverlayStatus> {
+        let ns = m.namespace();
+        self.world
+            .clusters
+            .state()
+            .into_iter()
+            .find(|c| c.namespace() == ns && c.name_any() == m.spec.cluster_name)?
+            .status
+            .as_ref()?
+            .overlay
+            .clone()
     }
 
     /// Makes one VM run as wanted. Returns whether QEMU runs, or why not.
@@ -476,8 +586,8 @@ impl Reconciler {
             .ensure_tap(&spec.tap, br, self.settings.overlay_mtu, mac)
             .await
             .map_err(|e| format!("{:#}", anyhow::Error::new(e)))?;
-        if let Some(pid) = vm.pid() {
-            if vm.launched().as_ref() == Some(&spec) {
+        if let Some(pid) = self.hv.running(vm) {
+            if self.hv.launched(vm).as_ref() == Some(&spec) {
                 if let Ok(mut b) = self.backoff.lock() {
                     let e = b.entry(spec.uid.clone()).or_default();
                     if e.started
@@ -489,7 +599,7 @@ impl Reconciler {
                 return Ok(pid);
             }
             tracing::info!(machine = %spec.name, "launch spec changed; restarting VM");
-            vm::stop(vm, self.settings.stop_grace).await;
+            self.hv.stop(vm, self.settings.stop_grace).await;
         }
         // Not running: start, unless backing off after failures.
         let now = Instant::now();
@@ -528,8 +638,8 @@ impl Reconciler {
             .write(&vm.seed())
             .map_err(|e| format!("writing seed: {e}"))?;
         }
-        let was_started = vm.launched().is_some();
-        let res = vm::start(&self.settings.qemu, &spec, vm, self.settings.accel).await;
+        let was_started = self.hv.launched(vm).is_some();
+        let res = self.hv.start(&spec, vm).await;
         let mut b = self.backoff.lock().map_err(|_| "lock")?;
         let e = b.entry(spec.uid.clone()).or_default();
         match res {
@@ -564,17 +674,12 @@ impl Reconciler {
         secret: &str,
     ) -> Result<(String, Option<String>), String> {
         let ns = m.namespace().unwrap_or_default();
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
-        let s = match api.get_opt(secret).await {
-            Ok(Some(s)) => s,
+        let data = match self.api.secret_data(&ns, secret).await {
+            Ok(Some(d)) => d,
             Ok(None) => return Err(format!("waiting for bootstrap data Secret {ns}/{secret}")),
             Err(e) => return Err(format!("reading bootstrap data Secret {ns}/{secret}: {e}")),
         };
-        let data = s.data.unwrap_or_default();
-        let text = |k: &str| {
-            data.get(k)
-                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-        };
+        let text = |k: &str| data.get(k).map(|v| String::from_utf8_lossy(v).into_owned());
         let ud = text(paddock_bootstrap::USER_DATA).ok_or_else(|| {
             format!(
                 "bootstrap data Secret {ns}/{secret} has no {:?}",
@@ -588,9 +693,7 @@ impl Reconciler {
     async fn report(&self, m: &Machine, spec_ok: bool, vm: &VmDir, outcome: Result<u32, String>) {
         let old = m.status.clone().unwrap_or_default();
         let guest_ready = match &outcome {
-            Ok(_) => jsonsock::qga(&vm.qga(), Duration::from_secs(2))
-                .await
-                .is_ok(),
+            Ok(_) => self.hv.guest_ready(vm).await,
             Err(_) => false,
         };
         let phase = match (&outcome, guest_ready) {
@@ -620,7 +723,7 @@ impl Reconciler {
                 "Running",
                 true,
                 "QemuRunning",
-                format!("QEMU pid {pid} ({})", self.settings.accel.as_str()),
+                format!("QEMU pid {pid} ({})", self.hv.accel().as_str()),
             ),
             Err(e) => cond(
                 "Running",
@@ -679,15 +782,7 @@ impl Reconciler {
             return;
         }
         let (ns, name) = key(m);
-        let api: Api<Machine> = Api::namespaced(self.client.clone(), &ns);
-        if let Err(e) = api
-            .patch_status(
-                &name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({"status": new})),
-            )
-            .await
-        {
+        if let Err(e) = self.api.write_status(&ns, &name, &new).await {
             tracing::warn!(machine = %name, error = %e, "cannot write machine status");
         }
     }
@@ -704,5 +799,298 @@ impl Reconciler {
             return None;
         }
         Some(VmDir::new(&self.settings.state_dir, &m.uid()?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The reconciler on a fake hypervisor, host network and API: no root,
+    //! QEMU or netlink, milliseconds each.
+
+    use super::*;
+    use crate::hypervisor::fake::FakeHypervisor;
+    use crate::platform::fake::FakePlatform;
+    use kube::runtime::reflector::{self, store::Writer};
+    use kube::runtime::watcher;
+    use paddock_net::fake::FakeNet;
+    use serde_json::json;
+
+    struct Lab {
+        r: Arc<Reconciler>,
+        hv: Arc<FakeHypervisor>,
+        net: Arc<FakeNet>,
+        api: Arc<FakePlatform>,
+        machines: Writer<Machine>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn machine(name: &str, host: &str, idx: u8) -> Machine {
+        serde_json::from_value(json!({
+            "apiVersion": "paddock.io/v1alpha1", "kind": "Machine",
+            "metadata": {"name": name, "namespace": "acme", "uid": format!("uid-{name}"),
+                         "finalizers": [VM_FINALIZER], "resourceVersion": "1"},
+            "spec": {"clusterName": "demo", "role": "worker", "cpu": 1, "memory": "256Mi",
+                     "disk": "1Gi", "hostName": host, "image": "dev",
+                     "ip": format!("10.64.0.{idx}/24"), "mac": format!("52:54:00:00:00:{idx:02x}")}
+        }))
+        .expect("machine")
+    }
+
+    fn deleting(mut m: Machine) -> Machine {
+        m.metadata.deletion_timestamp = Some(Time(Timestamp::now()));
+        m
+    }
+
+    fn lab() -> Lab {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kernel = dir.path().join("vmlinuz");
+        std::fs::write(&kernel, b"a kernel").expect("kernel");
+        let (machines, mw) = reflector::store::<Machine>();
+        let (hosts, mut hw) = reflector::store::<Host>();
+        let (clusters, mut cw) = reflector::store::<Cluster>();
+        let (images, mut iw) = reflector::store::<MachineImage>();
+        for (h, ip) in [("h1", "192.0.2.1"), ("h2", "192.0.2.2")] {
+            let host: Host = serde_json::from_value(json!({
+                "apiVersion": "paddock.io/v1alpha1", "kind": "Host",
+                "metadata": {"name": h}, "spec": {}, "status": {"underlayIp": ip}
+            }))
+            .expect("host");
+            hw.apply_watcher_event(&watcher::Event::Apply(host));
+        }
+        let cluster: Cluster = serde_json::from_value(json!({
+            "apiVersion": "paddock.io/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": "demo", "namespace": "acme"}, "spec": {},
+            "status": {"overlay": {"vni": 1000, "subnet": "10.64.0.0/24", "gateway": "10.64.0.1"}}
+        }))
+        .expect("cluster");
+        cw.apply_watcher_event(&watcher::Event::Apply(cluster));
+        let image: MachineImage = serde_json::from_value(json!({
+            "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage",
+            "metadata": {"name": "dev"},
+            "spec": {"kernel": {"url": format!("file://{}", kernel.display())}}
+        }))
+        .expect("image");
+        iw.apply_watcher_event(&watcher::Event::Apply(image));
+        let (hv, net, api) = (
+            Arc::new(FakeHypervisor::new()),
+            Arc::new(FakeNet::default()),
+            Arc::new(FakePlatform::default()),
+        );
+        let r = Arc::new(Reconciler::new(
+            Settings {
+                host: "h1".into(),
+                underlay: "192.0.2.1".parse().expect("ip"),
+                state_dir: dir.path().join("state"),
+                default_image: "dev".into(),
+                stop_grace: Duration::from_secs(10),
+                overlay_mtu: 1450,
+            },
+            World {
+                machines,
+                hosts,
+                clusters,
+                images,
+            },
+            api.clone(),
+            net.clone(),
+            hv.clone(),
+        ));
+        Lab {
+            r,
+            hv,
+            net,
+            api,
+            machines: mw,
+            _dir: dir,
+        }
+    }
+
+    impl Lab {
+        fn put(&mut self, m: Machine) {
+            self.machines.apply_watcher_event(&watcher::Event::Apply(m));
+        }
+        /// The API removes a Machine once released.
+        fn gone(&mut self, name: &str) {
+            self.machines
+                .apply_watcher_event(&watcher::Event::Delete(machine(name, "h1", 0)));
+        }
+        async fn pass(&self) {
+            self.r.pass().await.expect("pass");
+        }
+        async fn status(&self, name: &str) -> MachineStatus {
+            for _ in 0..200 {
+                if let Some(s) = self.api.status("acme", name) {
+                    return s;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            panic!("no status written for {name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn runs_its_machines_on_the_cluster_overlay() {
+        let mut lab = lab();
+        lab.put(machine("m1", "h1", 10));
+        lab.put(machine("m2", "h2", 11));
+        lab.pass().await;
+        assert_eq!(
+            lab.hv.running_uids(),
+            ["uid-m1"],
+            "only the machine bound here runs"
+        );
+        let tap = paddock_net::tap_name("uid-m1");
+        let br = lab.net.link("pdbr1000").expect("bridge");
+        let vx = lab.net.link("pdvx1000").expect("vxlan");
+        assert_eq!((vx.vni, vx.controller), (Some(1000), Some(br.index)));
+        let t = lab.net.link(&tap).expect("tap");
+        assert_eq!(t.controller, Some(br.index));
+        assert_eq!(t.mac, Some("52:54:00:00:00:0a".parse().expect("mac")));
+        // Floods and m2's MAC go to h2's VTEP.
+        let h2: Ipv4Addr = "192.0.2.2".parse().expect("ip");
+        let want: BTreeSet<FdbEntry> = [
+            FdbEntry {
+                mac: Mac::ZERO,
+                dst: h2,
+            },
+            FdbEntry {
+                mac: "52:54:00:00:00:0b".parse().expect("mac"),
+                dst: h2,
+            },
+        ]
+        .into();
+        assert_eq!(vx.fdb, want);
+        let guards = lab.net.guards();
+        assert_eq!(guards.len(), 1);
+        assert_eq!(guards[0].ip, Some("10.64.0.10".parse().expect("ip")));
+        let st = lab.status("m1").await;
+        assert_eq!(st.phase, Some(MachinePhase::Running));
+        assert!(
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "GuestReady" && c.status == "True")
+        );
+        // A second pass changes nothing.
+        lab.pass().await;
+        assert_eq!(lab.hv.counts(), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_machine_is_released_only_once_its_vm_and_links_are_gone() {
+        let mut lab = lab();
+        lab.put(machine("m1", "h1", 10));
+        lab.put(machine("m3", "h1", 12));
+        lab.pass().await;
+        assert_eq!(lab.hv.running_uids(), ["uid-m1", "uid-m3"]);
+
+        // m1 goes, but its QEMU hangs: nothing is released.
+        lab.put(deleting(machine("m1", "h1", 10)));
+        lab.hv.set_ignore_stop(true);
+        lab.pass().await;
+        assert_eq!(lab.hv.running_uids(), ["uid-m1", "uid-m3"]);
+        assert!(lab.api.released().is_empty(), "released while its VM runs");
+        // It stops: m1 is released; the bridge stays for m3, m1's tap goes.
+        lab.hv.set_ignore_stop(false);
+        lab.pass().await;
+        assert_eq!(lab.hv.running_uids(), ["uid-m3"]);
+        assert!(lab.net.link(&paddock_net::tap_name("uid-m1")).is_none());
+        assert!(lab.net.link("pdbr1000").is_some());
+        assert_eq!(lab.api.released(), [("acme".to_owned(), "m1".to_owned())]);
+        lab.gone("m1");
+
+        // The last machine of the cluster here: bridge and VXLAN go first.
+        lab.put(deleting(machine("m3", "h1", 12)));
+        lab.pass().await;
+        assert!(lab.hv.running_uids().is_empty());
+        assert_eq!(lab.net.names(), Vec::<String>::new());
+        assert!(lab.net.guards().is_empty());
+        assert_eq!(lab.api.released().len(), 2);
+        assert!(
+            !lab.r.settings.state_dir.join("vms/uid-m3").exists(),
+            "VM directory removed"
+        );
+    }
+
+    #[tokio::test]
+    async fn links_it_does_not_own_are_left_alone() {
+        let mut lab = lab();
+        lab.net.add_foreign("eth0");
+        lab.net.add_foreign("pdbrx");
+        lab.put(machine("m1", "h1", 10));
+        lab.pass().await;
+        lab.put(deleting(machine("m1", "h1", 10)));
+        lab.pass().await;
+        assert_eq!(lab.net.names(), ["eth0", "pdbrx"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unwanted_vms_are_stopped_at_once_not_one_after_another() {
+        let mut lab = lab();
+        for (i, n) in ["a", "b", "c"].iter().enumerate() {
+            lab.put(machine(n, "h1", 20 + i as u8));
+        }
+        lab.pass().await;
+        lab.hv.set_stop_delay(Duration::from_secs(10));
+        for (i, n) in ["a", "b", "c"].iter().enumerate() {
+            lab.put(deleting(machine(n, "h1", 20 + i as u8)));
+        }
+        let t = Instant::now();
+        lab.pass().await;
+        let took = t.elapsed();
+        assert!(lab.hv.running_uids().is_empty());
+        assert!(
+            took < Duration::from_secs(15),
+            "three 10 s stops took {took:?}"
+        );
+        assert_eq!(lab.api.released().len(), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_crashed_vm_comes_back_with_backoff() {
+        let mut lab = lab();
+        lab.put(machine("m1", "h1", 10));
+        lab.pass().await;
+        lab.hv.crash("uid-m1");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        lab.pass().await;
+        assert_eq!(lab.hv.counts().0, 2, "restarted");
+        lab.hv.crash("uid-m1");
+        lab.pass().await;
+        assert_eq!(lab.hv.counts().0, 2, "backing off");
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        lab.pass().await;
+        assert_eq!(lab.hv.counts().0, 3);
+        assert_eq!(lab.hv.running_uids(), ["uid-m1"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_start_is_reported_and_a_changed_spec_restarts() {
+        let mut lab = lab();
+        lab.hv.set_fail_start(Some("no such accelerator"));
+        lab.put(machine("m1", "h1", 10));
+        lab.pass().await;
+        let st = lab.status("m1").await;
+        assert_eq!(st.phase, Some(MachinePhase::Failed));
+        assert!(
+            st.conditions
+                .iter()
+                .any(|c| c.type_ == "Running" && c.message.contains("no such accelerator")),
+            "{st:?}"
+        );
+        lab.hv.set_fail_start(None);
+        let r = lab.r.clone();
+        r.backoff.lock().expect("lock").clear();
+        lab.pass().await;
+        assert_eq!(lab.hv.running_uids(), ["uid-m1"]);
+        let mut bigger = machine("m1", "h1", 10);
+        bigger.spec.cpu = 2;
+        lab.put(bigger);
+        lab.pass().await;
+        // Stopped at once; started again once its backoff has passed.
+        assert!(lab.hv.running_uids().is_empty());
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        lab.pass().await;
+        assert_eq!(lab.hv.spec_of("uid-m1").map(|s| s.cpu), Some(2));
+        assert_eq!(lab.hv.counts().1, 1, "stopped once to restart");
     }
 }

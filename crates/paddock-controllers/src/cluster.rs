@@ -241,7 +241,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 ClusterPhase::Deleting,
                 None,
                 &mine,
-                format!("deleting {left} machines"),
+                deleting_message(&mine),
             )
             .await?;
             return Ok(Action::requeue(Duration::from_secs(1)));
@@ -370,6 +370,8 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 );
                 m.metadata.labels = Some(labels);
                 m.metadata.owner_references = Some(vec![owner.clone()]);
+                // Held by the agent of its host until the VM is gone.
+                m.metadata.finalizers = Some(vec![paddock_api::machine::VM_FINALIZER.into()]);
                 let created = machines.create(&PostParams::default(), &m).await?;
                 ctx.expect(&uid, created.name_any(), true);
                 events::record(
@@ -481,6 +483,24 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
     Ok(Action::requeue(Duration::from_secs(30)))
+}
+
+/// What a deleting cluster waits for: the hosts whose agents have yet to
+/// stop its VMs (the overlay is returned only after).
+pub fn deleting_message(machines: &[Machine]) -> String {
+    let hosts: std::collections::BTreeSet<&str> = machines
+        .iter()
+        .filter_map(|m| m.spec.host_name.as_deref())
+        .collect();
+    let n = machines.len();
+    if hosts.is_empty() {
+        return format!("deleting {n} machines");
+    }
+    let hosts: Vec<&str> = hosts.into_iter().collect();
+    format!(
+        "deleting {n} machines: waiting for the agents of {} to stop their VMs (a host that is gone for good is released by deleting its Host)",
+        hosts.join(", ")
+    )
 }
 
 async fn set_status(

@@ -2,7 +2,15 @@
 //! grace period its Machines are deleted, and the cluster controller's
 //! replacements are scheduled on other hosts. (Fencing through the BMC
 //! before that is a later step.)
+//!
+//! A deleted Machine keeps its VM finalizer until the agent of its host has
+//! stopped its VM. Where no agent ever will — the Machine never had a host,
+//! or its Host was deleted, the operator's word that the machine is gone for
+//! good — host health releases it. A host that is merely NotReady may still
+//! run the VM, so its Machines stay held (and their cluster's overlay with
+//! them) until it comes back or is deleted.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +19,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use paddock_api::machine::VM_FINALIZER;
 use paddock_api::{Host, HostPhase, Machine};
 use serde_json::json;
 
@@ -27,89 +36,169 @@ fn lease_fresh(l: Option<&Lease>, now: Timestamp) -> bool {
     renew.0.as_second() + dur >= now.as_second()
 }
 
+/// What to do about one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing: Ready and heartbeating, or back and about to report Ready,
+    /// or NotReady within its grace period.
+    Nothing,
+    /// Its lease expired: mark it NotReady.
+    MarkNotReady,
+    /// NotReady for longer than the grace period: replace its Machines.
+    Replace,
+}
+
+/// The verdict on host `h` with lease `lease` at `now`.
+pub fn judge(h: &Host, lease: Option<&Lease>, now: Timestamp, grace: Duration) -> Verdict {
+    let fresh = lease_fresh(lease, now);
+    let st = h.status.clone().unwrap_or_default();
+    match (st.phase, fresh) {
+        (Some(HostPhase::Ready), false) => Verdict::MarkNotReady,
+        (Some(HostPhase::NotReady), false) => {
+            let since = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "False")
+                .map(|c| c.last_transition_time.0);
+            match since {
+                Some(s) if now.as_second() - s.as_second() >= grace.as_secs() as i64 => {
+                    Verdict::Replace
+                }
+                _ => Verdict::Nothing,
+            }
+        }
+        _ => Verdict::Nothing,
+    }
+}
+
+/// Deleted Machines that hold the VM finalizer but that no agent will
+/// release: never bound, or bound to a Host that no longer exists.
+pub fn orphaned<'a>(machines: &'a [Machine], hosts: &HashSet<String>) -> Vec<&'a Machine> {
+    machines
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_some())
+        .filter(|m| m.finalizers().iter().any(|f| f == VM_FINALIZER))
+        .filter(|m| m.spec.host_name.as_ref().is_none_or(|h| !hosts.contains(h)))
+        .collect()
+}
+
 pub async fn pass(client: &kube::Client, cfg: &Config) -> anyhow::Result<()> {
     let hosts: Api<Host> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), paddock_api::host::SYSTEM_NAMESPACE);
     let leases = leases.list(&ListParams::default()).await?.items;
+    let all_machines: Api<Machine> = Api::all(client.clone());
+    let machines = all_machines.list(&ListParams::default()).await?.items;
+    let hosts_now = hosts.list(&ListParams::default()).await?.items;
     let now = Timestamp::now();
-    for h in hosts.list(&ListParams::default()).await?.items {
+    for h in &hosts_now {
         let name = h.name_any();
         let lease = leases
             .iter()
             .find(|l| l.metadata.name.as_deref() == Some(&paddock_api::host::lease_name(&name)));
-        let fresh = lease_fresh(lease, now);
-        let st = h.status.clone().unwrap_or_default();
-        let ready_cond = st.conditions.iter().find(|c| c.type_ == "Ready");
-        if !fresh && st.phase == Some(HostPhase::Ready) {
-            tracing::warn!(host = %name, "lease expired; host NotReady");
-            let c = Condition {
-                type_: "Ready".into(),
-                status: "False".into(),
-                reason: "LeaseExpired".into(),
-                message: "the agent stopped renewing its lease".into(),
-                last_transition_time: Time(now),
-                observed_generation: None,
-            };
-            hosts
-                .patch_status(
-                    &name,
-                    &PatchParams::default(),
-                    &Patch::Merge(json!({"status": {"phase": "NotReady", "conditions": [c]}})),
-                )
-                .await?;
-            crate::events::record(
-                client,
-                &h,
-                true,
-                "NodeNotReady",
-                format!("host {name} stopped heartbeating"),
-            )
-            .await;
-            continue;
-        }
-        if fresh && st.phase == Some(HostPhase::NotReady) {
-            // The agent is back; its next report sets Ready.
-            continue;
-        }
-        let since = ready_cond
-            .filter(|c| c.status == "False")
-            .map(|c| c.last_transition_time.0);
-        if st.phase == Some(HostPhase::NotReady)
-            && since
-                .is_some_and(|s| now.as_second() - s.as_second() >= cfg.host_grace.as_secs() as i64)
-        {
-            let machines: Api<Machine> = Api::all(client.clone());
-            for m in machines
-                .list(&ListParams::default().fields(&format!("spec.hostName={name}")))
-                .await?
-                .items
-            {
-                if m.metadata.deletion_timestamp.is_some() {
-                    continue;
-                }
-                let api: Api<Machine> =
-                    Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
-                tracing::warn!(host = %name, machine = %m.name_any(), "replacing a machine of a NotReady host");
-                crate::events::record(
-                    client,
-                    &m,
-                    true,
-                    "HostNotReady",
-                    format!(
-                        "host {name} NotReady for over {}s; replacing",
-                        cfg.host_grace.as_secs()
-                    ),
-                )
-                .await;
-                match api.delete(&m.name_any(), &DeleteParams::default()).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
+        match judge(h, lease, now, cfg.host_grace) {
+            Verdict::Nothing => {}
+            Verdict::MarkNotReady => mark_not_ready(client, h, now).await?,
+            Verdict::Replace => {
+                for m in machines.iter().filter(|m| {
+                    m.spec.host_name.as_deref() == Some(name.as_str())
+                        && m.metadata.deletion_timestamp.is_none()
+                }) {
+                    replace(client, cfg, &name, m).await?;
                 }
             }
         }
     }
+    let names: HashSet<String> = hosts_now.iter().map(ResourceExt::name_any).collect();
+    for m in orphaned(&machines, &names) {
+        release(client, m).await?;
+    }
     Ok(())
+}
+
+async fn mark_not_ready(client: &kube::Client, h: &Host, now: Timestamp) -> anyhow::Result<()> {
+    let name = h.name_any();
+    tracing::warn!(host = %name, "lease expired; host NotReady");
+    let c = Condition {
+        type_: "Ready".into(),
+        status: "False".into(),
+        reason: "LeaseExpired".into(),
+        message: "the agent stopped renewing its lease".into(),
+        last_transition_time: Time(now),
+        observed_generation: None,
+    };
+    Api::<Host>::all(client.clone())
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"phase": "NotReady", "conditions": [c]}})),
+        )
+        .await?;
+    crate::events::record(
+        client,
+        h,
+        true,
+        "NodeNotReady",
+        format!("host {name} stopped heartbeating"),
+    )
+    .await;
+    Ok(())
+}
+
+async fn replace(
+    client: &kube::Client,
+    cfg: &Config,
+    host: &str,
+    m: &Machine,
+) -> anyhow::Result<()> {
+    let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
+    tracing::warn!(%host, machine = %m.name_any(), "replacing a machine of a NotReady host");
+    crate::events::record(
+        client,
+        m,
+        true,
+        "HostNotReady",
+        format!(
+            "host {host} NotReady for over {}s; replacing (the VM finalizer holds until the host is back or deleted)",
+            cfg.host_grace.as_secs()
+        ),
+    )
+    .await;
+    match api.delete(&m.name_any(), &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes the VM finalizer of a Machine no agent will release, if it is
+/// still as read (a bind in between makes it an agent's again).
+async fn release(client: &kube::Client, m: &Machine) -> anyhow::Result<()> {
+    let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
+    let rest: Vec<&String> = m
+        .finalizers()
+        .iter()
+        .filter(|f| *f != VM_FINALIZER)
+        .collect();
+    let why = match &m.spec.host_name {
+        Some(h) => format!("its host {h} was deleted"),
+        None => "it never had a host".to_owned(),
+    };
+    let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": m.resource_version()}});
+    match api
+        .patch(
+            &m.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(machine = %m.name_any(), reason = %why, "released a deleted machine no agent holds");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub async fn run(client: kube::Client, cfg: Arc<Config>) {
@@ -118,5 +207,119 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
             tracing::warn!(error = format!("{e:#}"), "host health pass failed");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use paddock_api::host::{HostSpec, HostStatus};
+    use paddock_api::machine::MachineSpec;
+    use paddock_api::{MachineRole, Memory};
+
+    fn at(s: i64) -> Timestamp {
+        Timestamp::from_second(1_800_000_000 + s).expect("timestamp")
+    }
+
+    fn host(phase: HostPhase, not_ready_since: Option<i64>) -> Host {
+        let mut h = Host::new("h1", HostSpec::default());
+        h.status = Some(HostStatus {
+            phase: Some(phase),
+            conditions: not_ready_since
+                .map(|s| Condition {
+                    type_: "Ready".into(),
+                    status: "False".into(),
+                    reason: "LeaseExpired".into(),
+                    message: String::new(),
+                    last_transition_time: Time(at(s)),
+                    observed_generation: None,
+                })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        });
+        h
+    }
+
+    fn lease(renewed: i64, seconds: i32) -> Lease {
+        Lease {
+            spec: Some(LeaseSpec {
+                renew_time: Some(MicroTime(at(renewed))),
+                lease_duration_seconds: Some(seconds),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_host_turns_not_ready_when_its_lease_runs_out_then_is_replaced_after_grace() {
+        let grace = Duration::from_secs(60);
+        let ready = host(HostPhase::Ready, None);
+        assert_eq!(
+            judge(&ready, Some(&lease(0, 40)), at(40), grace),
+            Verdict::Nothing
+        );
+        assert_eq!(
+            judge(&ready, Some(&lease(0, 40)), at(41), grace),
+            Verdict::MarkNotReady
+        );
+        assert_eq!(judge(&ready, None, at(0), grace), Verdict::MarkNotReady);
+        let down = host(HostPhase::NotReady, Some(41));
+        assert_eq!(
+            judge(&down, Some(&lease(0, 40)), at(100), grace),
+            Verdict::Nothing
+        );
+        assert_eq!(
+            judge(&down, Some(&lease(0, 40)), at(101), grace),
+            Verdict::Replace
+        );
+        // Back: its next report sets Ready; nothing is replaced meanwhile.
+        assert_eq!(
+            judge(&down, Some(&lease(200, 40)), at(201), grace),
+            Verdict::Nothing
+        );
+    }
+
+    fn machine(name: &str, host: Option<&str>, deleting: bool, fin: bool) -> Machine {
+        let mut m = Machine::new(
+            name,
+            MachineSpec {
+                cluster_name: "demo".into(),
+                role: MachineRole::Worker,
+                pool: None,
+                cpu: 1,
+                memory: Memory::from_bytes(1 << 30),
+                disk: Memory::from_bytes(1 << 30),
+                image: None,
+                host_name: host.map(str::to_owned),
+                mac: None,
+                ip: None,
+                bootstrap_secret: None,
+            },
+        );
+        if deleting {
+            m.metadata.deletion_timestamp = Some(Time(at(0)));
+        }
+        if fin {
+            m.metadata.finalizers = Some(vec![VM_FINALIZER.into()]);
+        }
+        m
+    }
+
+    #[test]
+    fn only_machines_no_agent_will_release_are_orphans() {
+        let hosts: HashSet<String> = ["h1".to_owned()].into();
+        let ms = vec![
+            machine("unbound", None, true, true),
+            machine("host-deleted", Some("h9"), true, true),
+            machine("host-there", Some("h1"), true, true),
+            machine("not-deleting", Some("h9"), false, true),
+            machine("released", Some("h9"), true, false),
+        ];
+        let names: Vec<String> = orphaned(&ms, &hosts).iter().map(|m| m.name_any()).collect();
+        assert_eq!(names, ["unbound", "host-deleted"]);
     }
 }

@@ -3,9 +3,13 @@
 //! bridge, and static forwarding entries (no learning) towards the VTEPs of
 //! the other hosts that carry the cluster.
 
+pub mod fake;
 pub mod guard;
+pub mod host;
 pub mod netns;
 mod tap;
+
+pub use host::{HostNet, HostNetError};
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
