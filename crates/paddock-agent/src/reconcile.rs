@@ -177,8 +177,12 @@ impl Reconciler {
 
     /// [`verify`] on the blocking pool, so that hashing a large image never
     /// holds up the async workers (the heartbeat among them).
-    async fn verify(&self, path: &PathBuf, sha: Option<&str>) -> Result<(), String> {
-        let (verified, path, sha) = (self.verified.clone(), path.clone(), sha.map(str::to_owned));
+    async fn verify(&self, path: &std::path::Path, sha: Option<&str>) -> Result<(), String> {
+        let (verified, path, sha) = (
+            self.verified.clone(),
+            path.to_path_buf(),
+            sha.map(str::to_owned),
+        );
         tokio::task::spawn_blocking(move || verify(&verified, &path, sha.as_deref()))
             .await
             .map_err(|e| format!("verifying an image: {e}"))?
