@@ -157,6 +157,20 @@ pub fn guest_ready(m: &Machine) -> bool {
     })
 }
 
+/// The Machines of a group that go when it scales down to `want`:
+/// not-ready ones first, then the newest.
+pub fn scale_down<'a>(current: &[&'a Machine], want: usize) -> Vec<&'a Machine> {
+    let mut order = current.to_vec();
+    order.sort_by_key(|m| {
+        (
+            guest_ready(m),
+            std::cmp::Reverse(m.metadata.creation_timestamp.clone().map(|t| t.0)),
+        )
+    });
+    order.truncate(current.len().saturating_sub(want));
+    order
+}
+
 /// Host index (last octet) of a Machine's overlay address.
 fn host_index(m: &Machine) -> Option<u32> {
     m.spec
@@ -334,7 +348,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
     for g in &groups {
-        let mut current: Vec<&&Machine> = live.iter().filter(|m| in_group(m, g)).collect();
+        let current: Vec<&&Machine> = live.iter().filter(|m| in_group(m, g)).collect();
         let want = g.replicas as usize;
         let label = g.pool.clone().unwrap_or_else(|| "cp".into());
         if current.len() < want {
@@ -384,14 +398,8 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 .await;
             }
         } else if current.len() > want {
-            // Not-ready machines go first, then the newest.
-            current.sort_by_key(|m| {
-                (
-                    guest_ready(m),
-                    std::cmp::Reverse(m.metadata.creation_timestamp.clone().map(|t| t.0)),
-                )
-            });
-            for m in current.iter().take(current.len() - want) {
+            let current: Vec<&Machine> = current.iter().map(|m| **m).collect();
+            for m in scale_down(&current, want) {
                 remove_machine(
                     &ctx,
                     &machines,
@@ -705,4 +713,49 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     .run(reconcile_and_reset, error_policy, ctx)
     .for_each(|_| futures::future::ready(()))
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    fn m(name: &str, created: i64, ready: bool) -> Machine {
+        let mut m: Machine = serde_json::from_value(json!({
+            "apiVersion": "paddock.io/v1alpha1", "kind": "Machine",
+            "metadata": {"name": name, "namespace": "acme"},
+            "spec": {"clusterName": "demo", "role": "worker", "cpu": 1, "memory": "1Gi", "disk": "1Gi"}
+        }))
+        .expect("machine");
+        m.metadata.creation_timestamp =
+            Some(Time(Timestamp::from_second(1_800_000_000 + created).expect("ts")));
+        if ready {
+            m.status = Some(serde_json::from_value(json!({"conditions": [{
+                "type": "GuestReady", "status": "True", "reason": "r", "message": "",
+                "lastTransitionTime": "2027-01-01T00:00:00Z"}]})).expect("status"));
+        }
+        m
+    }
+
+    #[test]
+    fn scale_down_removes_not_ready_machines_first_then_the_newest() {
+        let (a, b, c, d) = (m("a", 1, true), m("b", 2, true), m("c", 3, false), m("d", 4, true));
+        let all = [&a, &b, &c, &d];
+        let names = |v: Vec<&Machine>| v.iter().map(|m| m.name_any()).collect::<Vec<_>>();
+        assert_eq!(names(scale_down(&all, 3)), ["c"]);
+        assert_eq!(names(scale_down(&all, 2)), ["c", "d"]);
+        assert_eq!(names(scale_down(&all, 0)), ["c", "d", "b", "a"]);
+        assert!(scale_down(&all, 4).is_empty());
+        assert!(scale_down(&all, 9).is_empty());
+    }
+
+    #[test]
+    fn a_deleting_cluster_names_the_hosts_it_waits_for() {
+        let mut x = m("x", 1, true);
+        x.spec.host_name = Some("h3".into());
+        let y = m("y", 2, true);
+        let msg = deleting_message(&[x, y]);
+        assert!(msg.starts_with("deleting 2 machines: waiting for the agents of h3"), "{msg}");
+        assert_eq!(deleting_message(&[m("z", 1, false)]), "deleting 1 machines");
+    }
 }

@@ -32,6 +32,16 @@ pub fn slot(cfg: &Config, idx: u32) -> OverlayStatus {
     }
 }
 
+/// The pool slots whose VNI no claim holds, lowest first. A claim is
+/// deleted only once the cluster's VMs and devices are gone everywhere, so
+/// a free slot has no VM or device of a previous owner left.
+pub fn free_slots<'a>(
+    cfg: &'a Config,
+    taken: &'a std::collections::HashSet<u32>,
+) -> impl Iterator<Item = u32> + 'a {
+    (0..cfg.vni_count).filter(move |idx| !taken.contains(&(cfg.vni_base + idx)))
+}
+
 /// The overlay held by `holder` (a cluster uid), claiming the lowest free slot if none.
 pub async fn ensure(
     client: &kube::Client,
@@ -56,11 +66,8 @@ pub async fn ensure(
         }
         taken.insert(vni);
     }
-    for idx in 0..cfg.vni_count {
+    for idx in free_slots(cfg, &taken) {
         let vni = cfg.vni_base + idx;
-        if taken.contains(&vni) {
-            continue;
-        }
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(claim_name(vni)),
@@ -101,4 +108,31 @@ pub async fn release(client: &kube::Client, holder: &str) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_map_to_a_vni_a_subnet_and_a_gateway() {
+        let cfg = Config::default();
+        let o = slot(&cfg, 0);
+        assert_eq!((o.vni, o.subnet.as_str(), o.gateway.as_str()), (1000, "10.64.0.0/24", "10.64.0.1"));
+        let o = slot(&cfg, 257);
+        assert_eq!((o.vni, o.subnet.as_str()), (1257, "10.65.1.0/24"));
+    }
+
+    #[test]
+    fn the_lowest_unclaimed_slot_comes_first_and_the_pool_runs_out() {
+        let cfg = Config {
+            vni_count: 3,
+            ..Config::default()
+        };
+        let taken: std::collections::HashSet<u32> = [1000, 1002].into();
+        assert_eq!(free_slots(&cfg, &taken).collect::<Vec<_>>(), [1]);
+        let all: std::collections::HashSet<u32> = [1000, 1001, 1002].into();
+        assert_eq!(free_slots(&cfg, &all).next(), None);
+        assert_eq!(free_slots(&cfg, &Default::default()).collect::<Vec<_>>(), [0, 1, 2]);
+    }
 }

@@ -364,3 +364,111 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(name: &str, cpu: u32, memory: &str, rack: Option<&str>, ready: bool) -> Arc<Host> {
+        let mut labels = serde_json::Map::new();
+        if let Some(r) = rack {
+            labels.insert("paddock.io/rack".into(), json!(r));
+        }
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "paddock.io/v1alpha1", "kind": "Host",
+                "metadata": {"name": name, "labels": labels},
+                "spec": {},
+                "status": {"phase": if ready { "Ready" } else { "NotReady" },
+                           "allocatable": {"cpu": cpu, "memory": memory}}
+            }))
+            .expect("host"),
+        )
+    }
+
+    fn machine(name: &str, role: &str, cluster: &str, host: Option<&str>, memory: &str) -> Arc<Machine> {
+        Arc::new(
+            serde_json::from_value(json!({
+                "apiVersion": "paddock.io/v1alpha1", "kind": "Machine",
+                "metadata": {"name": name, "namespace": "acme", "uid": format!("uid-{name}")},
+                "spec": {"clusterName": cluster, "role": role, "cpu": 1, "memory": memory,
+                         "disk": "1Gi", "hostName": host}
+            }))
+            .expect("machine"),
+        )
+    }
+
+    fn cfg() -> Config {
+        Config {
+            cpu_overcommit: 1.0,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn rooms_are_ready_schedulable_hosts_less_what_is_bound() {
+        let mut cordoned = (*host("h3", 8, "16Gi", None, true)).clone();
+        cordoned.spec.unschedulable = true;
+        let hosts = [
+            host("h1", 8, "16Gi", None, true),
+            host("h2", 8, "16Gi", None, false),
+            Arc::new(cordoned),
+        ];
+        let bound = [machine("a", "worker", "demo", Some("h1"), "4Gi")];
+        let rooms = rooms(&cfg(), &hosts, &bound);
+        assert_eq!(rooms.len(), 1, "NotReady and cordoned hosts take nothing");
+        assert_eq!(rooms[0].name, "h1");
+        assert_eq!(rooms[0].free_memory(), (12u64 << 30) as f64);
+        assert_eq!(rooms[0].free_cpu(), 7.0);
+    }
+
+    #[test]
+    fn control_planes_go_to_different_hosts_and_racks() {
+        let hosts = [
+            host("a1", 8, "16Gi", Some("a"), true),
+            host("a2", 8, "32Gi", Some("a"), true),
+            host("b1", 8, "8Gi", Some("b"), true),
+        ];
+        let first = machine("cp1", "control-plane", "demo", Some("a2"), "2Gi");
+        let rooms = rooms(&cfg(), &hosts, std::slice::from_ref(&first));
+        let spread = Spread::new(std::slice::from_ref(&first));
+        let cp2 = machine("cp2", "control-plane", "demo", None, "2Gi");
+        let i = place(&cfg(), &cp2, &rooms, &spread).expect("placed");
+        assert_eq!(rooms[i].name, "b1", "another rack, though a1 has more room");
+        // Another cluster's control plane is not in the way.
+        let other = machine("x", "control-plane", "other", None, "2Gi");
+        let i = place(&cfg(), &other, &rooms, &spread).expect("placed");
+        assert_eq!(rooms[i].name, "a2", "most free memory");
+    }
+
+    #[test]
+    fn workers_spread_or_pack() {
+        let hosts = [host("h1", 8, "16Gi", None, true), host("h2", 8, "8Gi", None, true)];
+        let bound = [machine("w1", "worker", "demo", Some("h1"), "1Gi")];
+        let rooms = rooms(&cfg(), &hosts, &bound);
+        let spread = Spread::new(&bound);
+        let w2 = machine("w2", "worker", "demo", None, "1Gi");
+        let i = place(&cfg(), &w2, &rooms, &spread).expect("placed");
+        assert_eq!(rooms[i].name, "h2", "fewest of its cluster");
+        let pack = Config {
+            spread_workers: false,
+            ..cfg()
+        };
+        let i = place(&pack, &w2, &rooms, &spread).expect("placed");
+        assert_eq!(rooms[i].name, "h2", "least free memory that fits");
+        let big = machine("big", "worker", "demo", None, "10Gi");
+        let i = place(&pack, &big, &rooms, &spread).expect("placed");
+        assert_eq!(rooms[i].name, "h1", "only h1 fits");
+    }
+
+    #[test]
+    fn no_room_names_the_shortfall() {
+        let hosts = [host("h1", 2, "4Gi", None, true)];
+        let rooms = rooms(&cfg(), &hosts, &[]);
+        let huge = machine("huge", "worker", "demo", None, "900Gi");
+        let why = place(&cfg(), &huge, &rooms, &Spread::default()).expect_err("no room");
+        assert_eq!(why, "needs 1 cpu and 900Gi memory; largest free is 4Gi memory and 2 cpu on h1");
+        let none = place(&cfg(), &huge, &[], &Spread::default()).expect_err("no hosts");
+        assert_eq!(none, "no Ready, schedulable host");
+    }
+}
