@@ -123,6 +123,11 @@ pub enum HostCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Remove a host that is gone for good. Its deleted Machines, whose VMs
+    /// no agent can stop any more, are released (and with them their
+    /// clusters' deletions and overlays). A host whose agent still runs
+    /// registers itself again and stops the VMs no Machine wants.
+    Delete { name: String },
 }
 
 async fn set_unschedulable(api: &Api<Host>, name: &str, on: bool) -> CliResult {
@@ -269,6 +274,11 @@ pub async fn host(cmd: HostCommand, client: &Client, out: Format) -> CliResult {
         HostCommand::List => {}
         HostCommand::Cordon { name } => return set_unschedulable(&hosts, &name, true).await,
         HostCommand::Uncordon { name } => return set_unschedulable(&hosts, &name, false).await,
+        HostCommand::Delete { name } => {
+            hosts.delete(&name, &DeleteParams::default()).await?;
+            println!("host {name} deleted; the Machines it held are released");
+            return Ok(());
+        }
         HostCommand::Drain { name, wait } => {
             hosts.get(&name).await?;
             set_unschedulable(&hosts, &name, true).await?;

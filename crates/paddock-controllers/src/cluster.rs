@@ -727,19 +727,28 @@ mod tests {
             "spec": {"clusterName": "demo", "role": "worker", "cpu": 1, "memory": "1Gi", "disk": "1Gi"}
         }))
         .expect("machine");
-        m.metadata.creation_timestamp =
-            Some(Time(Timestamp::from_second(1_800_000_000 + created).expect("ts")));
+        m.metadata.creation_timestamp = Some(Time(
+            Timestamp::from_second(1_800_000_000 + created).expect("ts"),
+        ));
         if ready {
-            m.status = Some(serde_json::from_value(json!({"conditions": [{
+            m.status = Some(
+                serde_json::from_value(json!({"conditions": [{
                 "type": "GuestReady", "status": "True", "reason": "r", "message": "",
-                "lastTransitionTime": "2027-01-01T00:00:00Z"}]})).expect("status"));
+                "lastTransitionTime": "2027-01-01T00:00:00Z"}]}))
+                .expect("status"),
+            );
         }
         m
     }
 
     #[test]
     fn scale_down_removes_not_ready_machines_first_then_the_newest() {
-        let (a, b, c, d) = (m("a", 1, true), m("b", 2, true), m("c", 3, false), m("d", 4, true));
+        let (a, b, c, d) = (
+            m("a", 1, true),
+            m("b", 2, true),
+            m("c", 3, false),
+            m("d", 4, true),
+        );
         let all = [&a, &b, &c, &d];
         let names = |v: Vec<&Machine>| v.iter().map(|m| m.name_any()).collect::<Vec<_>>();
         assert_eq!(names(scale_down(&all, 3)), ["c"]);
@@ -755,7 +764,10 @@ mod tests {
         x.spec.host_name = Some("h3".into());
         let y = m("y", 2, true);
         let msg = deleting_message(&[x, y]);
-        assert!(msg.starts_with("deleting 2 machines: waiting for the agents of h3"), "{msg}");
+        assert!(
+            msg.starts_with("deleting 2 machines: waiting for the agents of h3"),
+            "{msg}"
+        );
         assert_eq!(deleting_message(&[m("z", 1, false)]), "deleting 1 machines");
     }
 }

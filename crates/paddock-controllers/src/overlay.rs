@@ -118,7 +118,10 @@ mod tests {
     fn slots_map_to_a_vni_a_subnet_and_a_gateway() {
         let cfg = Config::default();
         let o = slot(&cfg, 0);
-        assert_eq!((o.vni, o.subnet.as_str(), o.gateway.as_str()), (1000, "10.64.0.0/24", "10.64.0.1"));
+        assert_eq!(
+            (o.vni, o.subnet.as_str(), o.gateway.as_str()),
+            (1000, "10.64.0.0/24", "10.64.0.1")
+        );
         let o = slot(&cfg, 257);
         assert_eq!((o.vni, o.subnet.as_str()), (1257, "10.65.1.0/24"));
     }
@@ -133,6 +136,9 @@ mod tests {
         assert_eq!(free_slots(&cfg, &taken).collect::<Vec<_>>(), [1]);
         let all: std::collections::HashSet<u32> = [1000, 1001, 1002].into();
         assert_eq!(free_slots(&cfg, &all).next(), None);
-        assert_eq!(free_slots(&cfg, &Default::default()).collect::<Vec<_>>(), [0, 1, 2]);
+        assert_eq!(
+            free_slots(&cfg, &Default::default()).collect::<Vec<_>>(),
+            [0, 1, 2]
+        );
     }
 }

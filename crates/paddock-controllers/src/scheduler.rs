@@ -386,7 +386,13 @@ mod tests {
         )
     }
 
-    fn machine(name: &str, role: &str, cluster: &str, host: Option<&str>, memory: &str) -> Arc<Machine> {
+    fn machine(
+        name: &str,
+        role: &str,
+        cluster: &str,
+        host: Option<&str>,
+        memory: &str,
+    ) -> Arc<Machine> {
         Arc::new(
             serde_json::from_value(json!({
                 "apiVersion": "paddock.io/v1alpha1", "kind": "Machine",
@@ -443,7 +449,10 @@ mod tests {
 
     #[test]
     fn workers_spread_or_pack() {
-        let hosts = [host("h1", 8, "16Gi", None, true), host("h2", 8, "8Gi", None, true)];
+        let hosts = [
+            host("h1", 8, "16Gi", None, true),
+            host("h2", 8, "8Gi", None, true),
+        ];
         let bound = [machine("w1", "worker", "demo", Some("h1"), "1Gi")];
         let rooms = rooms(&cfg(), &hosts, &bound);
         let spread = Spread::new(&bound);
@@ -467,7 +476,10 @@ mod tests {
         let rooms = rooms(&cfg(), &hosts, &[]);
         let huge = machine("huge", "worker", "demo", None, "900Gi");
         let why = place(&cfg(), &huge, &rooms, &Spread::default()).expect_err("no room");
-        assert_eq!(why, "needs 1 cpu and 900Gi memory; largest free is 4Gi memory and 2 cpu on h1");
+        assert_eq!(
+            why,
+            "needs 1 cpu and 900Gi memory; largest free is 4Gi memory and 2 cpu on h1"
+        );
         let none = place(&cfg(), &huge, &[], &Spread::default()).expect_err("no hosts");
         assert_eq!(none, "no Ready, schedulable host");
     }
