@@ -293,6 +293,11 @@ pub struct ClusterStatus {
     pub control_plane_ready: u32,
     #[serde(default)]
     pub nodes_ready: u32,
+    /// Machines deleted whose VMs are not yet known to be stopped (their
+    /// host's agent releases them; a host that is gone holds them until
+    /// it is deleted).
+    #[serde(default)]
+    pub deleting_machines: u32,
 }
 
 impl ClusterSpec {

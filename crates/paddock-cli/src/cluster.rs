@@ -262,8 +262,12 @@ async fn wait_ready(api: &Api<Cluster>, name: &str, timeout: u64) -> CliResult {
             };
             let st = c.status.clone().unwrap_or_default();
             let phase = st.phase.map_or("Pending", ClusterPhase::as_str);
+            let stopping = match st.deleting_machines {
+                0 => String::new(),
+                n => format!(", {n} machines stopping"),
+            };
             pb.set_message(format!(
-                "{name}: {phase}, control plane {}/{}, nodes {}/{}",
+                "{name}: {phase}, control plane {}/{}, nodes {}/{}{stopping}",
                 st.control_plane_ready,
                 c.spec.control_plane.replicas,
                 st.nodes_ready,
@@ -276,6 +280,8 @@ async fn wait_ready(api: &Api<Cluster>, name: &str, timeout: u64) -> CliResult {
                 && generation_seen
                 && st.control_plane_ready == c.spec.control_plane.replicas
                 && st.nodes_ready == c.spec.worker_replicas()
+                // Scaled down: done once the removed VMs are stopped.
+                && st.deleting_machines == 0
             {
                 return Ok(());
             }

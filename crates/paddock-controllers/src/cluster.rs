@@ -418,8 +418,9 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
     let mine = ctx.cached(&ns, &name);
     let live: Vec<Machine> = mine
-        .into_iter()
+        .iter()
         .filter(|m| m.metadata.deletion_timestamp.is_none())
+        .cloned()
         .collect();
     let pki = ctx
         .secrets
@@ -479,7 +480,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         &ctx.cfg,
         phase,
         Some(overlay),
-        &live,
+        &mine,
         why.clone(),
     )
     .await?;
@@ -517,9 +518,13 @@ async fn set_status(
     cfg: &Config,
     phase: ClusterPhase,
     overlay: Option<OverlayStatus>,
-    live: &[Machine],
+    machines: &[Machine],
     why: String,
 ) -> Result<(), Error> {
+    let (live, deleting): (Vec<&Machine>, Vec<&Machine>) = machines
+        .iter()
+        .partition(|m| m.metadata.deletion_timestamp.is_none());
+    let deleting_machines = deleting.len() as u32;
     let old = c.status.clone().unwrap_or_default();
     let ready = phase == ClusterPhase::Ready;
     let prev = old.conditions.iter().find(|x| x.type_ == "Ready");
@@ -567,11 +572,13 @@ async fn set_status(
             .iter()
             .filter(|m| m.spec.role == MachineRole::Worker && guest_ready(m))
             .count() as u32,
+        deleting_machines,
     };
     let same = old.phase == st.phase
         && old.observed_generation == st.observed_generation
         && old.control_plane_ready == st.control_plane_ready
         && old.nodes_ready == st.nodes_ready
+        && old.deleting_machines == st.deleting_machines
         && old.overlay == st.overlay
         && old.api_endpoint == st.api_endpoint
         && old.ingress == st.ingress
