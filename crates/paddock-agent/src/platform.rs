@@ -9,7 +9,6 @@ use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use paddock_api::machine::VM_FINALIZER;
 use paddock_api::{Machine, MachineStatus};
 use serde_json::json;
 
@@ -38,7 +37,7 @@ pub trait Platform: Send + Sync + 'static {
         name: &str,
         status: &MachineStatus,
     ) -> Result<(), PlatformError>;
-    /// Removes [`VM_FINALIZER`] from the Machine, if it is still at the
+    /// Removes [`paddock_api::machine::VM_FINALIZER`] from the Machine, if it is still at the
     /// resourceVersion read (else the next pass looks again).
     async fn release(&self, m: &Machine) -> Result<(), PlatformError>;
 }
@@ -81,13 +80,7 @@ impl Platform for KubePlatform {
 
     async fn release(&self, m: &Machine) -> Result<(), PlatformError> {
         let api: Api<Machine> = Api::namespaced(self.0.clone(), &m.namespace().unwrap_or_default());
-        let rest: Vec<&String> = m
-            .finalizers()
-            .iter()
-            .filter(|f| *f != VM_FINALIZER)
-            .collect();
-        let patch =
-            json!({"metadata": {"finalizers": rest, "resourceVersion": m.resource_version()}});
+        let patch = paddock_api::machine::release_patch(m);
         match api
             .patch(
                 &m.name_any(),

@@ -17,6 +17,18 @@ use crate::validation::{FieldError, Validate, check_dns_label, check_dns_subdoma
 /// was deleted (the operator's word that it is gone for good).
 pub const VM_FINALIZER: &str = "paddock.io/vm";
 
+/// The merge patch that removes [`VM_FINALIZER`] from `m`, only if `m` is
+/// still at the resourceVersion read (else 409, and the caller looks again).
+pub fn release_patch(m: &Machine) -> serde_json::Value {
+    use kube::ResourceExt;
+    let rest: Vec<&String> = m
+        .finalizers()
+        .iter()
+        .filter(|f| *f != VM_FINALIZER)
+        .collect();
+    serde_json::json!({"metadata": {"finalizers": rest, "resourceVersion": m.resource_version()}})
+}
+
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "paddock.io",

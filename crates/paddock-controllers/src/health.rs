@@ -174,16 +174,11 @@ async fn replace(
 /// still as read (a bind in between makes it an agent's again).
 async fn release(client: &kube::Client, m: &Machine) -> anyhow::Result<()> {
     let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
-    let rest: Vec<&String> = m
-        .finalizers()
-        .iter()
-        .filter(|f| *f != VM_FINALIZER)
-        .collect();
     let why = match &m.spec.host_name {
         Some(h) => format!("its host {h} was deleted"),
         None => "it never had a host".to_owned(),
     };
-    let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": m.resource_version()}});
+    let patch = paddock_api::machine::release_patch(m);
     match api
         .patch(
             &m.name_any(),
