@@ -120,11 +120,12 @@ pub async fn run_with(client: kube::Client, cfg: AgentConfig, parts: Parts) -> a
     let accel = parts.hypervisor.accel();
     let overlay_mtu = parts.overlay_mtu;
     let notify = Arc::new(Notify::new());
+    let mut watchers = paddock_watch::Watchers::default();
     let world = reconcile::World {
-        machines: paddock_watch::store(Api::<Machine>::all(client.clone()), notify.clone()).0,
-        hosts: paddock_watch::store(Api::<Host>::all(client.clone()), notify.clone()).0,
-        clusters: paddock_watch::store(Api::<Cluster>::all(client.clone()), notify.clone()).0,
-        images: paddock_watch::store(Api::<MachineImage>::all(client.clone()), notify.clone()).0,
+        machines: watchers.store(Api::<Machine>::all(client.clone()), notify.clone()),
+        hosts: watchers.store(Api::<Host>::all(client.clone()), notify.clone()),
+        clusters: watchers.store(Api::<Cluster>::all(client.clone()), notify.clone()),
+        images: watchers.store(Api::<MachineImage>::all(client.clone()), notify.clone()),
     };
     for (what, ready) in [
         ("machines", world.machines.wait_until_ready().await),
@@ -197,6 +198,7 @@ pub async fn run_with(client: kube::Client, cfg: AgentConfig, parts: Parts) -> a
     // None of them returns while the agent is healthy.
     let ended = tasks.join_next().await;
     tasks.abort_all();
+    drop(watchers);
     match ended {
         Some(Ok(Err(e))) => Err(e),
         Some(Err(e)) if e.is_panic() => anyhow::bail!("an agent task panicked: {e}"),

@@ -337,61 +337,24 @@ impl Reconciler {
             |h: &str| -> Option<Ipv4Addr> { hosts.iter().find(|x| x.name_any() == h)?.vtep() };
         let mut vnis: BTreeSet<u32> = BTreeSet::new();
         let mut bridges: HashMap<u32, u32> = HashMap::new();
+        // A failure is recorded and the pass goes on: one overlay that cannot
+        // be made must not keep other clusters' VMs from stopping or their
+        // Machines from being released.
+        let mut failures: Vec<anyhow::Error> = Vec::new();
         for w in &wanted {
             let Some(overlay) = &w.overlay else { continue };
             let vni = overlay.vni;
             if !vnis.insert(vni) {
                 continue;
             }
-            let mtu = self.settings.overlay_mtu;
-            let br = self
-                .net
-                .ensure_bridge(&paddock_net::bridge_name(vni), mtu)
-                .await?;
-            let vx = self
-                .net
-                .ensure_vxlan(
-                    &paddock_net::vxlan_name(vni),
-                    vni,
-                    self.settings.underlay,
-                    br,
-                    mtu,
-                )
-                .await?;
-            bridges.insert(vni, br);
-            let (ns, cluster) = (
-                w.machine.namespace().unwrap_or_default(),
-                w.machine.spec.cluster_name.clone(),
-            );
-            let mut fdb = BTreeSet::new();
-            for peer in all.iter().filter(|p| {
-                p.namespace().as_deref() == Some(ns.as_str()) && p.spec.cluster_name == cluster
-            }) {
-                let Some(h) = peer.spec.host_name.as_deref().filter(|h| *h != me.as_str()) else {
-                    continue;
-                };
-                let Some(dst) = vtep(h) else { continue };
-                fdb.insert(FdbEntry {
-                    mac: Mac::ZERO,
-                    dst,
-                });
-                if let Ok(mac) = mac_for(peer).parse::<Mac>() {
-                    fdb.insert(FdbEntry { mac, dst });
+            match self.ensure_overlay(w, overlay, &all, &vtep).await {
+                Ok(br) => {
+                    bridges.insert(vni, br);
+                }
+                Err(e) => {
+                    failures.push(anyhow::Error::new(e).context(format!("overlay of VNI {vni}")))
                 }
             }
-            // The management plane's gateway joins the overlay too.
-            if let Some(dst) = overlay.gateway_vtep.as_deref().and_then(|v| v.parse().ok()) {
-                fdb.insert(FdbEntry {
-                    mac: Mac::ZERO,
-                    dst,
-                });
-                if let Some(mac) = overlay.gateway_mac.as_deref().and_then(|m| m.parse().ok()) {
-                    fdb.insert(FdbEntry { mac, dst });
-                }
-            }
-            self.net
-                .sync_vxlan_fdb(&paddock_net::vxlan_name(vni), vx, &fdb)
-                .await?;
         }
 
         // Source guards before any VM can send.
@@ -417,10 +380,18 @@ impl Reconciler {
             .lock()
             .map(|g| g.as_ref() == Some(&guards))
             .unwrap_or(false);
+        let mut guarded = true;
         if !applied {
-            self.net.apply_guards(&guards).await?;
-            if let Ok(mut g) = self.guards.lock() {
-                *g = Some(guards);
+            match self.net.apply_guards(&guards).await {
+                Ok(()) => {
+                    if let Ok(mut g) = self.guards.lock() {
+                        *g = Some(guards);
+                    }
+                }
+                Err(e) => {
+                    guarded = false;
+                    failures.push(anyhow::Error::new(e).context("source guards"));
+                }
             }
         }
 
@@ -436,7 +407,15 @@ impl Reconciler {
             allocated.cpu += w.machine.spec.cpu;
             allocated.memory = allocated.memory.saturating_add(w.machine.spec.memory);
             let vm = VmDir::new(&self.settings.state_dir, &uid);
-            let outcome = self.converge_vm(w, &vm, &bridges).await;
+            let outcome = if guarded {
+                self.converge_vm(w, &vm, &bridges).await
+            } else {
+                // No VM starts before its tap's source guard is in place.
+                match self.hv.running(&vm) {
+                    Some(pid) => Ok(pid),
+                    None => Err("waiting for the source guards to apply".to_owned()),
+                }
+            };
             if let Ok(spec) = &w.spec {
                 keep_taps.insert(spec.tap.clone());
             }
@@ -484,7 +463,14 @@ impl Reconciler {
             }
         }))
         .await;
-        for link in self.net.links().await? {
+        let links = match self.net.links().await {
+            Ok(l) => l,
+            Err(e) => {
+                failures.push(anyhow::Error::new(e).context("listing links"));
+                Vec::new()
+            }
+        };
+        for link in links {
             let stale = if link.name.starts_with(paddock_net::TAP_PREFIX) {
                 !keep_taps.contains(&link.name)
             } else if let Some(v) = link
@@ -498,12 +484,81 @@ impl Reconciler {
             } else {
                 false
             };
-            if stale {
-                self.net.delete(&link.name).await?;
+            if stale && let Err(e) = self.net.delete(&link.name).await {
+                failures.push(anyhow::Error::new(e).context(format!("deleting {}", link.name)));
             }
         }
-        self.release(&leaving, &vnis).await?;
-        Ok(allocated)
+        if let Err(e) = self.release(&leaving, &vnis).await {
+            failures.push(e);
+        }
+        match failures.len() {
+            0 => Ok(allocated),
+            1 => Err(failures.remove(0)),
+            n => Err(failures
+                .remove(0)
+                .context(format!("{n} steps failed; the first"))),
+        }
+    }
+
+    /// The bridge and VXLAN device of one overlay, with forwarding entries
+    /// towards every other host that carries the cluster and towards the
+    /// gateway. Returns the bridge's index.
+    async fn ensure_overlay(
+        &self,
+        w: &Wanted,
+        overlay: &OverlayStatus,
+        all: &[Arc<Machine>],
+        vtep: &(dyn Fn(&str) -> Option<Ipv4Addr> + Sync),
+    ) -> Result<u32, paddock_net::HostNetError> {
+        let (vni, mtu, me) = (overlay.vni, self.settings.overlay_mtu, &self.settings.host);
+        let br = self
+            .net
+            .ensure_bridge(&paddock_net::bridge_name(vni), mtu)
+            .await?;
+        let vx = self
+            .net
+            .ensure_vxlan(
+                &paddock_net::vxlan_name(vni),
+                vni,
+                self.settings.underlay,
+                br,
+                mtu,
+            )
+            .await?;
+        let (ns, cluster) = (
+            w.machine.namespace().unwrap_or_default(),
+            w.machine.spec.cluster_name.clone(),
+        );
+        let mut fdb = BTreeSet::new();
+        for peer in all.iter().filter(|p| {
+            p.namespace().as_deref() == Some(ns.as_str()) && p.spec.cluster_name == cluster
+        }) {
+            let Some(h) = peer.spec.host_name.as_deref().filter(|h| *h != me.as_str()) else {
+                continue;
+            };
+            let Some(dst) = vtep(h) else { continue };
+            fdb.insert(FdbEntry {
+                mac: Mac::ZERO,
+                dst,
+            });
+            if let Ok(mac) = mac_for(peer).parse::<Mac>() {
+                fdb.insert(FdbEntry { mac, dst });
+            }
+        }
+        // The management plane's gateway joins the overlay too.
+        if let Some(dst) = overlay.gateway_vtep.as_deref().and_then(|v| v.parse().ok()) {
+            fdb.insert(FdbEntry {
+                mac: Mac::ZERO,
+                dst,
+            });
+            if let Some(mac) = overlay.gateway_mac.as_deref().and_then(|m| m.parse().ok()) {
+                fdb.insert(FdbEntry { mac, dst });
+            }
+        }
+        self.net
+            .sync_vxlan_fdb(&paddock_net::vxlan_name(vni), vx, &fdb)
+            .await?;
+        Ok(br)
     }
 
     /// Releases deleted Machines whose VM is gone, with its directory and
@@ -825,6 +880,7 @@ mod tests {
         net: Arc<FakeNet>,
         api: Arc<FakePlatform>,
         machines: Writer<Machine>,
+        clusters: Writer<Cluster>,
         _dir: tempfile::TempDir,
     }
 
@@ -905,6 +961,7 @@ mod tests {
             net,
             api,
             machines: mw,
+            clusters: cw,
             _dir: dir,
         }
     }
@@ -1096,5 +1153,36 @@ mod tests {
         lab.pass().await;
         assert_eq!(lab.hv.spec_of("uid-m1").map(|s| s.cpu), Some(2));
         assert_eq!(lab.hv.counts().1, 1, "stopped once to restart");
+    }
+
+    #[tokio::test]
+    async fn an_overlay_that_cannot_be_made_holds_up_no_other_cluster() {
+        let mut lab = lab();
+        lab.put(machine("m1", "h1", 10));
+        lab.pass().await;
+        let two: Cluster = serde_json::from_value(json!({
+            "apiVersion": "paddock.io/v1alpha1", "kind": "Cluster",
+            "metadata": {"name": "two", "namespace": "acme"}, "spec": {},
+            "status": {"overlay": {"vni": 1001, "subnet": "10.64.1.0/24", "gateway": "10.64.1.1"}}
+        }))
+        .expect("cluster");
+        lab.clusters
+            .apply_watcher_event(&watcher::Event::Apply(two));
+        lab.net.fail("pdvx1001");
+        let mut other = machine("t1", "h1", 10);
+        other.spec.cluster_name = "two".into();
+        other.metadata.uid = Some("uid-f00d".into());
+        lab.put(other);
+        lab.put(deleting(machine("m1", "h1", 10)));
+        let err = lab.r.pass().await.expect_err("VNI 1001 fails");
+        assert!(
+            format!("{err:#}").contains("overlay of VNI 1001"),
+            "{err:#}"
+        );
+        assert_eq!(lab.api.released(), [("acme".to_owned(), "m1".to_owned())]);
+        assert!(lab.net.link("pdvx1000").is_none(), "demo's devices went");
+        assert!(lab.hv.running_uids().is_empty(), "t1 waits for its overlay");
+        let st = lab.status("t1").await;
+        assert_ne!(st.phase, Some(MachinePhase::Running));
     }
 }

@@ -675,7 +675,13 @@ impl Api {
             meta_mut(&mut normal).insert("generation".into(), json!(g + 1));
         }
         if let Some(admit) = &opts.admit {
-            admit(Some(old), &normal)?;
+            // Both sides as this server normalizes them: a default added
+            // since the object was stored is no change of the writer's.
+            let old = res
+                .codec
+                .normalize(old.clone())
+                .unwrap_or_else(|_| old.clone());
+            admit(Some(&old), &normal)?;
         }
         if normal == object::without_rv(old) {
             return Ok(old.clone());

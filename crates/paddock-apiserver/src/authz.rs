@@ -113,7 +113,7 @@ pub enum Condition {
     RegistersHost(String),
     /// A status write, allowed if the Machine written is bound to `host`.
     MachineOnHost { host: String },
-    /// A write to a Machine bound to `host` that only removes its
+    /// A write to a deleted Machine bound to `host` that only removes its
     /// [`paddock_api::machine::VM_FINALIZER`].
     ReleasesMachine { host: String },
     /// A read, allowed if Secret `namespace/name` is the bootstrap Secret of
@@ -241,7 +241,12 @@ pub fn admits(cond: &Condition, old: Option<&Value>, new: &Value) -> bool {
                 }
                 v
             };
-            bound_to(old, host) && only_released && rest(old) == rest(new)
+            // Only once the Machine is being deleted: a live Machine's
+            // finalizer is what makes its deletion wait for the VM.
+            crate::object::is_deleting(old)
+                && bound_to(old, host)
+                && only_released
+                && rest(old) == rest(new)
         }
         Condition::BootstrapSecretOf { .. } => false,
     }
@@ -440,27 +445,38 @@ mod tests {
     fn a_host_releases_only_the_vm_finalizer_of_its_own_machines() {
         let vm = paddock_api::machine::VM_FINALIZER;
         let c = Condition::ReleasesMachine { host: "h1".into() };
-        let old = machine("h1", &[vm, "example.com/other"], 1);
+        let live = machine("h1", &[vm, "example.com/other"], 1);
+        assert!(
+            !admits(&c, Some(&live), &machine("h1", &["example.com/other"], 1)),
+            "not while the Machine lives"
+        );
+        let mut old = live.clone();
+        old["metadata"]["deletionTimestamp"] = serde_json::json!("2026-12-01T00:00:00Z");
+        let deleted = |host: &str, fins: &[&str], cpu: u32| {
+            let mut m = machine(host, fins, cpu);
+            m["metadata"]["deletionTimestamp"] = serde_json::json!("2026-12-01T00:00:00Z");
+            m
+        };
         assert!(admits(
             &c,
             Some(&old),
-            &machine("h1", &["example.com/other"], 1)
+            &deleted("h1", &["example.com/other"], 1)
         ));
         // Another finalizer, a change besides, another host's Machine.
-        assert!(!admits(&c, Some(&old), &machine("h1", &[vm], 1)));
+        assert!(!admits(&c, Some(&old), &deleted("h1", &[vm], 1)));
         assert!(!admits(
             &c,
             Some(&old),
-            &machine("h1", &["example.com/other"], 2)
+            &deleted("h1", &["example.com/other"], 2)
         ));
         assert!(!admits(
             &c,
             Some(&old),
-            &machine("h2", &["example.com/other"], 1)
+            &deleted("h2", &["example.com/other"], 1)
         ));
-        let theirs = machine("h2", &[vm], 1);
-        assert!(!admits(&c, Some(&theirs), &machine("h2", &[], 1)));
-        assert!(!admits(&c, None, &machine("h1", &[], 1)));
+        let theirs = deleted("h2", &[vm], 1);
+        assert!(!admits(&c, Some(&theirs), &deleted("h2", &[], 1)));
+        assert!(!admits(&c, None, &deleted("h1", &[], 1)));
         let status = Condition::MachineOnHost { host: "h1".into() };
         assert!(admits(&status, Some(&old), &old));
         assert!(!admits(&status, Some(&theirs), &theirs));

@@ -248,16 +248,24 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     };
     let tls = tls::server_config(&data.serving.cert_pem, &data.serving.key_pem)?;
     let app = router(state);
-    tasks.spawn_loop("serve", tls::serve(listener, tls.clone(), app.clone()));
-    if let Some(path) = &config.unix_socket {
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(ServerError::ListenUnix(path.display().to_string(), e));
+    // Everything that can fail first: an error leaves no task running.
+    let unix = match &config.unix_socket {
+        Some(path) => {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(ServerError::ListenUnix(path.display().to_string(), e));
+                }
+                _ => {}
             }
-            _ => {}
+            Some(
+                tokio::net::UnixListener::bind(path)
+                    .map_err(|e| ServerError::ListenUnix(path.display().to_string(), e))?,
+            )
         }
-        let ul = tokio::net::UnixListener::bind(path)
-            .map_err(|e| ServerError::ListenUnix(path.display().to_string(), e))?;
+        None => None,
+    };
+    tasks.spawn_loop("serve", tls::serve(listener, tls.clone(), app.clone()));
+    if let Some(ul) = unix {
         tasks.spawn_loop("serve-unix", tls::serve_unix(ul, tls, app));
     }
     tasks.spawn_loop("garbage-collector", gc::run(api.clone(), config.gc_resync));

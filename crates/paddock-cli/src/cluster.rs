@@ -227,13 +227,40 @@ async fn create(a: CreateArgs, client: &Client, out: Format) -> CliResult {
         );
     }
     if a.wait.wait {
-        wait_ready(&api, &created.name_any(), a.wait.timeout).await?;
+        wait_ready(client, &api, &created.name_any(), a.wait.timeout).await?;
     }
     Ok(())
 }
 
-/// Waits until the cluster is Ready with every desired machine ready.
-async fn wait_ready(api: &Api<Cluster>, name: &str, timeout: u64) -> CliResult {
+/// The hosts, not Ready, that hold deleted Machines of cluster `c`: their
+/// VMs cannot be known stopped, so `--wait` does not wait for them.
+async fn held_by_lost_hosts(client: &Client, c: &Cluster) -> Result<Vec<String>, CliError> {
+    let ns = c.namespace().unwrap_or_default();
+    let machines: Api<paddock_api::Machine> = Api::namespaced(client.clone(), &ns);
+    let lp =
+        ListParams::default().labels(&format!("{}={}", paddock_api::LABEL_CLUSTER, c.name_any()));
+    let hosts: Api<paddock_api::Host> = Api::all(client.clone());
+    let mut lost = std::collections::BTreeSet::new();
+    for m in machines.list(&lp).await?.items {
+        if m.metadata.deletion_timestamp.is_none() {
+            continue;
+        }
+        let Some(h) = m.spec.host_name else { continue };
+        let ready = hosts.get_opt(&h).await?.and_then(|h| h.status?.phase)
+            == Some(paddock_api::HostPhase::Ready);
+        if !ready {
+            lost.insert(h);
+        } else {
+            // One of them still stops on a Ready host: wait for it.
+            return Ok(Vec::new());
+        }
+    }
+    Ok(lost.into_iter().collect())
+}
+
+/// Waits until the cluster is Ready with every desired machine ready and
+/// the VMs of removed machines stopped.
+async fn wait_ready(client: &Client, api: &Api<Cluster>, name: &str, timeout: u64) -> CliResult {
     let pb = ProgressBar::new_spinner();
     pb.set_style(
         ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
@@ -280,10 +307,22 @@ async fn wait_ready(api: &Api<Cluster>, name: &str, timeout: u64) -> CliResult {
                 && generation_seen
                 && st.control_plane_ready == c.spec.control_plane.replicas
                 && st.nodes_ready == c.spec.worker_replicas()
-                // Scaled down: done once the removed VMs are stopped.
-                && st.deleting_machines == 0
             {
-                return Ok(());
+                // Scaled down: done once the removed VMs are stopped, but
+                // for those on hosts that stopped answering.
+                if st.deleting_machines == 0 {
+                    return Ok(());
+                }
+                let lost = held_by_lost_hosts(client, &c).await?;
+                if !lost.is_empty() {
+                    pb.suspend(|| {
+                        eprintln!(
+                            "note: removed machines are held by {}, which is not Ready: their VMs may still run there (paddock host delete NAME once it is gone for good)",
+                            lost.join(", ")
+                        );
+                    });
+                    return Ok(());
+                }
             }
         }
         Err(CliError::new(Exit::Failure, "watch ended"))
@@ -420,7 +459,7 @@ pub async fn run(cmd: ClusterCommand, client: &Client, out: Format) -> CliResult
                 pools[idx].name
             );
             if wait.wait {
-                wait_ready(&api, &name, wait.timeout).await?;
+                wait_ready(client, &api, &name, wait.timeout).await?;
             }
             Ok(())
         }

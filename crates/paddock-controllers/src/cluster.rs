@@ -637,6 +637,8 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     // on an index that still holds a deleted Machine, and the replacement
     // would wait for the next periodic pass.
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<Cluster>>();
+    // The watch tasks end with the controller.
+    let mut watchers = paddock_watch::Watchers::default();
     {
         let index = index.clone();
         let mut stream = watcher::watcher(
@@ -645,7 +647,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         )
         .default_backoff()
         .boxed();
-        tokio::spawn(async move {
+        watchers.keep(tokio::spawn(async move {
             let mut ready_tx = Some(ready_tx);
             let mut fresh: HashMap<(String, String), BTreeMap<String, Machine>> = HashMap::new();
             while let Some(ev) = stream.next().await {
@@ -683,7 +685,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
                     let _ = trigger_tx.send(ObjectRef::new(&cluster).within(&ns));
                 }
             }
-        });
+        }));
     }
     // Never act on an empty cache: it would read as "no machines yet".
     if ready_rx.await.is_err() {
@@ -701,7 +703,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     .default_backoff()
     .touched_objects()
     .for_each(|_| futures::future::ready(()));
-    tokio::spawn(stream);
+    watchers.keep(tokio::spawn(stream));
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         cfg,

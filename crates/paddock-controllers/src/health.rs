@@ -90,6 +90,15 @@ pub async fn pass(client: &kube::Client, cfg: &Config) -> anyhow::Result<()> {
     let machines = all_machines.list(&ListParams::default()).await?.items;
     let hosts_now = hosts.list(&ListParams::default()).await?.items;
     let now = Timestamp::now();
+    // One host's or Machine's failure does not hold up the others: each
+    // step is logged and the pass goes on.
+    let mut failed = 0;
+    let mut step = |what: String, r: anyhow::Result<()>| {
+        if let Err(e) = r {
+            failed += 1;
+            tracing::warn!(error = format!("{e:#}"), "host health: {what} failed");
+        }
+    };
     for h in &hosts_now {
         let name = h.name_any();
         let lease = leases
@@ -97,20 +106,51 @@ pub async fn pass(client: &kube::Client, cfg: &Config) -> anyhow::Result<()> {
             .find(|l| l.metadata.name.as_deref() == Some(&paddock_api::host::lease_name(&name)));
         match judge(h, lease, now, cfg.host_grace) {
             Verdict::Nothing => {}
-            Verdict::MarkNotReady => mark_not_ready(client, h, now).await?,
+            Verdict::MarkNotReady => {
+                step(
+                    format!("marking {name} NotReady"),
+                    mark_not_ready(client, h, now).await,
+                );
+            }
             Verdict::Replace => {
                 for m in machines.iter().filter(|m| {
                     m.spec.host_name.as_deref() == Some(name.as_str())
                         && m.metadata.deletion_timestamp.is_none()
                 }) {
-                    replace(client, cfg, &name, m).await?;
+                    let why = format!(
+                        "host {name} NotReady for over {}s; replacing (the VM finalizer holds until the host is back or deleted)",
+                        cfg.host_grace.as_secs()
+                    );
+                    let r = replace(client, m, "HostNotReady", why).await;
+                    step(format!("replacing {}", m.name_any()), r);
                 }
             }
         }
     }
     let names: HashSet<String> = hosts_now.iter().map(ResourceExt::name_any).collect();
+    // Machines of a deleted Host: replaced, then (deleted) released below.
+    for m in machines.iter().filter(|m| {
+        m.metadata.deletion_timestamp.is_none()
+            && m.spec
+                .host_name
+                .as_ref()
+                .is_some_and(|h| !names.contains(h))
+    }) {
+        let why = format!(
+            "host {} was deleted; replacing",
+            m.spec.host_name.as_deref().unwrap_or_default()
+        );
+        let r = replace(client, m, "HostDeleted", why).await;
+        step(format!("replacing {}", m.name_any()), r);
+    }
     for m in orphaned(&machines, &names) {
-        release(client, m).await?;
+        step(
+            format!("releasing {}", m.name_any()),
+            release(client, m).await,
+        );
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} steps failed");
     }
     Ok(())
 }
@@ -146,23 +186,13 @@ async fn mark_not_ready(client: &kube::Client, h: &Host, now: Timestamp) -> anyh
 
 async fn replace(
     client: &kube::Client,
-    cfg: &Config,
-    host: &str,
     m: &Machine,
+    reason: &str,
+    why: String,
 ) -> anyhow::Result<()> {
     let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
-    tracing::warn!(%host, machine = %m.name_any(), "replacing a machine of a NotReady host");
-    crate::events::record(
-        client,
-        m,
-        true,
-        "HostNotReady",
-        format!(
-            "host {host} NotReady for over {}s; replacing (the VM finalizer holds until the host is back or deleted)",
-            cfg.host_grace.as_secs()
-        ),
-    )
-    .await;
+    tracing::warn!(machine = %m.name_any(), reason = %why, "replacing a machine");
+    crate::events::record(client, m, true, reason, why).await;
     match api.delete(&m.name_any(), &DeleteParams::default()).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),

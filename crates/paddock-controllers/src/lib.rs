@@ -74,12 +74,22 @@ impl Default for Config {
     }
 }
 
-/// Runs every controller until the returned future is dropped.
-pub async fn run(client: kube::Client, cfg: Config) {
+/// One controller's loop, which runs until dropped.
+pub type Loop = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Every controller, by name, for the caller to run supervised (each
+/// returns only if it fails).
+pub fn loops(client: kube::Client, cfg: Config) -> Vec<(&'static str, Loop)> {
     let cfg = std::sync::Arc::new(cfg);
-    tokio::join!(
-        cluster::run(client.clone(), cfg.clone()),
-        scheduler::run(client.clone(), cfg.clone()),
-        health::run(client, cfg),
-    );
+    vec![
+        (
+            "cluster-controller",
+            Box::pin(cluster::run(client.clone(), cfg.clone())),
+        ),
+        (
+            "scheduler",
+            Box::pin(scheduler::run(client.clone(), cfg.clone())),
+        ),
+        ("host-health", Box::pin(health::run(client, cfg))),
+    ]
 }

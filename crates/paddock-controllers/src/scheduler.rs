@@ -344,8 +344,9 @@ async fn apply(client: &kube::Client, m: &Machine, plan: Result<String, String>)
 
 pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     let notify = Arc::new(tokio::sync::Notify::new());
-    let machines = paddock_watch::store::<Machine>(Api::all(client.clone()), notify.clone()).0;
-    let hosts = paddock_watch::store::<Host>(Api::all(client.clone()), notify.clone()).0;
+    let mut watchers = paddock_watch::Watchers::default();
+    let machines = watchers.store::<Machine>(Api::all(client.clone()), notify.clone());
+    let hosts = watchers.store::<Host>(Api::all(client.clone()), notify.clone());
     let _ = machines.wait_until_ready().await;
     let _ = hosts.wait_until_ready().await;
     let mut assumed = HashMap::new();

@@ -33,6 +33,8 @@ struct State {
     links: BTreeMap<String, FakeLink>,
     next_index: u32,
     guards: Vec<SourceGuard>,
+    /// Links whose creation fails, as the kernel can refuse one.
+    failing: std::collections::BTreeSet<String>,
 }
 
 /// The fake host network.
@@ -59,6 +61,11 @@ impl FakeNet {
     /// The source guards last applied.
     pub fn guards(&self) -> Vec<SourceGuard> {
         self.lock().guards.clone()
+    }
+
+    /// Makes creating (or changing) link `name` fail from now on.
+    pub fn fail(&self, name: &str) {
+        self.lock().failing.insert(name.to_owned());
     }
 
     /// Adds a link as something else on the host would have made it.
@@ -88,6 +95,9 @@ impl FakeNet {
         mac: Option<Mac>,
     ) -> Result<u32, HostNetError> {
         let mut s = self.lock();
+        if s.failing.contains(name) {
+            return Err(NetError::Missing(format!("{name} (made to fail by the fake)")).into());
+        }
         if let Some(c) = controller
             && !s.links.values().any(|l| l.index == c)
         {

@@ -71,13 +71,13 @@ pub(crate) fn encode_event(ev: &Event) -> Vec<u8> {
 
 struct Reader<'a>(&'a [u8]);
 
-impl Reader<'_> {
+impl<'a> Reader<'a> {
     fn u64(&mut self) -> Option<u64> {
         let (h, t) = self.0.split_at_checked(8)?;
         self.0 = t;
         Some(u64::from_le_bytes(h.try_into().ok()?))
     }
-    fn chunk(&mut self) -> Option<&[u8]> {
+    fn chunk(&mut self) -> Option<&'a [u8]> {
         let n = usize::try_from(self.u64()?).ok()?;
         let (h, t) = self.0.split_at_checked(n)?;
         self.0 = t;
@@ -95,6 +95,16 @@ impl Reader<'_> {
             mod_revision,
         })
     }
+}
+
+/// The key of a history entry, read without decoding its values.
+pub(crate) fn event_key(raw: &[u8]) -> Option<&str> {
+    let (&tag, rest) = raw.split_first()?;
+    let mut r = Reader(rest);
+    if tag == 2 {
+        r.u64()?;
+    }
+    std::str::from_utf8(r.chunk()?).ok()
 }
 
 pub(crate) fn decode_event(raw: &[u8]) -> Option<Event> {
@@ -131,6 +141,21 @@ mod tests {
             create_revision: c,
             mod_revision: m,
         }
+    }
+
+    #[test]
+    fn event_keys_read_without_decoding() {
+        let put = Event::Put {
+            kv: kv("/a/1", "x", 1, 2),
+            prev: Some(kv("/a/1", "w", 1, 1)),
+        };
+        let del = Event::Delete {
+            prev: kv("/b/2", "y", 3, 3),
+            revision: 4,
+        };
+        assert_eq!(event_key(&encode_event(&put)), Some("/a/1"));
+        assert_eq!(event_key(&encode_event(&del)), Some("/b/2"));
+        assert_eq!(event_key(&[2, 1]), None);
     }
 
     #[test]

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::{decode_event, decode_record, encode_event, encode_record};
+use crate::codec::{decode_event, decode_record, encode_event, encode_record, event_key};
 use crate::hub::Hub;
 use crate::{Event, KeyValue, Page, Precondition, Result, Revision, Store, StoreError, Watch};
 
@@ -325,8 +325,13 @@ fn list_at(
         }
         for item in hist.range(at + 1..=current).map_err(backend)? {
             let (rev, raw) = item.map_err(backend)?;
-            let ev = decode_event(raw.value())
-                .ok_or_else(|| StoreError::Corrupt(format!("history@{}", rev.value())))?;
+            let corrupt = || StoreError::Corrupt(format!("history@{}", rev.value()));
+            // Most of the history is other keys: skip them undecoded.
+            let k = event_key(raw.value()).ok_or_else(corrupt)?;
+            if !k.starts_with(prefix) || !after_start(k) || then.contains_key(k) {
+                continue;
+            }
+            let ev = decode_event(raw.value()).ok_or_else(corrupt)?;
             let key = ev.key().to_owned();
             if !key.starts_with(prefix) || !after_start(&key) || then.contains_key(&key) {
                 continue;

@@ -56,3 +56,30 @@ pub fn store<K: Watchable>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, JoinH
     });
     (reader, task)
 }
+
+/// Watch tasks that end with their owner: aborted when this is dropped
+/// (a loop that is itself aborted leaves no watcher behind).
+#[derive(Default)]
+pub struct Watchers(Vec<JoinHandle<()>>);
+
+impl Watchers {
+    /// Keeps another task, to be aborted with the rest.
+    pub fn keep(&mut self, task: JoinHandle<()>) {
+        self.0.push(task);
+    }
+
+    /// [`store`], with its task kept here.
+    pub fn store<K: Watchable>(&mut self, api: Api<K>, notify: Arc<Notify>) -> Store<K> {
+        let (s, task) = store(api, notify);
+        self.0.push(task);
+        s
+    }
+}
+
+impl Drop for Watchers {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}

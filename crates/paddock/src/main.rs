@@ -327,9 +327,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             ..Default::default()
         };
         let client = admin_client(&running.data.admin_kubeconfig()).await?;
-        running
-            .tasks
-            .spawn_loop("controllers", paddock_controllers::run(client, cfg));
+        for (name, l) in paddock_controllers::loops(client, cfg) {
+            running.tasks.spawn_loop(name, l);
+        }
     }
     if let Some(listen) = args.gateway_listen {
         let vtep = args

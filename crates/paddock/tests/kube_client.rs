@@ -609,13 +609,15 @@ async fn readiness_fails_when_the_controllers_die() {
     };
     let (code, body) = readyz(true);
     assert_eq!(code, "200", "{body}");
-    assert!(body.contains("[+]controllers ok"), "{body}");
+    for c in ["cluster-controller", "scheduler", "host-health"] {
+        assert!(body.contains(&format!("[+]{c} ok")), "{body}");
+    }
     assert!(body.contains("[+]store ok"), "{body}");
     s.running
         .as_ref()
         .expect("running")
         .tasks
-        .abort("controllers");
+        .abort("scheduler");
     let (code, body) = eventually(5, "readyz to fail", || {
         let r = readyz(false);
         async move { (r.0 == "503").then_some(r) }
@@ -623,7 +625,7 @@ async fn readiness_fails_when_the_controllers_die() {
     .await;
     assert_eq!(code, "503");
     assert!(
-        body.contains("[-]controllers failed: task was aborted"),
+        body.contains("[-]scheduler failed: task was aborted"),
         "{body}"
     );
     assert!(body.contains("[+]garbage-collector ok"), "{body}");

@@ -41,10 +41,10 @@ impl TestServer {
     /// Also runs the controllers, in-process and supervised, as `paddock
     /// server` does.
     pub fn with_controllers(self, cfg: paddock_controllers::Config) -> Self {
-        self.running.as_ref().expect("running").tasks.spawn_loop(
-            "controllers",
-            paddock_controllers::run(self.client.clone(), cfg),
-        );
+        let tasks = &self.running.as_ref().expect("running").tasks;
+        for (name, l) in paddock_controllers::loops(self.client.clone(), cfg) {
+            tasks.spawn_loop(name, l);
+        }
         self
     }
 
