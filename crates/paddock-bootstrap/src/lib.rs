@@ -84,6 +84,28 @@ pub struct Node {
     pub cni_manifest: String,
 }
 
+impl Node {
+    /// A sample node of cluster `demo` in organization `acme`, for examples
+    /// and tests.
+    pub fn sample(role: Role, kubernetes_version: &str) -> Self {
+        Node {
+            cluster: "demo".into(),
+            org: "acme".into(),
+            hostname: "demo-cp-abcde".into(),
+            role,
+            address: "10.64.0.10/24".into(),
+            mac: "52:54:00:03:e8:0a".into(),
+            gateway: Ipv4Addr::new(10, 64, 0, 1),
+            mtu: 1450,
+            kubernetes_version: kubernetes_version.into(),
+            pod_cidr: "192.168.0.0/16".into(),
+            service_cidr: "10.96.0.0/12".into(),
+            api_name: "demo.acme.paddock.local".into(),
+            cni_manifest: DEFAULT_CNI_MANIFEST.into(),
+        }
+    }
+}
+
 /// What goes into a Machine's seed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootstrapData {
@@ -270,21 +292,7 @@ mod tests {
     use super::*;
 
     pub(crate) fn node(role: Role) -> Node {
-        Node {
-            cluster: "demo".into(),
-            org: "acme".into(),
-            hostname: "demo-cp-abcde".into(),
-            role,
-            address: "10.64.0.10/24".into(),
-            mac: "52:54:00:03:e8:0a".into(),
-            gateway: Ipv4Addr::new(10, 64, 0, 1),
-            mtu: 1450,
-            kubernetes_version: "1.31.2".into(),
-            pod_cidr: "192.168.0.0/16".into(),
-            service_cidr: "10.96.0.0/12".into(),
-            api_name: "demo.acme.paddock.test".into(),
-            cni_manifest: DEFAULT_CNI_MANIFEST.into(),
-        }
+        Node::sample(role, "1.31.2")
     }
 
     #[test]

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use paddock_bootstrap::{ClusterPki, DEFAULT_CNI_MANIFEST, Node, Role, kubeadm};
+use paddock_bootstrap::{ClusterPki, Node, Role, kubeadm};
 
 fn kubeadm_bin() -> PathBuf {
     let dir = std::env::var_os("PADDOCK_NODE_BIN")
@@ -20,24 +20,6 @@ fn kubeadm_bin() -> PathBuf {
         bin.display()
     );
     bin
-}
-
-fn node(role: Role, version: &str) -> Node {
-    Node {
-        cluster: "demo".into(),
-        org: "acme".into(),
-        hostname: "demo-cp-abcde".into(),
-        role,
-        address: "10.64.0.10/24".into(),
-        mac: "52:54:00:03:e8:0a".into(),
-        gateway: "10.64.0.1".parse().expect("ip"),
-        mtu: 1450,
-        kubernetes_version: version.into(),
-        pod_cidr: "192.168.0.0/16".into(),
-        service_cidr: "10.96.0.0/12".into(),
-        api_name: "demo.acme.paddock.local".into(),
-        cni_manifest: DEFAULT_CNI_MANIFEST.into(),
-    }
 }
 
 #[test]
@@ -57,7 +39,8 @@ fn kubeadm_accepts_every_configuration_paddock_renders() {
     let hash = pki.cluster_ca().expect("ca").spki_sha256().expect("hash");
     let dir = tempfile::tempdir().expect("tempdir");
     for role in [Role::InitControlPlane, Role::JoinControlPlane, Role::Worker] {
-        let yaml = kubeadm::config(&node(role, &version), &pki.join_token, &hash).expect("config");
+        let yaml =
+            kubeadm::config(&Node::sample(role, &version), &pki.join_token, &hash).expect("config");
         let path = dir.path().join("kubeadm.yaml");
         std::fs::write(&path, &yaml).expect("write");
         let out = Command::new(&bin)
