@@ -5,7 +5,9 @@
 #            kube-proxy, kubeadm and kubectl in one binary (images/kube), its
 #            version stamped, with a symlink per component;
 #   etcd     images/etcd (kubeadm's DefaultEtcdVersion);
-#   coredns  images/coredns (kubeadm's CoreDNSVersion).
+#   coredns  images/coredns (kubeadm's CoreDNSVersion);
+#   pause    images/pause, the pod sandbox;
+#   ocitool  images/ocitool, which writes container image archives.
 # Needs Go and the Go module proxy. Each is cached by the hash of its inputs:
 # a second run takes a second.
 # Usage: scripts/build-node-binaries.sh [OUT_DIR]   (default /var/cache/paddock/node-bin)
@@ -52,4 +54,7 @@ for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-prox
 done
 build etcd go.etcd.io/etcd/server/v3 "" ""
 build coredns github.com/coredns/coredns "" ""
+# The pod sandbox, and the tool that writes the images (build-node-images.sh).
+build pause paddock.io/images/pause "" ""
+build ocitool github.com/google/go-containerregistry "" ""
 "$out/kubeadm" version -o short

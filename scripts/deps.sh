@@ -8,9 +8,10 @@ set -euo pipefail
 want=(curl openssl ca-certificates iproute2 nftables qemu-system-x86 qemu-utils busybox-static cpio kmod gzip)
 # The tests also run the real validators and peers: cloud-init (schema of
 # the user-data Paddock renders), HAProxy (the external load balancer in
-# front of the ingress ports), debootstrap (the Debian node image).
+# front of the ingress ports), debootstrap (the Debian node image),
+# containerd (runs the node image's container images).
 if [ "${1:-runtime}" = test ]; then
-  want+=(cloud-init haproxy debootstrap e2fsprogs)
+  want+=(cloud-init haproxy debootstrap e2fsprogs containerd)
 fi
 
 missing=()

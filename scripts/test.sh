@@ -8,9 +8,12 @@ scripts/deps.sh test
 export PADDOCK_DEV_IMAGE=${PADDOCK_DEV_IMAGE:-/var/cache/paddock/dev-image}
 scripts/build-dev-image.sh "$PADDOCK_DEV_IMAGE" >/dev/null
 # The node image's Kubernetes, etcd and CoreDNS, built from upstream modules
-# (about 9 minutes on 2 cores the first time, cached after).
+# (about 9 minutes on 2 cores the first time, cached after), and the
+# container images made of them.
 export PADDOCK_NODE_BIN=${PADDOCK_NODE_BIN:-/var/cache/paddock/node-bin}
 scripts/build-node-binaries.sh "$PADDOCK_NODE_BIN"
+export PADDOCK_NODE_IMAGES=${PADDOCK_NODE_IMAGES:-/var/cache/paddock/node-images}
+scripts/build-node-images.sh "$PADDOCK_NODE_BIN" "$PADDOCK_NODE_IMAGES"
 # A clean checkout gains nothing from incremental artifacts; they would
 # double the size of target/.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}

@@ -1,0 +1,3 @@
+module paddock.io/images/pause
+
+go 1.26
