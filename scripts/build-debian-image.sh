@@ -25,6 +25,11 @@ suite=bookworm
 # What goes into the image (besides debootstrap's minbase), never recommends.
 pkgs=(systemd-sysv udev dbus linux-image-cloud-amd64 initramfs-tools cloud-init
   netplan.io qemu-guest-agent iproute2 e2fsprogs)
+# Images built on this one (scripts/build-kube-node-image.sh) add packages
+# and a tree of files copied over the root (PADDOCK_IMAGE_OVERLAY).
+read -r -a extra <<<"${PADDOCK_IMAGE_PACKAGES:-}"
+pkgs+=("${extra[@]}")
+overlay=${PADDOCK_IMAGE_OVERLAY:-}
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 
 # Build host tools, installed only when missing.
@@ -46,6 +51,10 @@ kpkg=$(kdep)
 [ -n "$kpkg" ] || { echo "build-debian-image: cannot resolve linux-image-cloud-amd64 (apt-get update?)" >&2; exit 1; }
 stamp="$suite $kpkg=$(ver "$kpkg") cloud-init=$(ver cloud-init) qemu-guest-agent=$(ver qemu-guest-agent)"
 stamp+=" systemd=$(ver systemd) $mirror $size $(sha256sum "${BASH_SOURCE[0]}" | cut -c1-16)"
+for p in "${extra[@]}"; do stamp+=" $p=$(ver "$p")"; done
+if [ -n "$overlay" ]; then
+  stamp+=" overlay=$(cd "$overlay" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+fi
 if [ -f "$out/STAMP" ] && [ "$(cat "$out/STAMP")" = "$stamp" ] &&
   [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ] && [ -f "$out/rootfs.qcow2" ]; then
   echo "$out"
@@ -187,6 +196,16 @@ After=local-fs.target
 Before=shutdown.target
 Conflicts=shutdown.target
 EOF
+
+if [ -n "$overlay" ]; then
+  cp -a "$overlay/." "$root/"
+  # Units the overlay brings that want to be enabled.
+  for u in "$overlay"/etc/systemd/system/*.service; do
+    if [ -e "$u" ] && grep -q '^\[Install\]' "$u"; then
+      logged in_root systemctl enable "$(basename "$u")"
+    fi
+  done
+fi
 
 echo "localhost" >"$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' >"$root/etc/hosts"
