@@ -224,8 +224,11 @@ logged in_root apt-get clean
 umount "$root/proc"
 rm -rf "${root:?}"/var/lib/apt/lists/* "${root:?}"/var/cache/apt/*.bin "${root:?}"/var/cache/debconf/*-old \
   "${root:?}"/var/lib/dpkg/*-old "${root:?}"/tmp/* "${root:?}"/var/tmp/* \
-  "${root:?}"/var/lib/cloud/* "${root:?}"/boot/* "${root:?}/usr/sbin/policy-rc.d" \
+  "${root:?}"/var/lib/cloud/* "${root:?}/usr/sbin/policy-rc.d" \
   "${root:?}/etc/resolv.conf" "${root:?}/var/lib/dbus/machine-id"
+# /boot keeps only the kernel's config (kubeadm's preflight reads it; the
+# kernel and initramfs boot from outside the image).
+find "$root/boot" -mindepth 1 ! -name "config-$kver" -exec rm -rf {} +
 find "$root/var/log" -type f -delete
 : >"$root/etc/machine-id"   # empty: each VM makes its own
 

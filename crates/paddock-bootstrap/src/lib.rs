@@ -187,6 +187,9 @@ for b in kubeadm kubelet containerd; do
     exit 1
   }
 done
+# The kubelet gives pods the node's resolver configuration and refuses to
+# start a pod without one; an image may come with none.
+[ -e /etc/resolv.conf ] || printf 'nameserver %s\n' "$PADDOCK_GATEWAY" >/etc/resolv.conf
 modprobe overlay || true
 modprobe br_netfilter || true
 sysctl --system >/dev/null
@@ -260,7 +263,7 @@ pub fn render(n: &Node, pki: &ClusterPki) -> Result<BootstrapData, BootstrapErro
         "0644",
         "net.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.ipv4.ip_forward = 1\n",
     ));
-    let mut script = BOOTSTRAP_SCRIPT.to_owned();
+    let mut script = BOOTSTRAP_SCRIPT.replace("\"$PADDOCK_GATEWAY\"", &n.gateway.to_string());
     match n.role {
         Role::InitControlPlane => {
             script.push_str("kubeadm init --config /etc/paddock/kubeadm.yaml\n");
