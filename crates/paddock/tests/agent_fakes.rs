@@ -11,7 +11,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use paddock_agent::hypervisor::fake::FakeHypervisor;
 use paddock_api::{Cluster, ClusterPhase, Host, HostPhase};
@@ -77,14 +76,6 @@ async fn cluster(s: &TestServer, name: &str) -> Option<Cluster> {
         .get_opt(name)
         .await
         .expect("get cluster")
-}
-
-async fn overlay_claimed(s: &TestServer, vni: u32) -> bool {
-    Api::<Lease>::namespaced(s.client.clone(), "paddock-system")
-        .get_opt(&format!("overlay-{vni}"))
-        .await
-        .expect("get lease")
-        .is_some()
 }
 
 async fn setup() -> (TestServer, tempfile::TempDir) {

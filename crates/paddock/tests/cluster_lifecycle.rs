@@ -62,14 +62,6 @@ async fn live_machines_of(api: &Api<Machine>, cluster: &str) -> Vec<Machine> {
     ms
 }
 
-async fn overlay_claimed(s: &TestServer, vni: u32) -> bool {
-    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(s.client.clone(), "paddock-system")
-        .get_opt(&format!("overlay-{vni}"))
-        .await
-        .expect("get lease")
-        .is_some()
-}
-
 async fn machines_of(api: &Api<Machine>, cluster: &str) -> Vec<Machine> {
     api.list(&ListParams::default().labels(&format!("paddock.io/cluster={cluster}")))
         .await

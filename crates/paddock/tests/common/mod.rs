@@ -302,3 +302,15 @@ spec:
 "#;
 
 pub const ACME_YAML: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: acme}\n";
+
+/// Whether the overlay of VNI `vni` is claimed (its Lease exists).
+pub async fn overlay_claimed(s: &TestServer, vni: u32) -> bool {
+    kube::Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(
+        s.client.clone(),
+        "paddock-system",
+    )
+    .get_opt(&format!("overlay-{vni}"))
+    .await
+    .expect("get lease")
+    .is_some()
+}
