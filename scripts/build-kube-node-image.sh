@@ -2,7 +2,7 @@
 # Builds the Kubernetes node image: the Debian node image
 # (scripts/build-debian-image.sh) plus containerd, runc and the CNI plugins
 # from Debian, the Kubernetes components, etcd and CoreDNS built from
-# upstream (scripts/build-node-binaries.sh) and every container image they
+# upstream and the pod network (scripts/build-node-binaries.sh) and every container image they
 # need (scripts/build-node-images.sh), loaded into containerd at first boot
 # from the image itself: nothing is pulled, at build time or at boot.
 # Usage: scripts/build-kube-node-image.sh [OUT_DIR]   (default /var/cache/paddock/kube-node-image)
@@ -22,6 +22,7 @@ trap 'rm -rf "$tree"' EXIT
 cp -a "$files/." "$tree/"
 mkdir -p "$tree/usr/local/bin" "$tree/var/lib/paddock/images" "$tree/etc/paddock"
 cp "$bin/kube" "$tree/usr/local/bin/kube"
+cp "$bin/podnet" "$tree/usr/local/bin/paddock-podnet"
 for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubeadm kubectl; do
   ln -s kube "$tree/usr/local/bin/$c"
 done

@@ -7,6 +7,7 @@
 #   etcd     images/etcd (kubeadm's DefaultEtcdVersion);
 #   coredns  images/coredns (kubeadm's CoreDNSVersion);
 #   pause    images/pause, the pod sandbox;
+#   podnet   images/podnet, the pod network (paddock-podnet on the node);
 #   ocitool  images/ocitool, which writes container image archives.
 # Needs Go and the Go module proxy. Each is cached by the hash of its inputs:
 # a second run takes a second.
@@ -56,5 +57,6 @@ build etcd go.etcd.io/etcd/server/v3 "" ""
 build coredns github.com/coredns/coredns "" ""
 # The pod sandbox, and the tool that writes the images (build-node-images.sh).
 build pause paddock.io/images/pause "" ""
+build podnet k8s.io/client-go "" ""
 build ocitool github.com/google/go-containerregistry "" ""
 "$out/kubeadm" version -o short

@@ -4,8 +4,9 @@
 set -euo pipefail
 
 # QEMU and the networking tools for hosts; curl/openssl for the tests and
-# the quick start; the dev image's build tools.
-want=(curl openssl ca-certificates iproute2 nftables qemu-system-x86 qemu-utils busybox-static cpio kmod gzip)
+# the quick start; the dev image's build tools, and iptables, which the
+# Kubernetes node image's kube-proxy image carries.
+want=(curl openssl ca-certificates iproute2 nftables iptables qemu-system-x86 qemu-utils busybox-static cpio kmod gzip)
 # The tests also run the real validators and peers: cloud-init (schema of
 # the user-data Paddock renders), HAProxy (the external load balancer in
 # front of the ingress ports), debootstrap (the Debian node image),

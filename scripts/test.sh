@@ -14,6 +14,12 @@ export PADDOCK_NODE_BIN=${PADDOCK_NODE_BIN:-/var/cache/paddock/node-bin}
 scripts/build-node-binaries.sh "$PADDOCK_NODE_BIN"
 export PADDOCK_NODE_IMAGES=${PADDOCK_NODE_IMAGES:-/var/cache/paddock/node-images}
 scripts/build-node-images.sh "$PADDOCK_NODE_BIN" "$PADDOCK_NODE_IMAGES"
+# The pod network's own unit tests (images/podnet).
+(cd images/podnet && go vet ./... && go test ./...)
+# The Kubernetes node image the end-to-end test boots (a few minutes the
+# first time, cached after).
+export PADDOCK_KUBE_IMAGE=${PADDOCK_KUBE_IMAGE:-/var/cache/paddock/kube-node-image}
+scripts/build-kube-node-image.sh "$PADDOCK_KUBE_IMAGE" >/dev/null
 # A clean checkout gains nothing from incremental artifacts; they would
 # double the size of target/.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}

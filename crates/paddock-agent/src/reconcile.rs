@@ -75,6 +75,8 @@ struct Wanted {
     seed: Option<Seed>,
     /// The overlay of the Machine's cluster, once it has one.
     overlay: Option<OverlayStatus>,
+    /// The cluster's pod range, which its nodes route between them.
+    pod_range: Option<paddock_net::guard::Ipv4Range>,
 }
 
 fn key(m: &Machine) -> (String, String) {
@@ -310,6 +312,9 @@ impl Reconciler {
             network_config: None,
         });
         Wanted {
+            pod_range: cluster
+                .as_ref()
+                .and_then(|c| c.spec.network.pod_cidr.parse().ok()),
             machine: m,
             spec,
             seed,
@@ -325,7 +330,10 @@ impl Reconciler {
             .iter()
             .filter(|m| m.spec.host_name.as_deref() == Some(me.as_str()))
             .cloned()
-            .partition(|m| m.metadata.deletion_timestamp.is_none());
+            // A Machine being drained keeps its VM until its Node is gone.
+            .partition(|m| {
+                m.metadata.deletion_timestamp.is_none() || paddock_api::machine::draining(m)
+            });
         let mut wanted: Vec<Wanted> = Vec::with_capacity(mine.len());
         for m in mine {
             wanted.push(self.wanted(m).await);
@@ -372,6 +380,7 @@ impl Reconciler {
                         .as_deref()
                         .and_then(|c| c.split('/').next())
                         .and_then(|a| a.parse().ok()),
+                    routed: w.pod_range,
                 })
             })
             .collect();
@@ -825,6 +834,8 @@ impl Reconciler {
             observed_generation: m.metadata.generation,
             started_at,
             console_log: Some(vm.console().display().to_string()),
+            // The platform's node-status loop owns it; a merge keeps it.
+            node: None,
         };
         let same = old.phase == new.phase
             && old.observed_generation == new.observed_generation

@@ -8,8 +8,6 @@ use serde::{Deserialize, Serialize};
 use crate::quantity::{Cpu, Memory};
 use crate::validation::{FieldError, FieldErrorKind, Validate, check_dns_label};
 
-/// The Kubernetes version a cluster gets when its spec names none.
-pub const DEFAULT_KUBERNETES_VERSION: &str = "1.31.2";
 /// Longest cluster name: it becomes a DNS label together with the org.
 pub const MAX_CLUSTER_NAME: usize = 40;
 /// Most vCPUs one Machine may ask for.
@@ -32,8 +30,10 @@ pub const MAX_POOL_REPLICAS: u32 = 1000;
 )]
 #[serde(rename_all = "camelCase")]
 pub struct ClusterSpec {
-    /// Kubernetes version of the cluster's nodes, such as "1.31.2".
-    #[serde(default = "default_kubernetes_version")]
+    /// Kubernetes version of the cluster's nodes, such as "1.35.4": one a
+    /// registered MachineImage carries. Left empty, the server sets the
+    /// newest registered.
+    #[serde(default)]
     pub kubernetes_version: String,
     /// The control-plane machines.
     #[serde(default)]
@@ -77,10 +77,6 @@ fn default_https_node_port() -> u16 {
     30443
 }
 
-fn default_kubernetes_version() -> String {
-    DEFAULT_KUBERNETES_VERSION.to_owned()
-}
-
 /// The control plane: 1 or 3 replicas of one size.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -89,7 +85,7 @@ pub struct ControlPlaneSpec {
     #[serde(default = "one")]
     pub replicas: u32,
     /// vCPUs per machine.
-    #[serde(default = "one")]
+    #[serde(default = "default_cp_cpu")]
     pub cpu: Cpu,
     /// Memory per machine.
     #[serde(default = "default_cp_memory")]
@@ -106,7 +102,7 @@ impl Default for ControlPlaneSpec {
     fn default() -> Self {
         Self {
             replicas: 1,
-            cpu: 1,
+            cpu: default_cp_cpu(),
             memory: default_cp_memory(),
             disk: default_cp_disk(),
             image: None,
@@ -117,8 +113,12 @@ impl Default for ControlPlaneSpec {
 fn one() -> u32 {
     1
 }
+/// kubeadm's preflight wants 2 vCPUs and 1700 MB on a control plane.
+fn default_cp_cpu() -> Cpu {
+    2
+}
 fn default_cp_memory() -> Memory {
-    Memory::from_gib(1)
+    Memory::from_gib(2)
 }
 fn default_cp_disk() -> Memory {
     Memory::from_gib(10)
@@ -298,6 +298,10 @@ pub struct ClusterStatus {
     /// it is deleted).
     #[serde(default)]
     pub deleting_machines: u32,
+    /// The Kubernetes versions the cluster's Nodes run (their kubelets),
+    /// as its own API reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_versions: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -347,16 +351,10 @@ impl Validate for ClusterSpec {
     fn validate(&self) -> Vec<FieldError> {
         let mut errs = Vec::new();
         let v = &self.kubernetes_version;
-        let parts: Vec<&str> = v.split('.').collect();
-        if parts.len() != 3
-            || parts
-                .iter()
-                .any(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()))
+        if !v.is_empty()
+            && let Err(e) = v.parse::<crate::version::KubeVersion>()
         {
-            errs.push(FieldError::invalid(
-                "spec.kubernetesVersion",
-                format!("{v:?} is not a version such as 1.31.2"),
-            ));
+            errs.push(FieldError::invalid("spec.kubernetesVersion", e));
         }
         let cp = &self.control_plane;
         if cp.replicas != 1 && cp.replicas != 3 {
@@ -426,9 +424,9 @@ mod tests {
     #[test]
     fn defaults_fill_an_empty_spec() {
         let s = parse(serde_json::json!({}));
-        assert_eq!(s.kubernetes_version, DEFAULT_KUBERNETES_VERSION);
+        assert_eq!(s.kubernetes_version, "", "the server defaults it");
         assert_eq!(s.control_plane.replicas, 1);
-        assert_eq!(s.control_plane.memory, Memory::from_gib(1));
+        assert_eq!(s.control_plane.memory, Memory::from_gib(2));
         assert!(s.validate().is_empty());
     }
 

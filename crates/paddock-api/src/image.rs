@@ -4,7 +4,9 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::quantity::{Cpu, Memory};
 use crate::validation::{FieldError, FieldErrorKind, Validate};
+use crate::version::KubeVersion;
 
 /// A bootable image for Machines: a kernel (+ initrd) booted directly, a
 /// disk image booted by the firmware, or a kernel booted directly with the
@@ -31,6 +33,36 @@ pub struct MachineImageSpec {
     /// Disk-image boot: a qcow2 or raw image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<DiskImage>,
+    /// The Kubernetes version this image's nodes run, such as "1.35.4":
+    /// Clusters of that version boot it. Unset for an image that is not a
+    /// Kubernetes node image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes_version: Option<String>,
+    /// The least a Machine booting this image needs, by role.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub minimum: Option<ImageMinimum>,
+    /// The image runs stand-ins for Kubernetes (the dev image, for fast
+    /// tests): its Machines are ready when their guests are, as no
+    /// Kubernetes Node reports on them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stand_in: bool,
+}
+
+/// The least vCPUs and memory a node of an image needs: a control plane
+/// (API server, etcd, controllers) needs far more than a worker.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageMinimum {
+    pub control_plane: MachineSize,
+    pub worker: MachineSize,
+}
+
+/// vCPUs and memory.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MachineSize {
+    pub cpu: Cpu,
+    pub memory: Memory,
 }
 
 /// A file fetched by URL (`http(s)://` or `file://`) and checked by digest.
@@ -103,6 +135,24 @@ impl Validate for MachineImage {
         }
         if let Some(d) = &s.disk {
             check_artifact("spec.disk", &d.url, d.sha256.as_deref(), &mut errs);
+        }
+        if let Some(v) = &s.kubernetes_version
+            && let Err(e) = v.parse::<KubeVersion>()
+        {
+            errs.push(FieldError::invalid("spec.kubernetesVersion", e));
+        }
+        if let Some(m) = &s.minimum {
+            for (field, size) in [
+                ("spec.minimum.controlPlane", m.control_plane),
+                ("spec.minimum.worker", m.worker),
+            ] {
+                if size.cpu == 0 {
+                    errs.push(FieldError::invalid(
+                        format!("{field}.cpu"),
+                        "must be at least 1",
+                    ));
+                }
+            }
         }
         errs
     }

@@ -7,16 +7,18 @@ pub mod image;
 pub mod machine;
 pub mod quantity;
 pub mod validation;
+pub mod version;
 
 pub use cluster::{
     Cluster, ClusterInitialization, ClusterPhase, ClusterSpec, ClusterStatus, ControlPlaneSpec,
     NodePool,
 };
 pub use host::{Host, HostPhase, HostSpec, HostStatus};
-pub use image::{MachineImage, MachineImageSpec};
-pub use machine::{Machine, MachinePhase, MachineRole, MachineSpec, MachineStatus};
+pub use image::{ImageMinimum, MachineImage, MachineImageSpec, MachineSize};
+pub use machine::{Machine, MachinePhase, MachineRole, MachineSpec, MachineStatus, NodeStatus};
 pub use quantity::{Cpu, Memory};
 pub use validation::{FieldError, FieldErrorKind, Validate};
+pub use version::KubeVersion;
 
 /// The API group of Paddock's own resources.
 pub const GROUP: &str = "paddock.io";

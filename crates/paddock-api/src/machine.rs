@@ -17,16 +17,31 @@ use crate::validation::{FieldError, Validate, check_dns_label, check_dns_subdoma
 /// was deleted (the operator's word that it is gone for good).
 pub const VM_FINALIZER: &str = "paddock.io/vm";
 
+/// Holds a deleted Machine of a Kubernetes cluster until its Node is
+/// drained and deleted (and, for a control plane, its etcd member
+/// removed): the platform's workload loop removes it, and only then does
+/// the host's agent stop the VM.
+pub const DRAIN_FINALIZER: &str = "paddock.io/drain";
+
 /// The merge patch that removes [`VM_FINALIZER`] from `m`, only if `m` is
 /// still at the resourceVersion read (else 409, and the caller looks again).
 pub fn release_patch(m: &Machine) -> serde_json::Value {
+    without_finalizer(m, VM_FINALIZER)
+}
+
+/// The merge patch that removes `finalizer` from `m`, only if `m` is still
+/// at the resourceVersion read.
+pub fn without_finalizer(m: &Machine, finalizer: &str) -> serde_json::Value {
     use kube::ResourceExt;
-    let rest: Vec<&String> = m
-        .finalizers()
-        .iter()
-        .filter(|f| *f != VM_FINALIZER)
-        .collect();
+    let rest: Vec<&String> = m.finalizers().iter().filter(|f| *f != finalizer).collect();
     serde_json::json!({"metadata": {"finalizers": rest, "resourceVersion": m.resource_version()}})
+}
+
+/// A deleted Machine whose Node is still to be drained: its VM keeps
+/// running.
+pub fn draining(m: &Machine) -> bool {
+    use kube::ResourceExt;
+    m.metadata.deletion_timestamp.is_some() && m.finalizers().iter().any(|f| f == DRAIN_FINALIZER)
 }
 
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -124,6 +139,26 @@ pub struct MachineStatus {
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_log: Option<String>,
+    /// The Kubernetes Node this Machine became, as the workload cluster's
+    /// own API reports it (written by the platform's node-status loop).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeStatus>,
+}
+
+/// A Machine's Node in its workload cluster.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The Node's name (the Machine's hostname).
+    pub name: String,
+    /// The Node's `Ready` condition is `True`.
+    pub ready: bool,
+    /// The kubelet's version, such as "v1.35.4".
+    #[serde(default)]
+    pub kubelet_version: String,
+    /// Marked unschedulable (cordoned), as before a drain.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unschedulable: bool,
 }
 
 fn check_mac(field: &str, mac: &str, errs: &mut Vec<FieldError>) {

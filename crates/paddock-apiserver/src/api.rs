@@ -417,6 +417,7 @@ impl Api {
         if opts.strict {
             strict_check(&obj, &normal)?;
         }
+        self.admit_kind(res, &name, None, &mut normal).await?;
         let m = meta_mut(&mut normal);
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
         m.insert("creationTimestamp".into(), json!(object::now_rfc3339()));
@@ -650,6 +651,9 @@ impl Api {
         if opts.strict && part != Part::Internal {
             strict_check(&input, &normal)?;
         }
+        if part == Part::Main {
+            self.admit_kind(res, name, Some(old), &mut normal).await?;
+        }
         if object::is_deleting(old) {
             let before = object::finalizers(old);
             if object::finalizers(&normal)
@@ -711,6 +715,54 @@ impl Api {
             .await
             .map_err(store_err(res, name))?;
         decode(&kv)
+    }
+
+    /// Admission that reads other objects: a Cluster's version and images
+    /// follow from the registered MachineImages
+    /// ([`paddock_api::version::admit_cluster`]). Checked when a spec is
+    /// created or changed, not on a Cluster being deleted, so that
+    /// unregistering an image never blocks a cluster's metadata or its
+    /// deletion.
+    async fn admit_kind(
+        &self,
+        res: &Resource,
+        name: &str,
+        old: Option<&Value>,
+        normal: &mut Value,
+    ) -> ApiResult<()> {
+        if !res.is(paddock_api::GROUP, "clusters") || object::is_deleting(normal) {
+            return Ok(());
+        }
+        let old_spec = match old {
+            Some(o) => {
+                let o: paddock_api::Cluster = serde_json::from_value(o.clone())
+                    .map_err(|e| ApiError::Internal(format!("stored Cluster {name}: {e}")))?;
+                let new_spec = normal.get("spec");
+                if new_spec == Some(&serde_json::to_value(&o.spec).unwrap_or_default()) {
+                    return Ok(());
+                }
+                Some(o.spec)
+            }
+            None => None,
+        };
+        let mut c: paddock_api::Cluster = serde_json::from_value(normal.clone())
+            .map_err(|e| ApiError::Internal(format!("Cluster {name}: {e}")))?;
+        let images_res = resources::find(paddock_api::GROUP, paddock_api::VERSION, "machineimages")
+            .ok_or_else(|| ApiError::Internal("MachineImage is not served".into()))?;
+        let images = self
+            .list(images_res, None, &ListOptions::default())
+            .await?
+            .items
+            .into_iter()
+            .filter_map(|i| serde_json::from_value::<paddock_api::MachineImage>(i).ok())
+            .collect::<Vec<_>>();
+        let errs = paddock_api::version::admit_cluster(&mut c.spec, old_spec.as_ref(), &images);
+        if !errs.is_empty() {
+            return Err(invalid(res, name, errs));
+        }
+        normal["spec"] = serde_json::to_value(&c.spec)
+            .map_err(|e| ApiError::Internal(format!("Cluster {name}: {e}")))?;
+        Ok(())
     }
 
     /// Deletes an object, or marks it for deletion while finalizers hold it.

@@ -359,7 +359,7 @@ mod tests {
             .codec
             .normalize(json!({"apiVersion": "paddock.io/v1alpha1", "kind": "Cluster", "metadata": {"name": "a"}, "spec": {}}))
             .unwrap();
-        assert_eq!(out["spec"]["controlPlane"]["memory"], "1Gi");
+        assert_eq!(out["spec"]["controlPlane"]["memory"], "2Gi");
         let errs = r
             .codec
             .normalize(json!({"apiVersion": "paddock.io/v1alpha1", "kind": "Cluster", "metadata": {"name": "a"},

@@ -125,6 +125,19 @@ pub mod columns {
                 cell: |o| text(o, "/spec/kubernetesVersion"),
             },
             Column {
+                name: "Node Versions",
+                kind: "string",
+                description: "The kubelet versions the cluster's Nodes report",
+                priority: 0,
+                cell: |o| {
+                    let vs: Vec<&str> = at(o, "/status/nodeVersions")
+                        .and_then(Value::as_array)
+                        .map(|a| a.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    json!(vs.join(","))
+                },
+            },
+            Column {
                 name: "Endpoint",
                 kind: "string",
                 description: "Kubernetes API endpoint",
@@ -278,6 +291,13 @@ pub mod columns {
                         "disk"
                     })
                 },
+            },
+            Column {
+                name: "Kubernetes",
+                kind: "string",
+                description: "The Kubernetes version the image's nodes run",
+                priority: 0,
+                cell: |o| text(o, "/spec/kubernetesVersion"),
             },
             Column {
                 name: "URL",
@@ -472,7 +492,7 @@ mod tests {
         let obj = json!({
             "metadata": {"name": "demo"},
             "spec": {"kubernetesVersion": "1.31.2", "controlPlane": {"replicas": 3}, "nodePools": [{"replicas": 2}, {"replicas": 1}]},
-            "status": {"phase": "Provisioning", "controlPlaneReady": 1, "nodesReady": 2}
+            "status": {"phase": "Provisioning", "controlPlaneReady": 1, "nodesReady": 2, "nodeVersions": ["v1.31.2"]}
         });
         let t = table(&columns::cluster(), &[obj], "7", None);
         assert_eq!(
@@ -483,6 +503,7 @@ mod tests {
                 "1/3",
                 "2/3",
                 "1.31.2",
+                "v1.31.2",
                 "<none>",
                 "<unknown>"
             ])

@@ -9,6 +9,40 @@ use serde_json::{Value, json};
 
 use crate::{BootstrapError, Node, Role};
 
+/// How fast the node runs, which sets how long kubeadm waits for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Hardware virtualization (KVM) or bare metal: kubeadm's own timeouts.
+    Native,
+    /// Software emulation (QEMU's TCG, about 15 times slower): every wait
+    /// of kubeadm's is four times as long.
+    Emulated,
+}
+
+impl Pace {
+    /// kubeadm's waits (`v1beta4` `timeouts`) at this pace.
+    fn timeouts(self) -> Value {
+        // kubeadm's defaults, in seconds.
+        let base = [
+            ("controlPlaneComponentHealthCheck", 240),
+            ("kubeletHealthCheck", 240),
+            ("kubernetesAPICall", 60),
+            ("etcdAPICall", 120),
+            ("tlsBootstrap", 300),
+            ("discovery", 300),
+        ];
+        let factor = match self {
+            Pace::Native => 1,
+            Pace::Emulated => 4,
+        };
+        Value::Object(
+            base.iter()
+                .map(|(k, secs)| ((*k).to_owned(), json!(format!("{}s", secs * factor))))
+                .collect(),
+        )
+    }
+}
+
 /// The API group version kubeadm accepts for `version` ("1.31.2").
 pub fn api_version(kubernetes_version: &str) -> &'static str {
     let minor = kubernetes_version
@@ -42,13 +76,19 @@ fn node_registration(n: &Node) -> Value {
 }
 
 /// The documents for `kubeadm init` or `kubeadm join`, as YAML.
-pub fn config(n: &Node, join_token: &str, ca_hash: &str) -> Result<String, BootstrapError> {
+pub fn config(
+    n: &Node,
+    join_token: &str,
+    ca_hash: &str,
+    pace: Pace,
+) -> Result<String, BootstrapError> {
     let api = api_version(&n.kubernetes_version);
+    let v1beta4 = api.ends_with("v1beta4");
     let endpoint = format!("{}:6443", n.gateway);
     let ip = n.ip().to_string();
     let docs: Vec<Value> = match n.role {
-        Role::InitControlPlane => vec![
-            json!({
+        Role::InitControlPlane => {
+            let mut init = json!({
                 "apiVersion": api,
                 "kind": "InitConfiguration",
                 "bootstrapTokens": [{
@@ -59,8 +99,8 @@ pub fn config(n: &Node, join_token: &str, ca_hash: &str) -> Result<String, Boots
                 }],
                 "localAPIEndpoint": {"advertiseAddress": ip, "bindPort": 6443},
                 "nodeRegistration": node_registration(n),
-            }),
-            json!({
+            });
+            let mut cluster = json!({
                 "apiVersion": api,
                 "kind": "ClusterConfiguration",
                 "kubernetesVersion": format!("v{}", n.kubernetes_version),
@@ -73,8 +113,14 @@ pub fn config(n: &Node, join_token: &str, ca_hash: &str) -> Result<String, Boots
                     "dnsDomain": "cluster.local",
                 },
                 "apiServer": {"certSANs": n.apiserver_sans()},
-            }),
-        ],
+            });
+            if v1beta4 {
+                init["timeouts"] = pace.timeouts();
+            } else if pace == Pace::Emulated {
+                cluster["apiServer"]["timeoutForControlPlane"] = json!("16m0s");
+            }
+            vec![init, cluster]
+        }
         Role::JoinControlPlane | Role::Worker => {
             let mut join = json!({
                 "apiVersion": api,
@@ -86,6 +132,9 @@ pub fn config(n: &Node, join_token: &str, ca_hash: &str) -> Result<String, Boots
                 }},
                 "nodeRegistration": node_registration(n),
             });
+            if v1beta4 {
+                join["timeouts"] = pace.timeouts();
+            }
             if n.role == Role::JoinControlPlane {
                 join["controlPlane"] =
                     json!({"localAPIEndpoint": {"advertiseAddress": ip, "bindPort": 6443}});

@@ -2,16 +2,21 @@
 //! ([`pki`]), kubeadm's configuration ([`kubeadm`]), and what a Machine's
 //! NoCloud seed carries — cloud-init user-data that writes the certificates
 //! and configuration in place and runs `kubeadm init` or `kubeadm join`
-//! then installs the CNI, and a version 2 network-config with the Machine's
-//! overlay address.
+//! then starts the pod network, and a version 2 network-config with the
+//! Machine's overlay address.
 //!
 //! ## Image requirements
-//! A Kubernetes node image boots with cloud-init (NoCloud datasource),
-//! qemu-guest-agent, containerd, and kubeadm + kubelet (+ kubectl on
-//! control-plane images) of the cluster's Kubernetes version, with the
-//! kernel modules `overlay` and `br_netfilter`. The user-data's
-//! `/usr/local/sbin/paddock-bootstrap` checks for these and says which is
-//! missing.
+//! A Kubernetes node image (`scripts/build-kube-node-image.sh`) boots with
+//! cloud-init (NoCloud datasource), qemu-guest-agent, containerd, kubeadm
+//! and kubelet of the cluster's Kubernetes version with every container
+//! image they need already loaded, `paddock-podnet` (the pod network,
+//! `images/podnet`) with its unit, and the kernel modules `overlay` and
+//! `br_netfilter`. The user-data's `/usr/local/sbin/paddock-bootstrap`
+//! checks for these and says which is missing.
+//!
+//! kubeadm's waits suit the node's speed: the script asks
+//! `systemd-detect-virt`, and a guest of QEMU's software emulation
+//! (`qemu`, where KVM guests say `kvm`) runs with [`kubeadm::Pace::Emulated`].
 
 pub mod kubeadm;
 pub mod pki;
@@ -24,14 +29,14 @@ use serde_json::{Value, json};
 
 pub use pki::ClusterPki;
 
-/// The Calico manifest applied by the first control-plane node.
-pub const DEFAULT_CNI_MANIFEST: &str =
-    "https://raw.githubusercontent.com/projectcalico/calico/v3.28.2/manifests/calico.yaml";
-
 /// The Secret that holds one Machine's bootstrap data.
 pub fn secret_name(machine: &str) -> String {
     format!("{machine}-bootstrap")
 }
+
+/// The pod network's settings on the node, read by the image's
+/// `paddock-podnet.service`.
+pub const PODNET_ENV: &str = "/etc/paddock/podnet.env";
 
 /// The `type` of a Machine's bootstrap data Secret.
 pub const SECRET_TYPE: &str = "paddock.io/bootstrap-data";
@@ -81,7 +86,6 @@ pub struct Node {
     pub service_cidr: String,
     /// The cluster's name at the gateway, `<cluster>.<org>.<base-domain>`.
     pub api_name: String,
-    pub cni_manifest: String,
 }
 
 impl Node {
@@ -101,7 +105,6 @@ impl Node {
             pod_cidr: "192.168.0.0/16".into(),
             service_cidr: "10.96.0.0/12".into(),
             api_name: "demo.acme.paddock.local".into(),
-            cni_manifest: DEFAULT_CNI_MANIFEST.into(),
         }
     }
 }
@@ -181,12 +184,19 @@ const BOOTSTRAP_SCRIPT: &str = r#"#!/bin/sh
 set -eu
 log() { echo "paddock-bootstrap: $*" | tee /dev/console >&2; }
 [ -f /etc/kubernetes/kubelet.conf ] && { log "already part of the cluster"; exit 0; }
-for b in kubeadm kubelet containerd; do
+for b in kubeadm kubelet containerd paddock-podnet; do
   command -v "$b" >/dev/null 2>&1 || {
-    log "this image has no $b: it is not a Kubernetes node image (needs containerd, kubeadm, kubelet)"
+    log "this image has no $b: it is not a Kubernetes node image (needs containerd, kubeadm, kubelet, paddock-podnet)"
     exit 1
   }
 done
+# kubeadm waits longer on a guest of QEMU's software emulation (TCG):
+# systemd-detect-virt says kvm under KVM and qemu without it.
+config=/etc/paddock/kubeadm.yaml
+if [ "$(systemd-detect-virt 2>/dev/null || true)" = qemu ]; then
+  config=/etc/paddock/kubeadm-emulated.yaml
+  log "software-emulated guest: kubeadm waits four times as long"
+fi
 # The kubelet gives pods the node's resolver configuration and refuses to
 # start a pod without one; an image may come with none.
 [ -e /etc/resolv.conf ] || printf 'nameserver %s\n' "$PADDOCK_GATEWAY" >/etc/resolv.conf
@@ -248,10 +258,26 @@ pub fn render(n: &Node, pki: &ClusterPki) -> Result<BootstrapData, BootstrapErro
             files.push(file(path, mode, body));
         }
     }
+    for (path, pace) in [
+        ("/etc/paddock/kubeadm.yaml", kubeadm::Pace::Native),
+        (
+            "/etc/paddock/kubeadm-emulated.yaml",
+            kubeadm::Pace::Emulated,
+        ),
+    ] {
+        files.push(file(
+            path,
+            "0600",
+            &kubeadm::config(n, &pki.join_token, &ca_hash, pace)?,
+        ));
+    }
     files.push(file(
-        "/etc/paddock/kubeadm.yaml",
-        "0600",
-        &kubeadm::config(n, &pki.join_token, &ca_hash)?,
+        PODNET_ENV,
+        "0644",
+        &format!(
+            "# paddock-podnet.service: the cluster's pod range and the overlay's MTU\nPOD_CIDR={}\nMTU={}\n",
+            n.pod_cidr, n.mtu
+        ),
     ));
     files.push(file(
         "/etc/modules-load.d/paddock-k8s.conf",
@@ -264,18 +290,11 @@ pub fn render(n: &Node, pki: &ClusterPki) -> Result<BootstrapData, BootstrapErro
         "net.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.ipv4.ip_forward = 1\n",
     ));
     let mut script = BOOTSTRAP_SCRIPT.replace("\"$PADDOCK_GATEWAY\"", &n.gateway.to_string());
-    match n.role {
-        Role::InitControlPlane => {
-            script.push_str("kubeadm init --config /etc/paddock/kubeadm.yaml\n");
-            script.push_str(&format!(
-                "kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f '{}'\n",
-                n.cni_manifest.replace('\'', "")
-            ));
-        }
-        Role::JoinControlPlane | Role::Worker => {
-            script.push_str("kubeadm join --config /etc/paddock/kubeadm.yaml\n");
-        }
-    }
+    script.push_str(match n.role {
+        Role::InitControlPlane => "kubeadm init --config \"$config\"\n",
+        Role::JoinControlPlane | Role::Worker => "kubeadm join --config \"$config\"\n",
+    });
+    script.push_str("systemctl enable --now paddock-podnet\n");
     script.push_str("log \"joined cluster as $(hostname)\"\n");
     files.push(file("/usr/local/sbin/paddock-bootstrap", "0755", &script));
     let cfg = json!({
@@ -329,15 +348,70 @@ mod tests {
     fn kubeadm_join_pins_the_ca() {
         let pki = ClusterPki::generate("demo").unwrap();
         let hash = pki.cluster_ca().unwrap().spki_sha256().unwrap();
-        let y = kubeadm::config(&node(Role::Worker), &pki.join_token, &hash).unwrap();
+        let y = kubeadm::config(
+            &node(Role::Worker),
+            &pki.join_token,
+            &hash,
+            kubeadm::Pace::Native,
+        )
+        .unwrap();
         assert!(y.contains("kind: JoinConfiguration"), "{y}");
         assert!(y.contains(&format!("sha256:{hash}")), "{y}");
         assert!(y.contains("10.64.0.1:6443"), "{y}");
-        let init = kubeadm::config(&node(Role::InitControlPlane), &pki.join_token, &hash).unwrap();
+        let init = kubeadm::config(
+            &node(Role::InitControlPlane),
+            &pki.join_token,
+            &hash,
+            kubeadm::Pace::Native,
+        )
+        .unwrap();
         assert!(
             init.contains("kind: InitConfiguration") && init.contains("kind: ClusterConfiguration")
         );
         assert!(init.contains("kubeadm.k8s.io/v1beta4"));
         assert_eq!(kubeadm::api_version("1.30.4"), "kubeadm.k8s.io/v1beta3");
+    }
+
+    #[test]
+    fn emulated_nodes_wait_longer_and_nothing_is_fetched() {
+        let pki = ClusterPki::generate("demo").unwrap();
+        let hash = pki.cluster_ca().unwrap().spki_sha256().unwrap();
+        let n = node(Role::InitControlPlane);
+        let native = kubeadm::config(&n, &pki.join_token, &hash, kubeadm::Pace::Native).unwrap();
+        let slow = kubeadm::config(&n, &pki.join_token, &hash, kubeadm::Pace::Emulated).unwrap();
+        assert!(
+            native.contains("controlPlaneComponentHealthCheck: 240s"),
+            "{native}"
+        );
+        assert!(
+            slow.contains("controlPlaneComponentHealthCheck: 960s"),
+            "{slow}"
+        );
+        let d = render(&n, &pki).unwrap();
+        let v: Value = serde_saphyr::from_str(&d.user_data).unwrap();
+        let files = v["write_files"].as_array().unwrap();
+        let body = |path: &str| -> String {
+            let f = files.iter().find(|f| f["path"] == path).unwrap();
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(f["content"].as_str().unwrap())
+                .unwrap();
+            String::from_utf8(b).unwrap()
+        };
+        let script = body("/usr/local/sbin/paddock-bootstrap");
+        assert!(script.contains("kubeadm-emulated.yaml") && script.contains("systemd-detect-virt"));
+        assert!(
+            script.contains("kubeadm init --config \"$config\""),
+            "{script}"
+        );
+        assert!(
+            script.contains("systemctl enable --now paddock-podnet"),
+            "{script}"
+        );
+        assert!(!d.user_data.contains("http"), "nothing comes from outside");
+        let env = body(PODNET_ENV);
+        assert!(
+            env.contains("POD_CIDR=192.168.0.0/16") && env.contains("MTU=1450"),
+            "{env}"
+        );
     }
 }

@@ -7,7 +7,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use paddock_bootstrap::{ClusterPki, Node, Role, kubeadm};
+use paddock_bootstrap::kubeadm::{self, Pace};
+use paddock_bootstrap::{ClusterPki, Node, Role};
 
 fn kubeadm_bin() -> PathBuf {
     let dir = std::env::var_os("PADDOCK_NODE_BIN")
@@ -38,9 +39,12 @@ fn kubeadm_accepts_every_configuration_paddock_renders() {
     let pki = ClusterPki::generate("demo").expect("pki");
     let hash = pki.cluster_ca().expect("ca").spki_sha256().expect("hash");
     let dir = tempfile::tempdir().expect("tempdir");
-    for role in [Role::InitControlPlane, Role::JoinControlPlane, Role::Worker] {
-        let yaml =
-            kubeadm::config(&Node::sample(role, &version), &pki.join_token, &hash).expect("config");
+    let cases = [Role::InitControlPlane, Role::JoinControlPlane, Role::Worker]
+        .into_iter()
+        .flat_map(|role| [(role, Pace::Native), (role, Pace::Emulated)]);
+    for (role, pace) in cases {
+        let yaml = kubeadm::config(&Node::sample(role, &version), &pki.join_token, &hash, pace)
+            .expect("config");
         let path = dir.path().join("kubeadm.yaml");
         std::fs::write(&path, &yaml).expect("write");
         let out = Command::new(&bin)
@@ -50,7 +54,7 @@ fn kubeadm_accepts_every_configuration_paddock_renders() {
             .expect("kubeadm runs");
         assert!(
             out.status.success(),
-            "kubeadm {version} refuses the {role:?} configuration:\n{}{}\n---\n{yaml}",
+            "kubeadm {version} refuses the {role:?} configuration at {pace:?} pace:\n{}{}\n---\n{yaml}",
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );

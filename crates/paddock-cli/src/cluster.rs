@@ -122,6 +122,10 @@ pub struct CreateArgs {
     /// Disk per worker, such as 20Gi.
     #[arg(long, default_value = "20Gi")]
     disk: Memory,
+    /// Kubernetes version, one a registered MachineImage carries; the
+    /// newest registered when omitted.
+    #[arg(long = "kubernetes-version")]
+    kubernetes_version: Option<String>,
     /// Create from a YAML or JSON manifest.
     #[arg(short = 'f', long = "filename")]
     file: Option<PathBuf>,
@@ -141,7 +145,15 @@ fn rows(list: &[Cluster], with_org: bool) -> String {
     if with_org {
         headers.push("org");
     }
-    headers.extend(["name", "phase", "control plane", "nodes", "version", "age"]);
+    headers.extend([
+        "name",
+        "phase",
+        "control plane",
+        "nodes",
+        "version",
+        "node versions",
+        "age",
+    ]);
     let rows = list
         .iter()
         .map(|c| {
@@ -159,6 +171,7 @@ fn rows(list: &[Cluster], with_org: bool) -> String {
                 ),
                 format!("{}/{}", st.nodes_ready, c.spec.worker_replicas()),
                 c.spec.kubernetes_version.clone(),
+                st.node_versions.join(","),
                 age(c.metadata.creation_timestamp.as_ref()),
             ]);
             r
@@ -190,7 +203,7 @@ async fn create(a: CreateArgs, client: &Client, out: Format) -> CliResult {
                 CliError::new(Exit::Invalid, "a cluster name is required (or -f FILE)")
             })?;
             let spec = ClusterSpec {
-                kubernetes_version: paddock_api::cluster::DEFAULT_KUBERNETES_VERSION.into(),
+                kubernetes_version: a.kubernetes_version.clone().unwrap_or_default(),
                 control_plane: ControlPlaneSpec {
                     replicas: a.control_plane,
                     ..Default::default()

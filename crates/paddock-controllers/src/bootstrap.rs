@@ -283,7 +283,6 @@ pub async fn ensure_bootstrap(
             pod_cidr: c.spec.network.pod_cidr.clone(),
             service_cidr: c.spec.network.service_cidr.clone(),
             api_name: api_name(cfg, c),
-            cni_manifest: cfg.cni_manifest.clone(),
         };
         let data = paddock_bootstrap::render(&node, &pki)?;
         let s = secret(

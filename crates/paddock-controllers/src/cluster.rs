@@ -18,7 +18,7 @@ use paddock_api::cluster::{IngressStatus, OverlayStatus};
 use paddock_api::machine::MachineSpec;
 use paddock_api::{
     Cluster, ClusterPhase, ClusterStatus, LABEL_CLUSTER, LABEL_POOL, LABEL_ROLE, Machine,
-    MachineRole, Memory,
+    MachineImage, MachineRole, Memory,
 };
 use serde_json::json;
 
@@ -157,6 +157,21 @@ pub fn guest_ready(m: &Machine) -> bool {
     })
 }
 
+/// The Machine's Kubernetes Node is Ready, as the workload cluster's own
+/// API last reported it.
+pub fn node_ready(m: &Machine) -> bool {
+    m.status
+        .as_ref()
+        .and_then(|s| s.node.as_ref())
+        .is_some_and(|n| n.ready)
+}
+
+/// Ready as the cluster counts it: the guest answers and, where the
+/// platform reads the workload cluster's API, its Node is Ready.
+fn machine_ready(m: &Machine, reads_nodes: bool) -> bool {
+    guest_ready(m) && (!reads_nodes || node_ready(m))
+}
+
 /// The Machines of a group that go when it scales down to `want`:
 /// not-ready ones first, then the newest.
 pub fn scale_down<'a>(current: &[&'a Machine], want: usize) -> Vec<&'a Machine> {
@@ -256,6 +271,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 None,
                 &mine,
                 deleting_message(&mine),
+                false,
             )
             .await?;
             return Ok(Action::requeue(Duration::from_secs(1)));
@@ -327,6 +343,18 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         bootstrap::ensure_pki(&ctx.client, &c).await?;
     }
 
+    // Whether the Machines become Kubernetes Nodes that the workload loop
+    // reads (and drains): then readiness is the Nodes', and deleted
+    // Machines wait for their drain.
+    let kube_nodes = match c.spec.control_plane.image.as_deref() {
+        Some(image) => Api::<MachineImage>::all(ctx.client.clone())
+            .get_opt(image)
+            .await?
+            .is_some_and(|i| !i.spec.stand_in && i.spec.kubernetes_version.is_some()),
+        None => false,
+    };
+    let reads_nodes = kube_nodes && ctx.cfg.gateway_url.is_some();
+
     // Scale every group to its replicas; Machines of removed pools go.
     let groups = groups(&c);
     let mut used: HashSet<u32> = mine.iter().filter_map(host_index).collect();
@@ -384,8 +412,13 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 );
                 m.metadata.labels = Some(labels);
                 m.metadata.owner_references = Some(vec![owner.clone()]);
-                // Held by the agent of its host until the VM is gone.
-                m.metadata.finalizers = Some(vec![paddock_api::machine::VM_FINALIZER.into()]);
+                // Held by the agent of its host until the VM is gone, and
+                // by the workload loop until its Node is drained.
+                let mut fins = vec![paddock_api::machine::VM_FINALIZER.to_owned()];
+                if reads_nodes {
+                    fins.push(paddock_api::machine::DRAIN_FINALIZER.into());
+                }
+                m.metadata.finalizers = Some(fins);
                 let created = machines.create(&PostParams::default(), &m).await?;
                 ctx.expect(&uid, created.name_any(), true);
                 events::record(
@@ -443,11 +476,11 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     }
     let ready_cp = live
         .iter()
-        .filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m))
+        .filter(|m| m.spec.role == MachineRole::ControlPlane && machine_ready(m, reads_nodes))
         .count() as u32;
     let ready_w = live
         .iter()
-        .filter(|m| m.spec.role == MachineRole::Worker && guest_ready(m))
+        .filter(|m| m.spec.role == MachineRole::Worker && machine_ready(m, reads_nodes))
         .count() as u32;
     let want_w = c.spec.worker_replicas();
     let all = ready_cp == c.spec.control_plane.replicas
@@ -456,6 +489,8 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let unscheduled = live.iter().filter(|m| m.spec.host_name.is_none()).count();
     let (phase, why) = if let Some(w) = &bootstrapped.waiting {
         (ClusterPhase::Provisioning, w.clone())
+    } else if all && reads_nodes {
+        (ClusterPhase::Ready, "every node is Ready".to_owned())
     } else if all {
         (ClusterPhase::Ready, "every machine is ready".to_owned())
     } else if unscheduled > 0 && live.iter().all(|m| m.spec.host_name.is_none()) {
@@ -467,9 +502,10 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         (
             ClusterPhase::Provisioning,
             format!(
-                "{} of {} machines ready",
+                "{} of {} {} ready",
                 ready_cp + ready_w,
-                c.spec.control_plane.replicas + want_w
+                c.spec.control_plane.replicas + want_w,
+                if reads_nodes { "nodes" } else { "machines" }
             ),
         )
     };
@@ -482,6 +518,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         Some(overlay),
         &mine,
         why.clone(),
+        reads_nodes,
     )
     .await?;
     if was != Some(phase) && phase == ClusterPhase::Ready {
@@ -520,6 +557,7 @@ async fn set_status(
     overlay: Option<OverlayStatus>,
     machines: &[Machine],
     why: String,
+    reads_nodes: bool,
 ) -> Result<(), Error> {
     let (live, deleting): (Vec<&Machine>, Vec<&Machine>) = machines
         .iter()
@@ -566,19 +604,28 @@ async fn set_status(
         initialization: None,
         control_plane_ready: live
             .iter()
-            .filter(|m| m.spec.role == MachineRole::ControlPlane && guest_ready(m))
+            .filter(|m| m.spec.role == MachineRole::ControlPlane && machine_ready(m, reads_nodes))
             .count() as u32,
         nodes_ready: live
             .iter()
-            .filter(|m| m.spec.role == MachineRole::Worker && guest_ready(m))
+            .filter(|m| m.spec.role == MachineRole::Worker && machine_ready(m, reads_nodes))
             .count() as u32,
         deleting_machines,
+        node_versions: live
+            .iter()
+            .filter_map(|m| m.status.as_ref()?.node.as_ref())
+            .map(|n| n.kubelet_version.clone())
+            .filter(|v| !v.is_empty())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect(),
     };
     let same = old.phase == st.phase
         && old.observed_generation == st.observed_generation
         && old.control_plane_ready == st.control_plane_ready
         && old.nodes_ready == st.nodes_ready
         && old.deleting_machines == st.deleting_machines
+        && old.node_versions == st.node_versions
         && old.overlay == st.overlay
         && old.api_endpoint == st.api_endpoint
         && old.ingress == st.ingress

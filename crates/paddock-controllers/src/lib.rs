@@ -1,6 +1,7 @@
 //! Paddock's controllers, run inside `paddock server`: the cluster
 //! controller (overlay, Machines, scaling, status), the scheduler (binds
-//! Machines to Hosts) and host health (leases, NotReady, replacement). Each
+//! Machines to Hosts), host health (leases, NotReady, replacement) and the
+//! workload loop (Nodes as the workload clusters report them, drains). Each
 //! is level-triggered: it reads the world through the API and takes the
 //! next step; any of them can be killed at any line.
 
@@ -10,6 +11,7 @@ pub mod events;
 pub mod health;
 pub mod overlay;
 pub mod scheduler;
+pub mod workload;
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -43,8 +45,15 @@ pub struct Config {
     pub ingress_port_base: u16,
     /// MTU of the overlays as the VMs see it.
     pub overlay_mtu: u32,
-    /// The CNI manifest the first control-plane node applies.
-    pub cni_manifest: String,
+    /// `https://host:port` where the controllers reach the gateway, and so
+    /// the workload clusters' own APIs (Node readiness, drains); without
+    /// it a Machine is ready when its guest is.
+    pub gateway_url: Option<String>,
+    /// How long a drain waits for pods to leave (PodDisruptionBudgets may
+    /// hold them) before a Warning Event and a forced stop.
+    pub drain_timeout: Duration,
+    /// How often the workload clusters' Nodes are read.
+    pub node_status_every: Duration,
     /// Whether a gateway records `status.initialization` (`paddock server
     /// --gateway-listen` runs one). Only then can a lost init Machine be
     /// told apart from a lost member of a running control plane, and be
@@ -69,7 +78,9 @@ impl Default for Config {
             gateway_vtep: None,
             ingress_port_base: 20000,
             overlay_mtu: 1450,
-            cni_manifest: paddock_bootstrap::DEFAULT_CNI_MANIFEST.into(),
+            gateway_url: None,
+            drain_timeout: Duration::from_secs(300),
+            node_status_every: Duration::from_secs(10),
         }
     }
 }
@@ -90,6 +101,10 @@ pub fn loops(client: kube::Client, cfg: Config) -> Vec<(&'static str, Loop)> {
             "scheduler",
             Box::pin(scheduler::run(client.clone(), cfg.clone())),
         ),
-        ("host-health", Box::pin(health::run(client, cfg))),
+        (
+            "host-health",
+            Box::pin(health::run(client.clone(), cfg.clone())),
+        ),
+        ("workload", Box::pin(workload::run(client, cfg))),
     ]
 }

@@ -102,6 +102,7 @@ fn overlay_devices_and_fdb_converge() {
                     tap: "pdtapabc".into(),
                     mac,
                     ip: Some(Ipv4Addr::new(10, 100, 0, 7)),
+                    routed: Some("192.168.0.0/16".parse().expect("range")),
                 };
                 paddock_net::guard::apply(&[g]).await.expect("guards");
                 net.sync_vxlan_fdb("pdvx42", vx, &want2).await.expect("fdb");

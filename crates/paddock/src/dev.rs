@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 
 const FABRIC: &str = "paddock-fabric";
@@ -67,6 +68,30 @@ pub struct Up {
     pub hosts: usize,
     pub data_dir: PathBuf,
     pub image_dir: PathBuf,
+    pub kube_image: Option<PathBuf>,
+}
+
+/// The MachineImage of a Kubernetes node image directory (kernel, initrd,
+/// root disk and `KUBERNETES_VERSION`, as scripts/build-kube-node-image.sh
+/// writes it): named `kube-<version>`, with the least its nodes need
+/// (kubeadm's preflight wants 2 vCPUs and 1700 MB on a control plane).
+pub fn kube_node_image(dir: &Path) -> anyhow::Result<paddock_api::MachineImage> {
+    let version = std::fs::read_to_string(dir.join("KUBERNETES_VERSION"))
+        .with_context(|| format!("{} is not a Kubernetes node image", dir.display()))?;
+    let version = version.trim().trim_start_matches('v').to_owned();
+    let url = |f: &str| format!("file://{}", dir.join(f).display());
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage",
+        "metadata": {"name": format!("kube-{version}")},
+        "spec": {
+            "kernel": {"url": url("vmlinuz")},
+            "initrd": {"url": url("initrd.img")},
+            "disk": {"url": url("rootfs.qcow2"), "format": "qcow2"},
+            "cmdline": "root=/dev/vda rw",
+            "kubernetesVersion": version,
+            "minimum": {"controlPlane": {"cpu": 2, "memory": "2Gi"}, "worker": {"cpu": 1, "memory": "1Gi"}},
+        }
+    }))?)
 }
 
 pub async fn up(u: Up) -> anyhow::Result<()> {
@@ -155,9 +180,17 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
     if images.get_opt("dev").await?.is_none() {
         let mi: paddock_api::MachineImage = serde_json::from_value(serde_json::json!({
             "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": "dev"},
-            "spec": {"kernel": {"url": format!("file://{}", k.display())}, "initrd": {"url": format!("file://{}", i.display())}}
+            "spec": {"kernel": {"url": format!("file://{}", k.display())}, "initrd": {"url": format!("file://{}", i.display())},
+                     "kubernetesVersion": paddock_api::version::DEV_IMAGE_VERSION, "standIn": true}
         }))?;
         images.create(&PostParams::default(), &mi).await?;
+    }
+    if let Some(dir) = &u.kube_image {
+        let mi = kube_node_image(dir)?;
+        if images.get_opt(&mi.name_any()).await?.is_none() {
+            images.create(&PostParams::default(), &mi).await?;
+        }
+        eprintln!("• MachineImage {} registered", mi.name_any());
     }
 
     eprintln!("• {} hosts", u.hosts);

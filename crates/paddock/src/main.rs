@@ -57,6 +57,11 @@ enum DevCommand {
         /// Where the dev node image is built and cached.
         #[arg(long, default_value = "/var/cache/paddock/dev-image")]
         image_dir: PathBuf,
+        /// A Kubernetes node image (scripts/build-kube-node-image.sh) to
+        /// register as MachineImage kube-<version>: clusters that name no
+        /// version then run it.
+        #[arg(long)]
+        kube_image: Option<PathBuf>,
     },
     /// Stop and remove all of the lab (idempotent).
     Down {
@@ -125,6 +130,10 @@ struct ServerArgs {
     /// underlay address, when it is not this one.
     #[arg(long, requires = "gateway_listen")]
     gateway_underlay_netns: Option<String>,
+    /// How long a drain waits for a deleted Machine's pods to leave (a
+    /// PodDisruptionBudget may hold them) before its VM is stopped anyway.
+    #[arg(long, default_value_t = 300)]
+    drain_timeout_seconds: u64,
     /// Prefix of the gateway's per-cluster network namespaces.
     #[arg(long, default_value = "paddock-gw-")]
     gateway_netns_prefix: String,
@@ -324,6 +333,17 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             ingress_port_base: args.ingress_port_base,
             overlay_mtu: args.overlay_mtu,
             initialization_recorded: args.gateway_listen.is_some(),
+            // The controllers read the workload clusters' APIs through this
+            // process's own gateway.
+            gateway_url: args.gateway_listen.map(|g| {
+                let ip = if g.ip().is_unspecified() {
+                    std::net::IpAddr::from([127, 0, 0, 1])
+                } else {
+                    g.ip()
+                };
+                format!("https://{}", SocketAddr::new(ip, g.port()))
+            }),
+            drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
             ..Default::default()
         };
         let client = admin_client(&running.data.admin_kubeconfig()).await?;
@@ -477,11 +497,13 @@ async fn main() -> ExitCode {
                     hosts,
                     data_dir,
                     image_dir,
+                    kube_image,
                 } => {
                     dev::up(dev::Up {
                         hosts,
                         data_dir,
                         image_dir,
+                        kube_image,
                     })
                     .await
                 }

@@ -90,7 +90,7 @@ async fn setup() -> (TestServer, tempfile::TempDir) {
     std::fs::write(&kernel, b"not booted: the hypervisor is a fake").expect("kernel");
     s.kubectl_ok(&["create", "namespace", "acme"]);
     s.apply(&format!(
-        "apiVersion: paddock.io/v1alpha1\nkind: MachineImage\nmetadata: {{name: dev}}\nspec: {{kernel: {{url: \"file://{}\"}}}}\n",
+        "apiVersion: paddock.io/v1alpha1\nkind: MachineImage\nmetadata: {{name: dev}}\nspec: {{kernel: {{url: \"file://{}\"}}, kubernetesVersion: \"1.31.2\", standIn: true}}\n",
         kernel.display()
     ));
     (s, files)

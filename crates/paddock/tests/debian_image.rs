@@ -57,7 +57,11 @@ async fn debian_cloud_init_applies_paddocks_bootstrap_data() {
             "kernel": {"url": k.0, "sha256": k.1},
             "initrd": {"url": i.0, "sha256": i.1},
             "disk": {"url": d.0, "sha256": d.1},
-            "cmdline": "root=/dev/vda rw"
+            "cmdline": "root=/dev/vda rw",
+            // Not a Kubernetes node image: the version only lets a Cluster
+            // boot it, to see cloud-init apply the bootstrap data.
+            "kubernetesVersion": paddock_api::version::DEV_IMAGE_VERSION,
+            "standIn": true,
         }),
     )
     .await;

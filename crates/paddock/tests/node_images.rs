@@ -164,6 +164,20 @@ fn every_image_kubeadm_needs_loads_and_runs() {
         let out = run(&find(comp), &format!("k{i}"), &[comp, "--version"]);
         assert_eq!(out.trim(), format!("Kubernetes {version}"), "{comp}");
     }
+    // kube-proxy's image carries iptables with its extensions (kube-proxy
+    // writes rules with comments and conntrack matches).
+    let out = run(
+        &find("kube-proxy"),
+        "iptables",
+        &["iptables", "-m", "comment", "--help"],
+    );
+    assert!(out.contains("comment match options"), "{out}");
+    let out = run(
+        &find("kube-proxy"),
+        "iptables-v",
+        &["iptables", "--version"],
+    );
+    assert!(out.contains("nf_tables"), "{out}");
     let etcd = find("etcd");
     let out = run(&etcd, "etcd", &["etcd", "--version"]);
     let want = tag(&etcd);

@@ -289,16 +289,23 @@ pub async fn start(hosts: usize, org: &str) -> (super::TestServer, Lab, PathBuf,
 
 /// The MachineImage "dev": the dev image's kernel and initrd, with digests.
 pub async fn create_dev_image(client: &kube::Client, image: &Path) {
+    use kube::api::{Api, Patch, PatchParams};
     let (k, i) = (image.join("vmlinuz"), image.join("initrd.img"));
-    create_image(
-        client,
-        "dev",
-        serde_json::json!({
-            "kernel": {"url": format!("file://{}", k.display()), "sha256": sha256(&k)},
-            "initrd": {"url": format!("file://{}", i.display()), "sha256": sha256(&i)}
-        }),
-    )
-    .await;
+    let spec = serde_json::json!({
+        "kernel": {"url": format!("file://{}", k.display()), "sha256": sha256(&k)},
+        "initrd": {"url": format!("file://{}", i.display()), "sha256": sha256(&i)},
+        "kubernetesVersion": paddock_api::version::DEV_IMAGE_VERSION,
+        "standIn": true,
+    });
+    // The test server registered it without digests.
+    Api::<paddock_api::MachineImage>::all(client.clone())
+        .patch(
+            "dev",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": spec})),
+        )
+        .await
+        .expect("the dev MachineImage");
 }
 
 /// A gateway for this lab: its VXLAN sockets in the lab's management

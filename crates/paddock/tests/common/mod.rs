@@ -31,6 +31,7 @@ impl TestServer {
         tweak(&mut cfg);
         let running = paddock_apiserver::start(cfg).await.expect("server starts");
         let client = client_for(&running.data.admin_kubeconfig()).await;
+        register_stand_in_image(&client).await;
         Self {
             dir,
             running: Some(running),
@@ -313,4 +314,29 @@ pub async fn overlay_claimed(s: &TestServer, vni: u32) -> bool {
     .await
     .expect("get lease")
     .is_some()
+}
+
+/// Every test server starts with the MachineImage "dev": the dev image
+/// (stand-ins for kubeadm and the API server) at the version it registers
+/// as, so that Clusters can be created. Tests that boot it add its digests
+/// ([`lab::create_dev_image`]).
+pub async fn register_stand_in_image(client: &kube::Client) {
+    use kube::api::{Api, PostParams};
+    let dir = std::env::var_os("PADDOCK_DEV_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/paddock/dev-image"));
+    let mi: paddock_api::MachineImage = serde_json::from_value(serde_json::json!({
+        "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": "dev"},
+        "spec": {
+            "kernel": {"url": format!("file://{}", dir.join("vmlinuz").display())},
+            "initrd": {"url": format!("file://{}", dir.join("initrd.img").display())},
+            "kubernetesVersion": paddock_api::version::DEV_IMAGE_VERSION,
+            "standIn": true,
+        }
+    }))
+    .expect("image");
+    Api::<paddock_api::MachineImage>::all(client.clone())
+        .create(&PostParams::default(), &mi)
+        .await
+        .expect("the dev MachineImage");
 }

@@ -1,0 +1,670 @@
+//! End to end with real VMs booting the Kubernetes node image (under TCG
+//! here): a cluster of one control plane and two workers made by kubeadm
+//! from the bootstrap data Paddock renders, reached by the real kubectl
+//! through the gateway with a kubeconfig from `paddock cluster kubeconfig`.
+//! Its Nodes are Ready at the requested version, kube-system runs, pods
+//! spread over the workers and reach each other across them, DNS answers,
+//! a NodePort Service answers through the cluster's ingress port on the
+//! management plane; scaling up joins a Node, scaling down drains and
+//! deletes the removed Nodes (their pods run again elsewhere) and leaves no
+//! VM; and a pod of a second cluster cannot reach the first cluster's pods
+//! or nodes.
+//!
+//! Set `PADDOCK_KUBE_IMAGE` to the node image's directory (default
+//! `/var/cache/paddock/kube-node-image`, built by
+//! `scripts/build-kube-node-image.sh`, which `scripts/test.sh` runs).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use common::lab::{self, Lab};
+use common::*;
+use kube::api::{Api, ListParams};
+use paddock_api::{Cluster, ClusterPhase, Machine, MachineRole};
+use serde_json::Value;
+
+const GW_IP: &str = "127.79.0.1";
+const GW_PORT: u16 = 16443;
+const DOMAIN: &str = "paddock.test";
+
+fn kube_image() -> PathBuf {
+    let dir = std::env::var_os("PADDOCK_KUBE_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/paddock/kube-node-image"));
+    assert!(
+        dir.join("KUBERNETES_VERSION").exists() && dir.join("rootfs.qcow2").exists(),
+        "{} is not a Kubernetes node image: build it with scripts/build-kube-node-image.sh",
+        dir.display()
+    );
+    dir
+}
+
+/// kubectl against a workload cluster, through the gateway.
+fn k(kc: &Path, args: &[&str]) -> Output {
+    kubectl_with(kc, args, None)
+}
+
+fn k_ok(kc: &Path, args: &[&str]) -> String {
+    let o = k(kc, args);
+    assert!(
+        o.status.success(),
+        "kubectl {args:?}: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o)
+}
+
+fn json_of(kc: &Path, args: &[&str]) -> Option<Value> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let o = k(kc, &a);
+    if !o.status.success() {
+        return None;
+    }
+    serde_json::from_slice(&o.stdout).ok()
+}
+
+/// Nodes by name: (Ready, kubelet version).
+fn nodes(kc: &Path) -> Option<Vec<(String, bool, String)>> {
+    let v = json_of(kc, &["get", "nodes"])?;
+    Some(
+        v["items"]
+            .as_array()?
+            .iter()
+            .map(|n| {
+                let ready = n["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True");
+                (
+                    n["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    ready,
+                    n["status"]["nodeInfo"]["kubeletVersion"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// Pods of label `app=<app>` that run: (name, node, pod IP).
+fn running_pods(kc: &Path, ns: &str, app: &str) -> Vec<(String, String, String)> {
+    let Some(v) = json_of(kc, &["-n", ns, "get", "pods", "-l", &format!("app={app}")]) else {
+        return Vec::new();
+    };
+    v["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["status"]["phase"] == "Running" && p["metadata"]["deletionTimestamp"].is_null()
+        })
+        .filter(|p| {
+            p["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|cs| cs.iter().all(|c| c["ready"] == true))
+        })
+        .map(|p| {
+            (
+                p["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                p["status"]["podIP"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_ready(clusters: &Api<Cluster>, name: &str, secs: u64) -> Duration {
+    let start = Instant::now();
+    let last = std::sync::Mutex::new(String::new());
+    eventually(secs, &format!("cluster {name} Ready"), || {
+        let last = &last;
+        async move {
+            let c = clusters.get(name).await.ok()?;
+            let st = c.status?;
+            let msg = st
+                .conditions
+                .first()
+                .map(|c| c.message.clone())
+                .unwrap_or_default();
+            if let Ok(mut l) = last.lock()
+                && *l != msg
+            {
+                eprintln!("[{:>4}s] {name}: {msg}", start.elapsed().as_secs());
+                *l = msg;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            (st.phase == Some(ClusterPhase::Ready)).then_some(())
+        }
+    })
+    .await;
+    start.elapsed()
+}
+
+fn kubeconfig_for(s: &TestServer, name: &str) -> PathBuf {
+    let kc = s.dir.path().join(format!("{name}.kubeconfig"));
+    let o = paddock(
+        &s.kubeconfig(),
+        &[
+            "cluster",
+            "kubeconfig",
+            name,
+            "-n",
+            "acme",
+            "--group",
+            "kubeadm:cluster-admins",
+            "--output-file",
+            kc.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    kc
+}
+
+const WEB: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: default}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: kubernetes.io/hostname, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: web}}}
+      containers:
+      - name: web
+        image: paddock.local/busybox:1
+        imagePullPolicy: Never
+        command: ["/bin/sh", "-c", "echo hello from $(hostname) > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"]
+        ports: [{containerPort: 8080}]
+        readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 2}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: default}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080, nodePort: 30080}]
+"#;
+
+/// A pod of busybox that sleeps, for commands; `tolerate` lets it run on a
+/// control plane.
+fn toolbox(name: &str, tolerate: bool) -> String {
+    let tol = if tolerate {
+        "\n  tolerations: [{key: node-role.kubernetes.io/control-plane, operator: Exists, effect: NoSchedule}]"
+    } else {
+        ""
+    };
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: default, labels: {{app: {name}}}}}
+spec:{tol}
+  containers:
+  - name: box
+    image: paddock.local/busybox:1
+    imagePullPolicy: Never
+    command: ["/bin/sh", "-c", "exec sleep 100000"]
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cluster_of_real_kubernetes_serves_pods_dns_and_node_ports_and_scales_with_drains() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            std::env::var("PADDOCK_TEST_LOG").unwrap_or_else(|_| "paddock_controllers=info".into()),
+        )
+        .try_init();
+    let node_image = kube_image();
+    let dev = lab::dev_image();
+    let s = TestServer::start_with(|c| {
+        c.unix_socket = Some(c.data_dir.join("api.sock"));
+        c.clusters.base_domain = DOMAIN.into();
+        c.clusters.gateway_url = format!("https://{GW_IP}:{GW_PORT}");
+    })
+    .await;
+    let socket = s.data_dir().join("api.sock");
+    let mut lab = Lab::new(s.dir.path(), 2);
+    let underlay = lab.add_management();
+    let s = s.with_controllers(paddock_controllers::Config {
+        base_domain: DOMAIN.into(),
+        gateway_port: GW_PORT,
+        gateway_vtep: Some("10.77.0.2".parse().expect("vtep")),
+        ingress_port_base: 33000,
+        initialization_recorded: true,
+        gateway_url: Some(format!("https://{GW_IP}:{GW_PORT}")),
+        drain_timeout: Duration::from_secs(240),
+        node_status_every: Duration::from_secs(3),
+        ..Default::default()
+    });
+    let gateway = tokio::spawn(paddock_gateway::run(
+        s.client.clone(),
+        lab::gateway_config(
+            &lab,
+            underlay,
+            format!("{GW_IP}:{GW_PORT}").parse().expect("addr"),
+            DOMAIN,
+            s.running.as_ref().expect("running").addr,
+        ),
+    ));
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    let version = std::fs::read_to_string(node_image.join("KUBERNETES_VERSION"))
+        .expect("version")
+        .trim()
+        .trim_start_matches('v')
+        .to_owned();
+    let file = |n: &str| -> (String, String) {
+        let p = node_image.join(n);
+        (format!("file://{}", p.display()), lab::sha256(&p))
+    };
+    let (kernel, initrd, disk) = (file("vmlinuz"), file("initrd.img"), file("rootfs.qcow2"));
+    lab::create_image(
+        &s.client,
+        &format!("kube-{version}"),
+        serde_json::json!({
+            "kernel": {"url": kernel.0, "sha256": kernel.1},
+            "initrd": {"url": initrd.0, "sha256": initrd.1},
+            "disk": {"url": disk.0, "sha256": disk.1, "format": "qcow2"},
+            "cmdline": "root=/dev/vda rw",
+            "kubernetesVersion": version,
+            "minimum": {"controlPlane": {"cpu": 2, "memory": "2Gi"}, "worker": {"cpu": 1, "memory": "1Gi"}},
+        }),
+    )
+    .await;
+    lab.agent_args = vec!["--heartbeat-seconds".into(), "2".into()];
+    for h in 0..2 {
+        lab.start_agent(h, &s, &socket, &dev);
+    }
+    // The version is the newest image's (the node image is newer than the
+    // dev image's stand-ins), and a Machine smaller than the image needs is
+    // refused with the reason.
+    let o = s.kubectl_stdin(
+        &["apply", "-f", "-"],
+        "apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata: {name: small, namespace: acme}\nspec:\n  controlPlane: {cpu: 1, memory: 1Gi}\n",
+    );
+    assert!(
+        !o.status.success() && stderr(&o).contains("spec.controlPlane.cpu"),
+        "{}",
+        stderr(&o)
+    );
+    let started = Instant::now();
+    for (name, workers) in [("demo", 2), ("other", 0)] {
+        s.apply(&format!(
+            r#"
+apiVersion: paddock.io/v1alpha1
+kind: Cluster
+metadata: {{name: {name}, namespace: acme}}
+spec:
+  controlPlane: {{replicas: 1, cpu: 2, memory: 2Gi, disk: 8Gi}}
+  nodePools:
+  - {{name: default, replicas: {workers}, cpu: 1, memory: 1536Mi, disk: 8Gi}}
+"#
+        ));
+    }
+    let clusters: Api<Cluster> = Api::namespaced(s.client.clone(), "acme");
+    let demo = clusters.get("demo").await.expect("demo");
+    assert_eq!(
+        demo.spec.kubernetes_version, version,
+        "the newest registered"
+    );
+
+    let took = wait_ready(&clusters, "demo", 2400).await;
+    eprintln!("demo: create -> all Nodes Ready in {}s", took.as_secs());
+    let kc = kubeconfig_for(&s, "demo");
+    let list = nodes(&kc).expect("nodes through the gateway");
+    assert_eq!(list.len(), 3, "{list:?}");
+    for (n, ready, v) in &list {
+        assert!(*ready, "{n} Ready");
+        assert_eq!(v, &format!("v{version}"), "{n} at the requested version");
+    }
+    let st = clusters
+        .get("demo")
+        .await
+        .expect("demo")
+        .status
+        .expect("status");
+    assert_eq!(st.node_versions, vec![format!("v{version}")]);
+    let table = s.kubectl_ok(&["-n", "acme", "get", "clusters"]);
+    assert!(
+        table.contains(&format!("v{version}")) && table.contains("Ready"),
+        "{table}"
+    );
+
+    // kube-system: the control plane, CoreDNS, kube-proxy all Running.
+    eventually(600, "kube-system pods Running", || async {
+        let v = json_of(&kc, &["-n", "kube-system", "get", "pods"])?;
+        let pods = v["items"].as_array()?;
+        let names: Vec<&str> = pods
+            .iter()
+            .filter_map(|p| p["metadata"]["name"].as_str())
+            .collect();
+        let all_running = pods.iter().all(|p| p["status"]["phase"] == "Running");
+        let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
+        let ok = all_running
+            && [
+                "etcd-",
+                "kube-apiserver-",
+                "kube-controller-manager-",
+                "kube-scheduler-",
+                "coredns-",
+                "kube-proxy-",
+            ]
+            .iter()
+            .all(|p| has(p));
+        if !ok {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        ok.then_some(())
+    })
+    .await;
+
+    // A Deployment of the shipped image spreads over both workers, and a
+    // pod on one reaches a pod on the other.
+    let o = kubectl_with(&kc, &["apply", "-f", "-"], Some(WEB));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let web = eventually(600, "web on both workers", || async {
+        let pods = running_pods(&kc, "default", "web");
+        let on: std::collections::HashSet<&str> = pods.iter().map(|p| p.1.as_str()).collect();
+        if pods.len() == 2 && on.len() == 2 {
+            return Some(pods);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        None
+    })
+    .await;
+    let cp_name = list
+        .iter()
+        .map(|n| n.0.clone())
+        .find(|n| n.contains("-cp-"))
+        .expect("control-plane node");
+    assert!(web.iter().all(|p| p.1 != cp_name), "workers only: {web:?}");
+    let (a, b) = (&web[0], &web[1]);
+    let reply = k_ok(
+        &kc,
+        &[
+            "exec",
+            &a.0,
+            "--",
+            "wget",
+            "-qO-",
+            "-T",
+            "10",
+            &format!("http://{}:8080/", b.2),
+        ],
+    );
+    assert!(
+        reply.contains(&format!("hello from {}", b.0)),
+        "{} -> {}: {reply}",
+        a.1,
+        b.1
+    );
+    // DNS: the cluster's own names resolve in a pod.
+    let box_yaml = toolbox("box", false);
+    let o = kubectl_with(&kc, &["apply", "-f", "-"], Some(&box_yaml));
+    assert!(o.status.success(), "{}", stderr(&o));
+    eventually(300, "toolbox pod", || async {
+        (!running_pods(&kc, "default", "box").is_empty()).then_some(())
+    })
+    .await;
+    let out = eventually(120, "nslookup kubernetes.default", || async {
+        let o = k(
+            &kc,
+            &[
+                "exec",
+                "box",
+                "--",
+                "nslookup",
+                "kubernetes.default.svc.cluster.local",
+            ],
+        );
+        if !o.status.success() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        o.status.success().then(|| stdout(&o))
+    })
+    .await;
+    let kubernetes_svc = k_ok(
+        &kc,
+        &[
+            "get",
+            "svc",
+            "kubernetes",
+            "-o",
+            "jsonpath={.spec.clusterIP}",
+        ],
+    );
+    assert!(out.contains(kubernetes_svc.trim()), "{out}");
+    let o = k(
+        &kc,
+        &[
+            "exec",
+            "box",
+            "--",
+            "wget",
+            "-qO-",
+            "-T",
+            "10",
+            "http://web.default.svc.cluster.local/",
+        ],
+    );
+    assert!(
+        stdout(&o).contains("hello from"),
+        "the Service by name: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+
+    // The NodePort answers through the cluster's ingress port on the
+    // management plane (the gateway forwards to healthy workers).
+    let ingress = clusters
+        .get("demo")
+        .await
+        .expect("demo")
+        .status
+        .and_then(|s| s.ingress)
+        .expect("ingress");
+    let url = format!("http://{GW_IP}:{}/", ingress.http_port);
+    let body = eventually(120, "ingress through the gateway", || async {
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "5", &url])
+            .output()
+            .ok()?;
+        if !o.status.success() {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        o.status.success().then(|| stdout(&o))
+    })
+    .await;
+    assert!(body.contains("hello from web-"), "{body}");
+
+    // A pod of the second cluster cannot reach the first cluster's pods or
+    // nodes.
+    wait_ready(&clusters, "other", 1800).await;
+    eprintln!(
+        "other: Ready {}s after it was created",
+        started.elapsed().as_secs()
+    );
+    let other_kc = kubeconfig_for(&s, "other");
+    let intruder = toolbox("intruder", true);
+    let o = kubectl_with(&other_kc, &["apply", "-f", "-"], Some(&intruder));
+    assert!(o.status.success(), "{}", stderr(&o));
+    eventually(300, "intruder pod", || async {
+        (!running_pods(&other_kc, "default", "intruder").is_empty()).then_some(())
+    })
+    .await;
+    let machines: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
+    let demo_ips: Vec<String> = machines
+        .list(&ListParams::default().labels("paddock.io/cluster=demo"))
+        .await
+        .expect("machines")
+        .items
+        .iter()
+        .filter_map(|m| m.spec.ip.clone())
+        .map(|ip| ip.split('/').next().unwrap_or_default().to_owned())
+        .collect();
+    for target in [
+        format!("http://{}:8080/", a.2),
+        format!("http://{}:30080/", demo_ips[0]),
+        format!("https://{}:6443/", demo_ips[0]),
+    ] {
+        let o = k(
+            &other_kc,
+            &["exec", "intruder", "--", "wget", "-qO-", "-T", "5", &target],
+        );
+        assert!(
+            !o.status.success(),
+            "other's pod reached demo at {target}: {}",
+            stdout(&o)
+        );
+    }
+    // Its own cluster it reaches (the refusal above is not a broken pod).
+    let o = k(
+        &other_kc,
+        &[
+            "exec",
+            "intruder",
+            "--",
+            "nslookup",
+            "kubernetes.default.svc.cluster.local",
+        ],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    clusters
+        .delete("other", &Default::default())
+        .await
+        .expect("delete other");
+
+    // Scaling up joins a Ready Node.
+    let o = paddock(
+        &s.kubeconfig(),
+        &["cluster", "scale", "demo", "-n", "acme", "--workers", "3"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = Instant::now();
+    eventually(1800, "a third worker Ready", || async {
+        let n = nodes(&kc)?;
+        let ok = n.len() == 4 && n.iter().all(|x| x.1);
+        if !ok {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+        ok.then_some(())
+    })
+    .await;
+    eprintln!(
+        "demo: scale 2 -> 3 workers, new Node Ready in {}s",
+        t.elapsed().as_secs()
+    );
+    wait_ready(&clusters, "demo", 300).await;
+
+    // Scaling down drains: the removed Nodes are deleted, their pods run
+    // again on the worker left, and their VMs are gone.
+    let before: Vec<String> = nodes(&kc)
+        .expect("nodes")
+        .into_iter()
+        .map(|n| n.0)
+        .collect();
+    let o = paddock(
+        &s.kubeconfig(),
+        &[
+            "cluster",
+            "scale",
+            "demo",
+            "-n",
+            "acme",
+            "--workers",
+            "1",
+            "--wait",
+            "--timeout",
+            "900",
+        ],
+    );
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let after = nodes(&kc).expect("nodes");
+    assert_eq!(after.len(), 2, "{after:?}");
+    let kept: Vec<&String> = after.iter().map(|n| &n.0).collect();
+    let gone: Vec<&String> = before.iter().filter(|n| !kept.contains(n)).collect();
+    assert_eq!(gone.len(), 2, "before {before:?}, after {after:?}");
+    let events = s.kubectl_ok(&[
+        "-n",
+        "acme",
+        "get",
+        "events",
+        "--field-selector",
+        "reason=Drained",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(
+        events.lines().count(),
+        2,
+        "a Drained event per removed Machine: {events}"
+    );
+    let web = eventually(600, "web running again on the worker left", || async {
+        let pods = running_pods(&kc, "default", "web");
+        if pods.len() == 2 {
+            return Some(pods);
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        None
+    })
+    .await;
+    assert!(
+        web.iter().all(|p| kept.contains(&&p.1)),
+        "{web:?} on {kept:?}"
+    );
+    let left = machines
+        .list(&ListParams::default().labels("paddock.io/cluster=demo"))
+        .await
+        .expect("machines")
+        .items;
+    assert_eq!(left.len(), 2);
+    assert_eq!(
+        left.iter()
+            .filter(|m| m.spec.role == MachineRole::Worker)
+            .count(),
+        1
+    );
+    eventually(120, "3 VMs left (demo's 2; other's gone)", || async {
+        (lab.qemu_pids().len() == 2).then_some(())
+    })
+    .await;
+
+    clusters
+        .delete("demo", &Default::default())
+        .await
+        .expect("delete demo");
+    eventually(300, "clusters gone", || async {
+        clusters
+            .list(&ListParams::default())
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(lab.qemu_pids().is_empty(), "no VM left");
+    gateway.abort();
+}
