@@ -30,6 +30,8 @@ pkgs=(systemd-sysv udev dbus linux-image-cloud-amd64 initramfs-tools cloud-init
 read -r -a extra <<<"${PADDOCK_IMAGE_PACKAGES:-}"
 pkgs+=("${extra[@]}")
 overlay=${PADDOCK_IMAGE_OVERLAY:-}
+# ... and a command run on the finished tree (its path the argument).
+hook=${PADDOCK_IMAGE_HOOK:-}
 export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 
 # Build host tools, installed only when missing.
@@ -54,6 +56,9 @@ stamp+=" systemd=$(ver systemd) $mirror $size $(sha256sum "${BASH_SOURCE[0]}" | 
 for p in "${extra[@]}"; do stamp+=" $p=$(ver "$p")"; done
 if [ -n "$overlay" ]; then
   stamp+=" overlay=$(cd "$overlay" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)"
+fi
+if [ -n "$hook" ]; then
+  stamp+=" hook=$(sha256sum "$hook" | cut -c1-16)"
 fi
 if [ -f "$out/STAMP" ] && [ "$(cat "$out/STAMP")" = "$stamp" ] &&
   [ -f "$out/vmlinuz" ] && [ -f "$out/initrd.img" ] && [ -f "$out/rootfs.qcow2" ]; then
@@ -205,6 +210,10 @@ if [ -n "$overlay" ]; then
       logged in_root systemctl enable "$(basename "$u")"
     fi
   done
+fi
+
+if [ -n "$hook" ]; then
+  logged "$hook" "$root"
 fi
 
 echo "localhost" >"$root/etc/hostname"

@@ -3,8 +3,9 @@
 # (scripts/build-debian-image.sh) plus containerd, runc and the CNI plugins
 # from Debian, the Kubernetes components, etcd and CoreDNS built from
 # upstream and the pod network (scripts/build-node-binaries.sh) and every container image they
-# need (scripts/build-node-images.sh), loaded into containerd at first boot
-# from the image itself: nothing is pulled, at build time or at boot.
+# need (scripts/build-node-images.sh), already in containerd's store in the
+# image (scripts/preload-node-images.sh): nothing is pulled or imported, at
+# build time or at boot.
 # Usage: scripts/build-kube-node-image.sh [OUT_DIR]   (default /var/cache/paddock/kube-node-image)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,13 +21,16 @@ files=images/kube-node
 tree=$(mktemp -d "${TMPDIR:-/var/tmp}/paddock-kube-node.XXXXXX")
 trap 'rm -rf "$tree"' EXIT
 cp -a "$files/." "$tree/"
-mkdir -p "$tree/usr/local/bin" "$tree/var/lib/paddock/images" "$tree/etc/paddock"
+mkdir -p "$tree/usr/local/bin" "$tree/etc/paddock"
 cp "$bin/kube" "$tree/usr/local/bin/kube"
 cp "$bin/podnet" "$tree/usr/local/bin/paddock-podnet"
 for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubeadm kubectl; do
   ln -s kube "$tree/usr/local/bin/$c"
 done
-cp "$images"/*.tar "$tree/var/lib/paddock/images/"
+# The container images go into containerd's store in the image
+# (scripts/preload-node-images.sh, run on the finished tree); what they
+# are made of is part of the image's cache stamp.
+cp "$images/.inputs" "$tree/etc/paddock/images.inputs"
 echo "$version" >"$tree/etc/paddock/kubernetes-version"
 # containerd's sandbox image is the pause image kubeadm names.
 pause=$("$bin/kubeadm" config images list --kubernetes-version "$version" | grep '/pause:')
@@ -34,6 +38,7 @@ sed -i "s|@PAUSE@|$pause|" "$tree/etc/containerd/config.toml"
 
 PADDOCK_IMAGE_PACKAGES="containerd runc containernetworking-plugins conntrack iptables ethtool socat ebtables kmod" \
   PADDOCK_IMAGE_OVERLAY="$tree" PADDOCK_ROOTFS_SIZE=${PADDOCK_ROOTFS_SIZE:-8G} \
+  PADDOCK_IMAGE_HOOK=$PWD/scripts/preload-node-images.sh PADDOCK_NODE_IMAGES="$images" \
   scripts/build-debian-image.sh "$out" >/dev/null
 echo "$version" >"$out/KUBERNETES_VERSION"
 echo "$out"

@@ -4,15 +4,15 @@
 set -euo pipefail
 
 # QEMU and the networking tools for hosts; curl/openssl for the tests and
-# the quick start; the dev image's build tools, and iptables, which the
-# Kubernetes node image's kube-proxy image carries.
-want=(curl openssl ca-certificates iproute2 nftables iptables qemu-system-x86 qemu-utils busybox-static cpio kmod gzip)
+# the quick start; the dev image's build tools, and for the Kubernetes node
+# image: iptables (which kube-proxy's image carries) and containerd (which
+# fills the image's container store at build time).
+want=(curl openssl ca-certificates iproute2 nftables iptables containerd qemu-system-x86 qemu-utils busybox-static cpio kmod gzip)
 # The tests also run the real validators and peers: cloud-init (schema of
 # the user-data Paddock renders), HAProxy (the external load balancer in
-# front of the ingress ports), debootstrap (the Debian node image),
-# containerd (runs the node image's container images).
+# front of the ingress ports), debootstrap (the Debian node image).
 if [ "${1:-runtime}" = test ]; then
-  want+=(cloud-init haproxy debootstrap e2fsprogs containerd)
+  want+=(cloud-init haproxy debootstrap e2fsprogs)
 fi
 
 missing=()

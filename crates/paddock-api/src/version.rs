@@ -118,13 +118,23 @@ fn check_minimum(
     }
 }
 
-/// Sets a Cluster's version and its Machines' images from the registered
-/// images, and checks them: `spec.kubernetesVersion` when unset becomes
-/// the old spec's (on update) or the newest registered; it must be carried
-/// by a registered image and cannot change (no upgrades yet); a control
-/// plane or pool that names no image gets the version's; a named image that
-/// exists must carry the cluster's version; and each Machine must be at
-/// least the image's minimum for its role.
+/// The image a Machine of a `version` cluster boots when its group names
+/// none: the first registered image of that version (by name).
+pub fn image_for(version: &str, images: &[MachineImage]) -> Option<String> {
+    let v: KubeVersion = version.parse().ok()?;
+    catalog(images)
+        .into_iter()
+        .find(|(iv, _)| *iv == v)
+        .map(|(_, i)| image_name(i))
+}
+
+/// Sets a Cluster's version from the registered images, and checks the
+/// spec against them: `spec.kubernetesVersion` when unset becomes the old
+/// spec's (on update) or the newest registered; it must be carried by a
+/// registered image and cannot change (no upgrades yet); a named image
+/// that exists must carry the cluster's version (a group that names none
+/// boots the version's, [`image_for`]); and each Machine must be at least
+/// its image's minimum for its role.
 pub fn admit_cluster(
     spec: &mut ClusterSpec,
     old: Option<&ClusterSpec>,
@@ -181,10 +191,10 @@ pub fn admit_cluster(
         ));
         return errs;
     };
-    let resolve = |field: &str, named: &mut Option<String>, errs: &mut Vec<FieldError>| {
-        let name = named
-            .get_or_insert_with(|| image_name(default_image))
-            .clone();
+    // The images are checked, not written into the spec: a list the server
+    // fills in would differ from the manifest on every `kubectl apply`.
+    let resolve = |field: &str, named: &Option<String>, errs: &mut Vec<FieldError>| {
+        let name = named.clone().unwrap_or_else(|| image_name(default_image));
         let image = images.iter().find(|i| image_name(i) == name)?;
         match image.spec.kubernetes_version.as_deref() {
             Some(v) if v.parse::<KubeVersion>().ok() == Some(version) => Some(image),
@@ -200,8 +210,8 @@ pub fn admit_cluster(
             }
         }
     };
-    let cp = &mut spec.control_plane;
-    if let Some(image) = resolve("spec.controlPlane", &mut cp.image, &mut errs)
+    let cp = &spec.control_plane;
+    if let Some(image) = resolve("spec.controlPlane", &cp.image, &mut errs)
         && let Some(min) = &image.spec.minimum
     {
         check_minimum(
@@ -214,9 +224,9 @@ pub fn admit_cluster(
             &mut errs,
         );
     }
-    for (i, pool) in spec.node_pools.iter_mut().enumerate() {
+    for (i, pool) in spec.node_pools.iter().enumerate() {
         let field = format!("spec.nodePools[{i}]");
-        if let Some(image) = resolve(&field, &mut pool.image, &mut errs)
+        if let Some(image) = resolve(&field, &pool.image, &mut errs)
             && let Some(min) = &image.spec.minimum
         {
             check_minimum(
@@ -291,8 +301,12 @@ mod tests {
         let mut s = spec("");
         assert!(admit_cluster(&mut s, None, &registered()).is_empty());
         assert_eq!(s.kubernetes_version, "1.35.4");
-        assert_eq!(s.control_plane.image.as_deref(), Some("kube-1.35.4"));
-        assert_eq!(s.node_pools[0].image.as_deref(), Some("kube-1.35.4"));
+        assert_eq!(s.control_plane.image, None, "the spec stays as written");
+        assert_eq!(
+            image_for("1.35.4", &registered()).as_deref(),
+            Some("kube-1.35.4")
+        );
+        assert_eq!(image_for("1.30.0", &registered()), None);
         // An update that leaves the version out keeps the stored one.
         let old = s.clone();
         let mut again = spec("");

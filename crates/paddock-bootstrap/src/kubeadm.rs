@@ -19,7 +19,43 @@ pub enum Pace {
     Emulated,
 }
 
+/// Where the bootstrap data puts kubeadm's patches of the control plane's
+/// static Pods, for [`Pace::Emulated`].
+pub const PATCHES_DIR: &str = "/etc/paddock/kubeadm-patches";
+
+/// The patches an emulated control plane's static Pods get, by file name
+/// (`<component>+strategic.yaml`, as kubeadm reads them): probes that wait
+/// minutes, not seconds, so that a slow start or a busy minute does not
+/// make the kubelet kill a component that is only slow.
+pub fn emulated_patches() -> Vec<(String, String)> {
+    ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+        .iter()
+        .map(|c| {
+            (
+                format!("{c}+strategic.yaml"),
+                format!(
+                    "spec:\n  containers:\n  - name: {c}\n    livenessProbe: {{timeoutSeconds: 60, periodSeconds: 30, failureThreshold: 20}}\n    startupProbe: {{timeoutSeconds: 60, periodSeconds: 30, failureThreshold: 60}}\n"
+                ),
+            )
+        })
+        .collect()
+}
+
 impl Pace {
+    /// Leader election of the controller manager and scheduler: kubeadm's
+    /// defaults (15 s lease, 10 s to renew) lose the lease on a busy
+    /// emulated node, and the component exits.
+    fn leader_election(self) -> Option<Value> {
+        match self {
+            Pace::Native => None,
+            Pace::Emulated => Some(json!([
+                {"name": "leader-elect-lease-duration", "value": "120s"},
+                {"name": "leader-elect-renew-deadline", "value": "90s"},
+                {"name": "leader-elect-retry-period", "value": "15s"},
+            ])),
+        }
+    }
+
     /// kubeadm's waits (`v1beta4` `timeouts`) at this pace.
     fn timeouts(self) -> Value {
         // kubeadm's defaults, in seconds.
@@ -116,6 +152,16 @@ pub fn config(
             });
             if v1beta4 {
                 init["timeouts"] = pace.timeouts();
+                if let Some(le) = pace.leader_election() {
+                    cluster["controllerManager"] = json!({"extraArgs": le});
+                    cluster["scheduler"] = json!({"extraArgs": le});
+                    // etcd's raft: heartbeats and elections ten times as slow.
+                    cluster["etcd"] = json!({"local": {"extraArgs": [
+                        {"name": "heartbeat-interval", "value": "1000"},
+                        {"name": "election-timeout", "value": "10000"},
+                    ]}});
+                    init["patches"] = json!({"directory": PATCHES_DIR});
+                }
             } else if pace == Pace::Emulated {
                 cluster["apiServer"]["timeoutForControlPlane"] = json!("16m0s");
             }
@@ -134,6 +180,9 @@ pub fn config(
             });
             if v1beta4 {
                 join["timeouts"] = pace.timeouts();
+                if pace == Pace::Emulated && n.role == Role::JoinControlPlane {
+                    join["patches"] = json!({"directory": PATCHES_DIR});
+                }
             }
             if n.role == Role::JoinControlPlane {
                 join["controlPlane"] =

@@ -208,13 +208,16 @@ systemctl enable --now containerd kubelet
 
 /// Renders a node's bootstrap data. Control-plane nodes get the shared CAs
 /// with their keys and an API server certificate issued to this node;
-/// workers get the cluster CA certificate only.
+/// workers get none of it: `kubeadm join` fetches the cluster CA over the
+/// bootstrap token, checks it against the pinned hash, and refuses to run
+/// where a `ca.crt` is already in place.
 pub fn render(n: &Node, pki: &ClusterPki) -> Result<BootstrapData, BootstrapError> {
     let ca = pki.cluster_ca()?;
     let ca_hash = ca.spki_sha256()?;
-    let mut files = vec![file("/etc/kubernetes/pki/ca.crt", "0644", &pki.ca.cert_pem)];
+    let mut files = Vec::new();
     let control_plane = n.role != Role::Worker;
     if control_plane {
+        files.push(file("/etc/kubernetes/pki/ca.crt", "0644", &pki.ca.cert_pem));
         let apiserver: CertPair = ca.issue_server(
             "kube-apiserver",
             &n.apiserver_sans(),
@@ -270,6 +273,15 @@ pub fn render(n: &Node, pki: &ClusterPki) -> Result<BootstrapData, BootstrapErro
             "0600",
             &kubeadm::config(n, &pki.join_token, &ca_hash, pace)?,
         ));
+    }
+    if control_plane {
+        for (name, body) in kubeadm::emulated_patches() {
+            files.push(file(
+                &format!("{}/{name}", kubeadm::PATCHES_DIR),
+                "0644",
+                &body,
+            ));
+        }
     }
     files.push(file(
         PODNET_ENV,
@@ -339,6 +351,12 @@ mod tests {
         }
         let w = render(&node(Role::Worker), &pki).unwrap();
         assert!(!w.user_data.contains("ca.key") && !w.user_data.contains("apiserver"));
+        // kubeadm join refuses a worker with a ca.crt in place.
+        assert!(
+            !w.user_data.contains("/etc/kubernetes/pki/"),
+            "{}",
+            w.user_data
+        );
         let net: Value = serde_saphyr::from_str(&w.network_config).unwrap();
         assert_eq!(net["ethernets"]["eth0"]["addresses"][0], "10.64.0.10/24");
         assert_eq!(net["ethernets"]["eth0"]["routes"][0]["via"], "10.64.0.1");
@@ -387,6 +405,10 @@ mod tests {
             slow.contains("controlPlaneComponentHealthCheck: 960s"),
             "{slow}"
         );
+        assert!(
+            slow.contains("leader-elect-lease-duration") && slow.contains(kubeadm::PATCHES_DIR)
+        );
+        assert!(!native.contains("leader-elect") && !native.contains("patches"));
         let d = render(&n, &pki).unwrap();
         let v: Value = serde_saphyr::from_str(&d.user_data).unwrap();
         let files = v["write_files"].as_array().unwrap();

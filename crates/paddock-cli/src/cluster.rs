@@ -171,7 +171,11 @@ fn rows(list: &[Cluster], with_org: bool) -> String {
                 ),
                 format!("{}/{}", st.nodes_ready, c.spec.worker_replicas()),
                 c.spec.kubernetes_version.clone(),
-                st.node_versions.join(","),
+                if st.node_versions.is_empty() {
+                    "-".to_owned()
+                } else {
+                    st.node_versions.join(",")
+                },
                 age(c.metadata.creation_timestamp.as_ref()),
             ]);
             r

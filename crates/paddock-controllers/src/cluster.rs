@@ -346,13 +346,22 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // Whether the Machines become Kubernetes Nodes that the workload loop
     // reads (and drains): then readiness is the Nodes', and deleted
     // Machines wait for their drain.
-    let kube_nodes = match c.spec.control_plane.image.as_deref() {
-        Some(image) => Api::<MachineImage>::all(ctx.client.clone())
-            .get_opt(image)
-            .await?
-            .is_some_and(|i| !i.spec.stand_in && i.spec.kubernetes_version.is_some()),
-        None => false,
-    };
+    let images = Api::<MachineImage>::all(ctx.client.clone())
+        .list(&Default::default())
+        .await?
+        .items;
+    // A group that names no image boots the cluster version's.
+    let default_image = paddock_api::version::image_for(&c.spec.kubernetes_version, &images);
+    let cp_image = c
+        .spec
+        .control_plane
+        .image
+        .clone()
+        .or_else(|| default_image.clone());
+    let kube_nodes = images
+        .iter()
+        .find(|i| Some(i.name_any()) == cp_image)
+        .is_some_and(|i| !i.spec.stand_in && i.spec.kubernetes_version.is_some());
     let reads_nodes = kube_nodes && ctx.cfg.gateway_url.is_some();
 
     // Scale every group to its replicas; Machines of removed pools go.
@@ -403,7 +412,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                         cpu: g.cpu,
                         memory: g.memory,
                         disk: g.disk,
-                        image: g.image.clone(),
+                        image: g.image.clone().or_else(|| default_image.clone()),
                         host_name: None,
                         mac: Some(mac),
                         ip: Some(ip.clone()),

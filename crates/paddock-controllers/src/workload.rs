@@ -198,7 +198,14 @@ pub fn node_status(n: &Node) -> NodeStatus {
 /// Whether a cluster's Machines become Kubernetes Nodes: its control
 /// plane's image is a Kubernetes node image, not stand-ins.
 pub fn runs_kubernetes(c: &Cluster, images: &[Arc<MachineImage>]) -> bool {
-    let Some(name) = c.spec.control_plane.image.as_deref() else {
+    let owned: Vec<MachineImage> = images.iter().map(|i| (**i).clone()).collect();
+    let Some(name) = c
+        .spec
+        .control_plane
+        .image
+        .clone()
+        .or_else(|| paddock_api::version::image_for(&c.spec.kubernetes_version, &owned))
+    else {
         return false;
     };
     images

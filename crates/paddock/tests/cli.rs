@@ -66,7 +66,7 @@ async fn cli_drives_orgs_and_clusters() {
     assert_eq!(
         header,
         [
-            "NAME", "PHASE", "CONTROL", "PLANE", "NODES", "VERSION", "AGE"
+            "NAME", "PHASE", "CONTROL", "PLANE", "NODES", "VERSION", "NODE", "VERSIONS", "AGE"
         ],
         "{table}"
     );

@@ -196,7 +196,7 @@ async fn status_subresource_generation_and_conflicts() {
     );
 
     // Status changes through the main resource are ignored; spec changes bump generation.
-    let main = json!({"spec": {"kubernetesVersion": "1.32.0"}, "status": {"phase": "Ready"}});
+    let main = json!({"spec": {"ingress": {"httpNodePort": 30081}}, "status": {"phase": "Ready"}});
     let after = api
         .patch("demo", &PatchParams::default(), &Patch::Merge(&main))
         .await

@@ -136,6 +136,33 @@ spec:
     ] {
         assert!(err.contains(field), "error does not name {field}: {err}");
     }
+    // A version no MachineImage carries: 422, naming the field and the
+    // versions there are; nothing is stored.
+    let unknown = CLUSTER_YAML
+        .replace("name: demo", "name: old")
+        .replace("\"1.31.2\"", "\"1.30.0\"");
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], &unknown);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("spec.kubernetesVersion")
+            && err.contains("no MachineImage carries this version")
+            && err.contains("registered versions: 1.31.2"),
+        "{err}"
+    );
+    assert!(
+        !s.kubectl(&["-n", "acme", "get", "cluster", "old"])
+            .status
+            .success()
+    );
+    // A cluster's version cannot change.
+    let upgrade = CLUSTER_YAML.replace("\"1.31.2\"", "\"1.35.4\"");
+    let out = s.kubectl_stdin(&["apply", "-f", "-"], &upgrade);
+    assert!(
+        !out.status.success() && stderr(&out).contains("spec.kubernetesVersion"),
+        "{}",
+        stderr(&out)
+    );
     let typo = CLUSTER_YAML
         .replace("name: bad", "name: x")
         .replace("cpu: 1, memory", "cpu: 1, memori");
