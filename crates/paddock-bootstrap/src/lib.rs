@@ -38,6 +38,27 @@ pub fn secret_name(machine: &str) -> String {
 /// `paddock-podnet.service`.
 pub const PODNET_ENV: &str = "/etc/paddock/podnet.env";
 
+/// What the pod network may read: every Node (their pod ranges and
+/// addresses). Kubernetes 1.35's Node authorizer lets a kubelet read only
+/// its own Node, so the first control plane binds this role to the nodes'
+/// group.
+pub const PODNET_RBAC: &str = "/etc/paddock/podnet-rbac.yaml";
+const PODNET_RBAC_YAML: &str = r#"apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "paddock:podnet"}
+rules:
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "paddock:podnet"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "paddock:podnet"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: Group, name: "system:nodes"}
+"#;
+
 /// The `type` of a Machine's bootstrap data Secret.
 pub const SECRET_TYPE: &str = "paddock.io/bootstrap-data";
 /// Keys of the bootstrap data Secret.
@@ -302,10 +323,18 @@ pub fn render(n: &Node, pki: &ClusterPki) -> Result<BootstrapData, BootstrapErro
         "net.bridge.bridge-nf-call-iptables = 1\nnet.bridge.bridge-nf-call-ip6tables = 1\nnet.ipv4.ip_forward = 1\n",
     ));
     let mut script = BOOTSTRAP_SCRIPT.replace("\"$PADDOCK_GATEWAY\"", &n.gateway.to_string());
-    script.push_str(match n.role {
-        Role::InitControlPlane => "kubeadm init --config \"$config\"\n",
-        Role::JoinControlPlane | Role::Worker => "kubeadm join --config \"$config\"\n",
-    });
+    match n.role {
+        Role::InitControlPlane => {
+            files.push(file(PODNET_RBAC, "0644", PODNET_RBAC_YAML));
+            script.push_str("kubeadm init --config \"$config\"\n");
+            script.push_str(&format!(
+                "until kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f {PODNET_RBAC}; do sleep 5; done\n"
+            ));
+        }
+        Role::JoinControlPlane | Role::Worker => {
+            script.push_str("kubeadm join --config \"$config\"\n");
+        }
+    }
     script.push_str("systemctl enable --now paddock-podnet\n");
     script.push_str("log \"joined cluster as $(hostname)\"\n");
     files.push(file("/usr/local/sbin/paddock-bootstrap", "0755", &script));
@@ -430,6 +459,7 @@ mod tests {
             "{script}"
         );
         assert!(!d.user_data.contains("http"), "nothing comes from outside");
+        assert!(body(PODNET_RBAC).contains("system:nodes"));
         let env = body(PODNET_ENV);
         assert!(
             env.contains("POD_CIDR=192.168.0.0/16") && env.contains("MTU=1450"),
