@@ -267,11 +267,13 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 &clusters,
                 &c,
                 &ctx.cfg,
-                ClusterPhase::Deleting,
+                Seen {
+                    phase: ClusterPhase::Deleting,
+                    why: deleting_message(&mine),
+                    reads_nodes: false,
+                },
                 None,
                 &mine,
-                deleting_message(&mine),
-                false,
             )
             .await?;
             return Ok(Action::requeue(Duration::from_secs(1)));
@@ -523,11 +525,13 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         &clusters,
         &c,
         &ctx.cfg,
-        phase,
+        Seen {
+            phase,
+            why: why.clone(),
+            reads_nodes,
+        },
         Some(overlay),
         &mine,
-        why.clone(),
-        reads_nodes,
     )
     .await?;
     if was != Some(phase) && phase == ClusterPhase::Ready {
@@ -558,16 +562,27 @@ pub fn deleting_message(machines: &[Machine]) -> String {
     )
 }
 
+/// What a reconcile concluded of a cluster.
+struct Seen {
+    phase: ClusterPhase,
+    why: String,
+    /// Readiness is the Nodes' (the workload loop reads them).
+    reads_nodes: bool,
+}
+
 async fn set_status(
     api: &Api<Cluster>,
     c: &Cluster,
     cfg: &Config,
-    phase: ClusterPhase,
+    seen: Seen,
     overlay: Option<OverlayStatus>,
     machines: &[Machine],
-    why: String,
-    reads_nodes: bool,
 ) -> Result<(), Error> {
+    let Seen {
+        phase,
+        why,
+        reads_nodes,
+    } = seen;
     let (live, deleting): (Vec<&Machine>, Vec<&Machine>) = machines
         .iter()
         .partition(|m| m.metadata.deletion_timestamp.is_none());

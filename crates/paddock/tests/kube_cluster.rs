@@ -97,6 +97,51 @@ fn nodes(kc: &Path) -> Option<Vec<(String, bool, String)>> {
     )
 }
 
+/// The guest's uptime (the kernel's console timestamp) at the first
+/// console line that contains `marker`.
+fn console_at(console: &str, marker: &str) -> Option<f64> {
+    console.lines().find(|l| l.contains(marker)).and_then(|l| {
+        let t = l.split_once('[')?.1.split_once(']')?.0;
+        t.trim().parse().ok()
+    })
+}
+
+/// Where each Machine's time went, from its VM's start (the agent's
+/// `startedAt`) and its console: guest boot until the bootstrap script
+/// runs, kubeadm, the pod network. Printed for the README's figures.
+async fn report_steps(machines: &Api<Machine>, cluster: &str) {
+    let list = machines
+        .list(&ListParams::default().labels(&format!("paddock.io/cluster={cluster}")))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    for m in list {
+        let created = m.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let st = m.status.clone().unwrap_or_default();
+        let started = st.started_at.as_ref().map(|t| t.0);
+        let vm_start = match (created, started) {
+            (Some(c), Some(s)) => s.duration_since(c).as_secs(),
+            _ => -1,
+        };
+        let console = st
+            .console_log
+            .as_deref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let at = |marker: &str| console_at(&console, marker).map_or(-1.0, |t| t.round());
+        eprintln!(
+            "steps {}: VM started {vm_start}s after the Machine; guest uptime at: bootstrap {}s, kubeadm done {}s (init {}s / join {}s), joined {}s",
+            m.metadata.name.clone().unwrap_or_default(),
+            at("paddock-bootstrap: software-emulated"),
+            at("initialized successfully").max(at("This node has joined the cluster")),
+            at("initialized successfully"),
+            at("This node has joined the cluster"),
+            at("paddock-bootstrap: joined cluster"),
+        );
+    }
+}
+
 /// Prints the pods and the newest events of a workload cluster, at most
 /// once a minute: what a wait that times out was waiting for.
 fn progress(kc: &Path) {
@@ -213,7 +258,7 @@ spec:
       - name: web
         image: paddock.local/busybox:1
         imagePullPolicy: Never
-        command: ["/bin/sh", "-c", "echo hello from $(hostname) > /tmp/index.html && exec httpd -f -p 8080 -h /tmp"]
+        command: ["/bin/sh", "-c", "mkdir -p /www && echo hello from $(hostname) > /www/index.html && exec httpd -f -p 8080 -h /www"]
         ports: [{containerPort: 8080}]
         readinessProbe: {tcpSocket: {port: 8080}, periodSeconds: 2}
 ---
@@ -383,6 +428,7 @@ spec:
 
     let took = wait_ready(&clusters, "demo", 2400).await;
     eprintln!("demo: create -> all Nodes Ready in {}s", took.as_secs());
+    report_steps(&machines, "demo").await;
     let kc = kubeconfig_for(s, "demo");
     let list = nodes(&kc).expect("nodes through the gateway");
     assert_eq!(list.len(), 3, "{list:?}");
