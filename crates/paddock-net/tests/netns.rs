@@ -136,7 +136,7 @@ fn overlay_devices_and_fdb_converge() {
     );
     let nft = ns.ip("nft list table bridge paddock");
     assert!(
-        nft.contains("iifname \"pdtapabc\" ip saddr != 10.100.0.7 drop"),
+        nft.contains("iifname \"pdtapabc\" ip saddr != { 10.100.0.7, 192.168.0.0/16 } drop"),
         "{nft}"
     );
     let fdb = ns.ip("bridge fdb show dev pdtapabc");
