@@ -527,7 +527,9 @@ spec:
         (!running_pods(&kc, "default", "box").is_empty()).then_some(())
     })
     .await;
-    let out = eventually(120, "nslookup kubernetes.default", || async {
+    // CoreDNS is Ready only once it has synced with the API, which a busy
+    // emulated control plane can take minutes to serve.
+    let out = eventually(900, "nslookup kubernetes.default", || async {
         let o = k(
             &kc,
             &[
@@ -539,6 +541,7 @@ spec:
             ],
         );
         if !o.status.success() {
+            progress(&kc);
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
         o.status.success().then(|| stdout(&o))
