@@ -169,18 +169,16 @@ pub async fn issue(
     let ca = Ca::from_pem(&ca_pem, &ca_key)?;
     let cert = ca.issue_client(&user.name, &req.spec.groups, ttl)?;
     let server_name = format!("{name}.{ns}.{}", access.base_domain);
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
     let context = format!("{name}.{ns}");
-    let kubeconfig = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: {context}\n  cluster:\n    server: {}\n    tls-server-name: {server_name}\n    certificate-authority-data: {}\n\
-         users:\n- name: {user}@{context}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
-         contexts:\n- name: {context}\n  context:\n    cluster: {context}\n    user: {user}@{context}\ncurrent-context: {context}\n",
-        access.gateway_url,
-        b64(&ca_pem),
-        b64(&cert.cert_pem),
-        b64(&cert.key_pem),
-        user = user.name,
-    );
+    let kubeconfig = paddock_pki::Kubeconfig {
+        context: &context,
+        user: &user.name,
+        server: &access.gateway_url,
+        server_name: &server_name,
+        ca_pem: &ca_pem,
+        cert: &cert,
+    }
+    .render();
     let expires = jiff::Timestamp::now()
         .checked_add(jiff::SignedDuration::from_secs(ttl.as_secs() as i64))
         .map(|t| t.to_string())

@@ -67,28 +67,6 @@ pub struct Clients {
     cache: Mutex<HashMap<String, (kube::Client, Instant)>>,
 }
 
-/// The kubeconfig the controller uses for cluster `c`: the gateway's
-/// address, the cluster's name there (SNI and certificate name), its CA,
-/// and a fresh client certificate.
-pub fn kubeconfig(
-    gateway_url: &str,
-    server_name: &str,
-    ca_pem: &str,
-    cert_pem: &str,
-    key_pem: &str,
-) -> String {
-    use base64::Engine;
-    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: workload\n  cluster:\n    server: {gateway_url}\n    tls-server-name: {server_name}\n    certificate-authority-data: {}\n\
-         users:\n- name: controller\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
-         contexts:\n- name: workload\n  context:\n    cluster: workload\n    user: controller\ncurrent-context: workload\n",
-        b64(ca_pem),
-        b64(cert_pem),
-        b64(key_pem),
-    )
-}
-
 impl Clients {
     /// A client for `c`'s own API, issuing a new credential when the cached
     /// one is close to expiry.
@@ -127,13 +105,15 @@ impl Clients {
             .issue_client(USER, &[GROUP.to_owned()], CREDENTIAL_TTL)
             .map_err(|e| WorkloadError::Pki(e.to_string()))?;
         let server_name = crate::bootstrap::api_name(cfg, c);
-        let yaml = kubeconfig(
-            gateway_url,
-            &server_name,
-            &pki.ca.cert_pem,
-            &cert.cert_pem,
-            &cert.key_pem,
-        );
+        let yaml = paddock_pki::Kubeconfig {
+            context: "workload",
+            user: USER,
+            server: gateway_url,
+            server_name: &server_name,
+            ca_pem: &pki.ca.cert_pem,
+            cert: &cert,
+        }
+        .render();
         let kc = kube::config::Kubeconfig::from_yaml(&yaml)
             .map_err(|e| WorkloadError::Config(e.to_string()))?;
         let mut config =
@@ -644,13 +624,19 @@ mod tests {
 
     #[test]
     fn the_controllers_kubeconfig_names_the_cluster_at_the_gateway() {
-        let y = kubeconfig(
-            "https://127.0.0.1:16443",
-            "demo.acme.paddock.local",
-            "CA",
-            "CERT",
-            "KEY",
-        );
+        let cert = paddock_pki::CertPair {
+            cert_pem: "CERT".into(),
+            key_pem: "KEY".into(),
+        };
+        let y = paddock_pki::Kubeconfig {
+            context: "workload",
+            user: USER,
+            server: "https://127.0.0.1:16443",
+            server_name: "demo.acme.paddock.local",
+            ca_pem: "CA",
+            cert: &cert,
+        }
+        .render();
         let kc = kube::config::Kubeconfig::from_yaml(&y).unwrap();
         let cluster = kc.clusters[0].cluster.as_ref().unwrap();
         assert_eq!(cluster.server.as_deref(), Some("https://127.0.0.1:16443"));

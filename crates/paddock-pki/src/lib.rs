@@ -168,6 +168,38 @@ fn san(s: &str) -> Result<SanType, PkiError> {
     Ok(SanType::DnsName(name))
 }
 
+/// A kubeconfig of one cluster, one user and one context: `server` is
+/// where to connect, `server_name` the name the server's certificate
+/// carries (sent as SNI, `tls-server-name`), `cert` the user's client
+/// certificate.
+pub struct Kubeconfig<'a> {
+    pub context: &'a str,
+    pub user: &'a str,
+    pub server: &'a str,
+    pub server_name: &'a str,
+    pub ca_pem: &'a str,
+    pub cert: &'a CertPair,
+}
+
+impl Kubeconfig<'_> {
+    /// The kubeconfig as YAML.
+    pub fn render(&self) -> String {
+        use base64::Engine;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let (context, user) = (self.context, self.user);
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: {context}\n  cluster:\n    server: {}\n    tls-server-name: {}\n    certificate-authority-data: {}\n\
+             users:\n- name: {user}@{context}\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n\
+             contexts:\n- name: {context}\n  context:\n    cluster: {context}\n    user: {user}@{context}\ncurrent-context: {context}\n",
+            self.server,
+            self.server_name,
+            b64(self.ca_pem),
+            b64(&self.cert.cert_pem),
+            b64(&self.cert.key_pem),
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
