@@ -21,6 +21,18 @@ impl Accel {
             Accel::Tcg => "tcg",
         }
     }
+    /// The value of QEMU's `-accel`. TCG runs each VM's vCPUs on one host
+    /// thread: where TCG is the fallback (a small machine whose KVM does not
+    /// work), several multi-vCPU guests share few cores, and multi-threaded
+    /// TCG's cross-vCPU work (TLB shoot-downs wait for every vCPU thread)
+    /// starved a guest into soft lockups for minutes; one thread per VM
+    /// has none of that and asks the host for fewer threads.
+    pub fn qemu_arg(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg,thread=single",
+        }
+    }
     /// The `-cpu` model that goes with it.
     pub fn cpu_model(self) -> &'static str {
         match self {

@@ -158,7 +158,7 @@ pub fn qemu_args(spec: &LaunchSpec, vm: &VmDir, accel: Accel) -> Vec<String> {
         "-name".into(),
         format!("{}/{},debug-threads=on", spec.namespace, spec.name),
         "-accel".into(),
-        accel.as_str().into(),
+        accel.qemu_arg().into(),
         "-cpu".into(),
         accel.cpu_model().into(),
         "-smp".into(),

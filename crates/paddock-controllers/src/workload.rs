@@ -282,7 +282,7 @@ impl Pass<'_> {
             if want != have {
                 let api: Api<Machine> =
                     Api::namespaced(self.mgmt.clone(), &m.namespace().unwrap_or_default());
-                if let Err(e) = api
+                match api
                     .patch_status(
                         &m.name_any(),
                         &PatchParams::default(),
@@ -290,7 +290,12 @@ impl Pass<'_> {
                     )
                     .await
                 {
-                    tracing::warn!(machine = %m.name_any(), error = %e, "cannot record the machine's node");
+                    Ok(_) => {}
+                    // Deleted since the list: nothing left to record on.
+                    Err(kube::Error::Api(e)) if e.code == 404 => {}
+                    Err(e) => {
+                        tracing::warn!(machine = %m.name_any(), error = %e, "cannot record the machine's node");
+                    }
                 }
             }
         }
