@@ -148,7 +148,7 @@ pub fn config(
                     "serviceSubnet": n.service_cidr,
                     "dnsDomain": "cluster.local",
                 },
-                "apiServer": {"certSANs": n.apiserver_sans()},
+                "apiServer": {"certSANs": n.cluster_sans()},
             });
             if v1beta4 {
                 init["timeouts"] = pace.timeouts();

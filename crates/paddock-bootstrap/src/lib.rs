@@ -152,18 +152,27 @@ impl Node {
         Some(Ipv4Addr::from(u32::from(net).wrapping_add(1)))
     }
 
-    /// Names and addresses the API server answers to.
+    /// The cluster's own names for its API, the same on every control
+    /// plane: its name under the gateway's domain and the overlay gateway
+    /// it is reached through. kubeadm keeps these in the ClusterConfiguration
+    /// it uploads, and a control plane that joins later checks its own
+    /// certificate against them, so nothing of one node belongs here.
+    pub fn cluster_sans(&self) -> Vec<String> {
+        vec![self.api_name.clone(), self.gateway.to_string()]
+    }
+
+    /// Names and addresses this node's API server answers to: the
+    /// cluster's, the `kubernetes` Service's, and the node's own.
     pub fn apiserver_sans(&self) -> Vec<String> {
-        let mut s = vec![
-            self.api_name.clone(),
+        let mut s = self.cluster_sans();
+        s.extend([
             "kubernetes".into(),
             "kubernetes.default".into(),
             "kubernetes.default.svc".into(),
             "kubernetes.default.svc.cluster.local".into(),
             self.hostname.clone(),
             self.ip().to_string(),
-            self.gateway.to_string(),
-        ];
+        ]);
         if let Some(ip) = self.service_ip() {
             s.push(ip.to_string());
         }
@@ -389,6 +398,38 @@ mod tests {
         let net: Value = serde_saphyr::from_str(&w.network_config).unwrap();
         assert_eq!(net["ethernets"]["eth0"]["addresses"][0], "10.64.0.10/24");
         assert_eq!(net["ethernets"]["eth0"]["routes"][0]["via"], "10.64.0.1");
+    }
+
+    /// kubeadm uploads the init node's ClusterConfiguration, and a control
+    /// plane that joins later checks its own API server certificate against
+    /// its certSANs: they must hold nothing of the init node (a three
+    /// control-plane cluster failed to join on exactly that).
+    #[test]
+    fn cluster_cert_sans_hold_nothing_of_one_node() {
+        let pki = ClusterPki::generate("demo").unwrap();
+        let hash = pki.cluster_ca().unwrap().spki_sha256().unwrap();
+        let init = node(Role::InitControlPlane);
+        let y = kubeadm::config(&init, &pki.join_token, &hash, kubeadm::Pace::Native).unwrap();
+        let cluster = y
+            .split("---")
+            .map(|d| serde_saphyr::from_str::<Value>(d).unwrap())
+            .find(|d| d["kind"] == "ClusterConfiguration")
+            .expect("a ClusterConfiguration");
+        let sans: Vec<&str> = cluster["apiServer"]["certSANs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap())
+            .collect();
+        assert!(!sans.contains(&init.hostname.as_str()), "{sans:?}");
+        assert!(!sans.contains(&init.ip().to_string().as_str()), "{sans:?}");
+        let mut joiner = node(Role::JoinControlPlane);
+        joiner.hostname = "demo-cp-fghij".into();
+        joiner.address = "10.64.0.11/24".into();
+        let theirs = joiner.apiserver_sans();
+        for san in sans {
+            assert!(theirs.iter().any(|t| t == san), "{san} not in {theirs:?}");
+        }
     }
 
     #[test]
