@@ -172,6 +172,27 @@ fn machine_ready(m: &Machine, reads_nodes: bool) -> bool {
     guest_ready(m) && (!reads_nodes || node_ready(m))
 }
 
+/// How many Machines a group short of `want` creates in this pass. Control
+/// planes of real Kubernetes join one at a time, each once every other is
+/// a Ready Node: etcd takes one new member (a learner) at a time, and two
+/// control planes that joined at once failed kubeadm's etcd join.
+pub fn machines_to_create(
+    role: MachineRole,
+    current: &[&Machine],
+    want: usize,
+    reads_nodes: bool,
+) -> usize {
+    let short = want.saturating_sub(current.len());
+    if role != MachineRole::ControlPlane || !reads_nodes || short == 0 {
+        return short;
+    }
+    if current.iter().all(|m| machine_ready(m, true)) {
+        1
+    } else {
+        0
+    }
+}
+
 /// The Machines of a group that go when it scales down to `want`:
 /// not-ready ones first, then the newest.
 pub fn scale_down<'a>(current: &[&'a Machine], want: usize) -> Vec<&'a Machine> {
@@ -391,7 +412,8 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         let want = g.replicas as usize;
         let label = g.pool.clone().unwrap_or_else(|| "cp".into());
         if current.len() < want {
-            for _ in current.len()..want {
+            let current: Vec<&Machine> = current.iter().map(|m| **m).collect();
+            for _ in 0..machines_to_create(g.role, &current, want, reads_nodes) {
                 let idx = (10..255).find(|i| !used.contains(i)).ok_or_else(|| {
                     anyhow::anyhow!("no overlay addresses left in {}", overlay.subnet)
                 })?;
@@ -836,6 +858,33 @@ mod tests {
         assert_eq!(names(scale_down(&all, 0)), ["c", "d", "b", "a"]);
         assert!(scale_down(&all, 4).is_empty());
         assert!(scale_down(&all, 9).is_empty());
+    }
+
+    #[test]
+    fn control_planes_of_real_kubernetes_join_one_at_a_time() {
+        let cp = MachineRole::ControlPlane;
+        let node = |mut m: Machine, ready: bool| {
+            let st = m.status.get_or_insert_with(Default::default);
+            st.node =
+                Some(serde_json::from_value(json!({"name": "n", "ready": ready})).expect("node"));
+            m
+        };
+        let first = node(m("a", 1, true), true);
+        let joining = node(m("b", 2, true), false);
+        // Nothing yet: the first control plane alone.
+        assert_eq!(machines_to_create(cp, &[], 3, true), 1);
+        // The next only once every one there is a Ready Node.
+        assert_eq!(machines_to_create(cp, &[&first], 3, true), 1);
+        assert_eq!(machines_to_create(cp, &[&first, &joining], 3, true), 0);
+        let booting = m("c", 3, false);
+        assert_eq!(machines_to_create(cp, &[&first, &booting], 3, true), 0);
+        assert_eq!(machines_to_create(cp, &[&first], 1, true), 0);
+        // Stand-ins and workers: all at once.
+        assert_eq!(machines_to_create(cp, &[], 3, false), 3);
+        assert_eq!(
+            machines_to_create(MachineRole::Worker, &[&joining], 4, true),
+            3
+        );
     }
 
     #[test]
