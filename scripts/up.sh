@@ -26,7 +26,7 @@ else
 fi
 "$bin" org list | grep -qw acme || "$bin" org create acme
 "$bin" cluster get demo -n acme >/dev/null 2>&1 || "$bin" cluster create demo -n acme "${create[@]}"
-echo "• waiting for cluster demo (under TCG, software emulation, this takes 10 to 20 minutes)"
+echo "• waiting for cluster demo (under TCG, software emulation, about 10 minutes)"
 "$bin" cluster scale demo -n acme --workers 2 --wait --timeout 3600 >/dev/null
 "$bin" cluster list -A
 "$bin" machine list -A
