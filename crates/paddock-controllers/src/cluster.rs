@@ -408,11 +408,10 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
     for g in &groups {
-        let current: Vec<&&Machine> = live.iter().filter(|m| in_group(m, g)).collect();
+        let current: Vec<&Machine> = live.iter().copied().filter(|m| in_group(m, g)).collect();
         let want = g.replicas as usize;
         let label = g.pool.clone().unwrap_or_else(|| "cp".into());
         if current.len() < want {
-            let current: Vec<&Machine> = current.iter().map(|m| **m).collect();
             for _ in 0..machines_to_create(g.role, &current, want, reads_nodes) {
                 let idx = (10..255).find(|i| !used.contains(i)).ok_or_else(|| {
                     anyhow::anyhow!("no overlay addresses left in {}", overlay.subnet)
@@ -464,7 +463,6 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 .await;
             }
         } else if current.len() > want {
-            let current: Vec<&Machine> = current.iter().map(|m| **m).collect();
             for m in scale_down(&current, want) {
                 remove_machine(
                     &ctx,
