@@ -3,6 +3,7 @@
 //! generations, finalizers, dry runs and field validation. Used by the HTTP
 //! layer and by the in-server controllers alike.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -12,10 +13,11 @@ use paddock_store::{DynStore, KeyValue, Precondition, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::cache::{Entry, WatchCache};
 use crate::error::{ApiError, ApiResult};
 use crate::object::{self, meta_mut};
 use crate::resources::{self, Resource};
-use crate::selector::{FieldSelector, LabelSelector, labels_of};
+use crate::selector::{FieldSelector, LabelSelector};
 
 const CONFLICT_MSG: &str =
     "the object has been modified; please apply your changes to the latest version and try again";
@@ -25,6 +27,8 @@ const MAX_RETRIES: usize = 8;
 #[derive(Clone)]
 pub struct Api {
     pub store: DynStore,
+    /// Serves lists, `resourceVersion=0` gets and watches when present.
+    pub cache: Option<Arc<WatchCache>>,
     pub bookmark_every: Duration,
 }
 
@@ -103,6 +107,60 @@ pub struct ListOptions {
     pub fields: FieldSelector,
     pub limit: Option<usize>,
     pub continue_token: Option<String>,
+    /// `resourceVersion`: unset reads the newest state, `0` any cached one.
+    pub resource_version: Option<String>,
+    /// `resourceVersionMatch`: `NotOlderThan` or `Exact`.
+    pub resource_version_match: Option<String>,
+}
+
+/// Which state a list reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadAt {
+    /// The newest: no older than the store's revision when the request came.
+    Latest,
+    /// Whatever the cache holds.
+    Any,
+    NotOlderThan(u64),
+    /// Exactly this revision, from the store's history.
+    Exact(u64),
+}
+
+impl ReadAt {
+    fn of(opts: &ListOptions) -> ApiResult<Self> {
+        let rv = opts.resource_version.as_deref().filter(|v| !v.is_empty());
+        let m = opts
+            .resource_version_match
+            .as_deref()
+            .filter(|v| !v.is_empty());
+        if opts.continue_token.is_some() {
+            if rv.is_some() || m.is_some() {
+                return Err(ApiError::BadRequest(
+                    "specifying resourceVersion or resourceVersionMatch is not allowed when using continue"
+                        .into(),
+                ));
+            }
+            return Ok(Self::Latest);
+        }
+        match (rv, m) {
+            (None, None) => Ok(Self::Latest),
+            (None, Some(_)) => Err(ApiError::BadRequest(
+                "resourceVersionMatch is forbidden unless resourceVersion is provided".into(),
+            )),
+            (Some(_), Some(other)) if other != "NotOlderThan" && other != "Exact" => {
+                Err(ApiError::BadRequest(format!(
+                    "resourceVersionMatch {other:?} is not supported: use NotOlderThan or Exact"
+                )))
+            }
+            (Some("0"), Some("Exact")) => Err(ApiError::BadRequest(
+                "resourceVersionMatch \"Exact\" is forbidden for resourceVersion \"0\"".into(),
+            )),
+            (Some("0"), _) => Ok(Self::Any),
+            (Some(v), Some("Exact")) => Ok(Self::Exact(parse_rv(v)?)),
+            // Without a match, a limit makes a list at a revision exact (as in Kubernetes).
+            (Some(v), None) if opts.limit.is_some() => Ok(Self::Exact(parse_rv(v)?)),
+            (Some(v), _) => Ok(Self::NotOlderThan(parse_rv(v)?)),
+        }
+    }
 }
 
 /// A page of a list.
@@ -113,12 +171,38 @@ pub struct ListPage {
     pub remaining: Option<usize>,
 }
 
+/// A page of a list as cached entries (the JSON the API serves).
+pub struct EntryPage {
+    pub items: Vec<Arc<Entry>>,
+    pub resource_version: String,
+    pub continue_token: Option<String>,
+}
+
 #[derive(serde::Serialize, Deserialize)]
 struct ContinueToken {
     /// Last key returned.
     k: String,
     /// Revision of the first page.
     rv: u64,
+}
+
+/// The token for the page after `last`, when there is one.
+fn continue_token(
+    more: bool,
+    limit: Option<usize>,
+    last: Option<String>,
+    rv: u64,
+) -> ApiResult<Option<String>> {
+    match (more, last) {
+        (true, Some(k)) if limit.is_some() => {
+            let tok = serde_json::to_vec(&ContinueToken { k, rv })
+                .map_err(|e| ApiError::Internal(e.to_string()))?;
+            Ok(Some(
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tok),
+            ))
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Parses a stored record into an object, with its resourceVersion.
@@ -220,6 +304,7 @@ impl Api {
     pub fn new(store: DynStore) -> Self {
         Self {
             store,
+            cache: None,
             bookmark_every: Duration::from_secs(30),
         }
     }
@@ -249,8 +334,30 @@ impl Api {
         ns: Option<&str>,
         opts: &ListOptions,
     ) -> ApiResult<ListPage> {
+        let page = self.list_entries(res, ns, opts).await?;
+        Ok(ListPage {
+            items: page
+                .items
+                .iter()
+                .map(|e| e.object())
+                .collect::<ApiResult<_>>()?,
+            resource_version: page.resource_version,
+            continue_token: page.continue_token,
+            remaining: None,
+        })
+    }
+
+    /// A list, as entries: from the cache when it can answer (every read
+    /// but an exact revision and the pages after the first), else from the
+    /// store at one revision.
+    pub async fn list_entries(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        opts: &ListOptions,
+    ) -> ApiResult<EntryPage> {
         let prefix = res.prefix(ns);
-        let (mut after, first_rv) = match &opts.continue_token {
+        let token = match &opts.continue_token {
             Some(tok) => {
                 let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
                     .decode(tok)
@@ -262,10 +369,48 @@ impl Api {
                         "continue token does not belong to this list".into(),
                     ));
                 }
-                (Some(raw.k), Some(raw.rv))
+                Some(raw)
             }
-            None => (None, None),
+            None => None,
         };
+        let at = ReadAt::of(opts)?;
+        if token.is_none()
+            && let Some(cache) = &self.cache
+        {
+            let min = match at {
+                ReadAt::Latest => Some(self.store.revision()),
+                ReadAt::Any => Some(0),
+                ReadAt::NotOlderThan(n) => Some(n),
+                ReadAt::Exact(_) => None,
+            };
+            if let Some(min) = min
+                && cache.wait_for(min).await
+                && let Some(snap) = cache.snapshot(res)
+                && snap.revision >= min
+            {
+                let (items, more) =
+                    snap.objects
+                        .select(&prefix, None, &opts.labels, &opts.fields, opts.limit);
+                let last = items.last().map(|e| e.key.to_string());
+                return Ok(EntryPage {
+                    continue_token: continue_token(more, opts.limit, last, snap.revision)?,
+                    items,
+                    resource_version: snap.revision.to_string(),
+                });
+            }
+        }
+        let current = self.store.revision();
+        let first_rv = match (&token, at) {
+            (Some(t), _) => Some(t.rv),
+            (None, ReadAt::Exact(n)) => Some(n),
+            (None, ReadAt::NotOlderThan(n)) if n > current => {
+                return Err(ApiError::Timeout(format!(
+                    "Too large resource version: {n}, current: {current}"
+                )));
+            }
+            (None, _) => None,
+        };
+        let mut after = token.map(|t| t.k);
         let mut items = Vec::new();
         // Every chunk, and every later page, is read at the first page's revision.
         let mut revision = first_rv;
@@ -278,12 +423,17 @@ impl Api {
                 .list(&prefix, after.as_deref(), Some(chunk), revision)
                 .await
             {
-                Err(StoreError::Compacted { .. }) if first_rv.is_some() => {
+                Err(StoreError::Compacted { .. }) if opts.continue_token.is_some() => {
                     return Err(ApiError::Gone(
                         "The provided continue parameter is too old to display a consistent list result. \
                          You can start a new list without the continue parameter."
                             .into(),
                     ));
+                }
+                Err(StoreError::FutureRevision { requested, current }) => {
+                    return Err(ApiError::Timeout(format!(
+                        "Too large resource version: {requested}, current: {current}"
+                    )));
                 }
                 other => other?,
             };
@@ -291,9 +441,9 @@ impl Api {
             more = page.more;
             for kv in &page.items {
                 last_key = Some(kv.key.clone());
-                let obj = decode(kv)?;
-                if opts.labels.matches(&labels_of(&obj)) && opts.fields.matches(&obj) {
-                    items.push(obj);
+                let e = Entry::new(res, kv, None)?;
+                if e.selected(res, &opts.labels, &opts.fields) {
+                    items.push(Arc::new(e));
                 }
                 if opts.limit.is_some_and(|l| items.len() >= l) {
                     more = more
@@ -307,20 +457,26 @@ impl Api {
             after = last_key.clone();
         }
         let rv = revision.unwrap_or_default();
-        let continue_token = match (more, &last_key) {
-            (true, Some(k)) if opts.limit.is_some() => {
-                let tok = serde_json::to_vec(&ContinueToken { k: k.clone(), rv })
-                    .map_err(|e| ApiError::Internal(e.to_string()))?;
-                Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tok))
-            }
-            _ => None,
-        };
-        Ok(ListPage {
+        Ok(EntryPage {
             items,
             resource_version: rv.to_string(),
-            continue_token,
-            remaining: None,
+            continue_token: continue_token(more, opts.limit, last_key, rv)?,
         })
+    }
+
+    /// An object as of any recent revision (`resourceVersion=0`): from the
+    /// cache when it is synced, else from the store.
+    pub async fn get_any(&self, res: &Resource, ns: Option<&str>, name: &str) -> ApiResult<Value> {
+        if let Some(found) = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(res, &res.key(ns, name)))
+        {
+            return found
+                .ok_or_else(|| ApiError::NotFound(res.subject(name)))?
+                .object();
+        }
+        self.get(res, ns, name).await
     }
 
     async fn check_namespace(&self, ns: &str) -> ApiResult<()> {

@@ -56,6 +56,10 @@ pub enum ApiError {
     Internal(String),
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
+    TooManyRequests(String),
 }
 
 fn join(errs: &[FieldError]) -> String {
@@ -117,6 +121,8 @@ impl ApiError {
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            Self::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -135,6 +141,8 @@ impl ApiError {
             Self::TooLarge(_) => "RequestEntityTooLarge",
             Self::Internal(_) => "InternalError",
             Self::Unavailable(_) => "ServiceUnavailable",
+            Self::Timeout(_) => "Timeout",
+            Self::TooManyRequests(_) => "TooManyRequests",
         }
     }
 

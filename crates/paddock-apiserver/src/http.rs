@@ -18,6 +18,7 @@ use crate::AppState;
 use crate::api::{Api, DeleteOptions, Deleted, ListOptions, Part, PatchKind, WriteOptions, decode};
 use crate::auth::User;
 use crate::authz::{self, Decision};
+use crate::cache::{CacheWatch, Entry, EventType, WatchEnd, entry::watch_line};
 use crate::error::{ApiError, ApiResult};
 use crate::resources::Resource;
 use crate::route::{self, Call, Target};
@@ -30,6 +31,7 @@ use crate::table;
 pub struct Params {
     watch: Option<String>,
     resource_version: Option<String>,
+    resource_version_match: Option<String>,
     label_selector: Option<String>,
     field_selector: Option<String>,
     limit: Option<String>,
@@ -102,6 +104,8 @@ fn list_options(res: &Resource, p: &Params) -> ApiResult<ListOptions> {
         fields,
         limit,
         continue_token: p.continue_token.clone().filter(|c| !c.is_empty()),
+        resource_version: p.resource_version.clone(),
+        resource_version_match: p.resource_version_match.clone(),
     })
 }
 
@@ -215,19 +219,30 @@ async fn serve(
         }
     };
     match (method, name.as_deref()) {
-        (&Method::GET, Some(name)) => Ok(wrap(api.get(res, ns, name).await?, StatusCode::OK)),
+        (&Method::GET, Some(name)) => {
+            let obj = match p.resource_version.as_deref() {
+                Some("0") => api.get_any(res, ns, name).await?,
+                _ => api.get(res, ns, name).await?,
+            };
+            Ok(wrap(obj, StatusCode::OK))
+        }
         (&Method::GET, None) if truthy(&p.watch) => {
             watch(api.clone(), res, namespace, &p, table).await
         }
         (&Method::GET, None) => {
             let opts = list_options(res, &p)?;
-            let page = api.list(res, ns, &opts).await?;
+            let page = api.list_entries(res, ns, &opts).await?;
             if table {
+                let items = page
+                    .items
+                    .iter()
+                    .map(|e| e.object())
+                    .collect::<ApiResult<Vec<_>>>()?;
                 return Ok(json_response(
                     StatusCode::OK,
                     &table::table(
                         &res.columns,
-                        &page.items,
+                        &items,
                         &page.resource_version,
                         page.continue_token.as_deref(),
                     ),
@@ -237,13 +252,7 @@ async fn serve(
             if let Some(c) = page.continue_token {
                 meta["continue"] = json!(c);
             }
-            if let Some(r) = page.remaining {
-                meta["remainingItemCount"] = json!(r);
-            }
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": meta, "items": page.items}),
-            ))
+            Ok(list_response(res, &meta, &page.items))
         }
         (&Method::POST, None) => {
             let obj = api
@@ -325,10 +334,116 @@ async fn serve(
     }
 }
 
+/// A `…List` whose items are the cached JSON, joined as they are.
+fn list_response(res: &Resource, meta: &Value, items: &[std::sync::Arc<Entry>]) -> Response {
+    let head = json!({"kind": format!("{}List", res.kind), "apiVersion": res.api_version(), "metadata": meta});
+    let mut body = serde_json::to_vec(&head).unwrap_or_default();
+    // Replace the closing brace with the items.
+    body.pop();
+    let size: usize = items.iter().map(|e| e.json.len() + 1).sum();
+    body.reserve(size + 12);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, e) in items.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(&e.json);
+    }
+    body.extend_from_slice(b"]}");
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
 fn event_line(kind: &str, object: &Value) -> Bytes {
     let mut line = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
+}
+
+/// Where a watch's changes come from: the watch cache, or the store's
+/// history for revisions older than the cache keeps.
+enum Feed {
+    Cache(CacheWatch, std::sync::Arc<crate::cache::WatchCache>),
+    Store(paddock_store::Watch),
+    /// The store could not start the watch: streamed as an ERROR event,
+    /// as Kubernetes does (clients relist on a 410 there).
+    Refused(Option<Value>),
+}
+
+/// One step of a feed.
+enum Step {
+    /// A change at a revision, and its line if this watcher wants it.
+    Change(u64, Option<Bytes>),
+    /// The feed ended with this `Status`.
+    Failed(Value),
+    End,
+}
+
+impl Feed {
+    async fn next(&mut self, res: &Resource, opts: &ListOptions, table: bool) -> Step {
+        match self {
+            Feed::Cache(w, _) => match w.next().await {
+                Ok(Some(c)) => {
+                    let line = c
+                        .classify(res, &opts.labels, &opts.fields)
+                        .and_then(|t| match table {
+                            false => Some(c.line(t)),
+                            true => c.object.object().ok().map(|o| {
+                                event_line(t.as_str(), &table::single(&res.columns, o))
+                            }),
+                        });
+                    Step::Change(c.revision, line)
+                }
+                Ok(None) => Step::End,
+                Err(WatchEnd::TooSlow(n)) => Step::Failed(
+                    ApiError::TooManyRequests(format!(
+                        "the watcher left {n} changes unread and was closed: watch again from the last resourceVersion it saw"
+                    ))
+                    .status(),
+                ),
+                Err(WatchEnd::Reset) => Step::Failed(
+                    ApiError::Unavailable(
+                        "the watch cache is reading the store again: watch again from the last resourceVersion seen"
+                            .into(),
+                    )
+                    .status(),
+                ),
+            },
+            Feed::Refused(status) => status.take().map_or(Step::End, Step::Failed),
+            Feed::Store(w) => match w.next().await {
+                None => Step::End,
+                Some(Err(e)) => Step::Failed(ApiError::from(e).status()),
+                Some(Ok(ev)) => {
+                    let line = classify(&ev, opts).map(|(kind, obj)| {
+                        let obj = if table {
+                            table::single(&res.columns, obj)
+                        } else {
+                            obj
+                        };
+                        event_line(kind, &obj)
+                    });
+                    Step::Change(ev.revision(), line)
+                }
+            },
+        }
+    }
+
+    /// A revision this watcher has seen everything up to, for bookmarks.
+    fn progress(&self, last: u64) -> u64 {
+        match self {
+            // Every change up to the cache's revision is in the queue
+            // already: once the queue is empty, the watcher has seen them.
+            Feed::Cache(w, cache) => {
+                let r = cache.revision();
+                if w.idle() { last.max(r) } else { last }
+            }
+            Feed::Store(_) | Feed::Refused(_) => last,
+        }
+    }
 }
 
 /// Streams watch events as newline-delimited JSON.
@@ -350,55 +465,90 @@ async fn watch(
     let bookmarks = truthy(&p.allow_watch_bookmarks);
     let initial_end = truthy(&p.send_initial_events);
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);
-    let render = move |obj: Value| -> Value {
-        if table {
-            table::single(&res.columns, obj)
-        } else {
-            obj
-        }
-    };
-    let requested = p
-        .resource_version
-        .clone()
-        .filter(|v| !v.is_empty() && v != "0");
-    let (start, initial) = match requested {
-        Some(rv) => (
+    let requested = match p.resource_version.as_deref() {
+        None | Some("" | "0") => None,
+        Some(rv) => Some(
             rv.parse::<u64>()
                 .map_err(|_| ApiError::BadRequest(format!("invalid resourceVersion {rv:?}")))?,
-            Vec::new(),
         ),
-        None => {
-            let page = api
-                .list(
-                    res,
-                    ns.as_deref(),
-                    &ListOptions {
-                        labels: opts.labels.clone(),
-                        fields: opts.fields.clone(),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            (page.resource_version.parse().unwrap_or(0), page.items)
-        }
     };
     let prefix = res.prefix(ns.as_deref());
-    let stream = api.store.watch(&prefix, start);
+    let mut from_cache = None;
+    if let Some(cache) = &api.cache {
+        // A watch from now without a resourceVersion starts no older than the store.
+        if requested.is_none() && p.resource_version.as_deref() != Some("0") {
+            cache.wait_for(api.store.revision()).await;
+        }
+        if let Some(w) = cache.watch(res, &prefix, requested) {
+            from_cache = Some((w, cache.clone()));
+        }
+    }
+    let (start, initial, mut feed) = match from_cache {
+        Some((mut w, cache)) => {
+            let initial: Vec<Bytes> = match w.initial.take() {
+                Some(objects) => {
+                    let (items, _) =
+                        objects.select(&prefix, None, &opts.labels, &opts.fields, None);
+                    items
+                        .iter()
+                        .filter_map(|e| match table {
+                            false => Some(watch_line(EventType::Added.as_str(), &e.json)),
+                            true => e
+                                .object()
+                                .ok()
+                                .map(|o| event_line("ADDED", &table::single(&res.columns, o))),
+                        })
+                        .collect()
+                }
+                None => Vec::new(),
+            };
+            (w.start, initial, Feed::Cache(w, cache))
+        }
+        None => {
+            let (start, initial) = match requested {
+                Some(rv) => (rv, Vec::new()),
+                None => {
+                    let page = api
+                        .list(
+                            res,
+                            ns.as_deref(),
+                            &ListOptions {
+                                labels: opts.labels.clone(),
+                                fields: opts.fields.clone(),
+                                ..Default::default()
+                            },
+                        )
+                        .await?;
+                    let lines = page
+                        .items
+                        .into_iter()
+                        .map(|o| {
+                            let o = if table {
+                                table::single(&res.columns, o)
+                            } else {
+                                o
+                            };
+                            event_line("ADDED", &o)
+                        })
+                        .collect();
+                    (page.resource_version.parse().unwrap_or(0), lines)
+                }
+            };
+            let feed = match api.store.watch(&prefix, start) {
+                Ok(w) => Feed::Store(w),
+                Err(e) => Feed::Refused(Some(ApiError::from(e).status())),
+            };
+            (start, initial, feed)
+        }
+    };
+    let bookmark_every = api.bookmark_every;
     tokio::spawn(async move {
         let send = |b: Bytes| {
             let tx = tx.clone();
             async move { tx.send(Ok(b)).await.is_ok() }
         };
-        let mut stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                let err: ApiError = e.into();
-                send(event_line("ERROR", &err.status())).await;
-                return;
-            }
-        };
-        for obj in initial {
-            if !send(event_line("ADDED", &render(obj))).await {
+        for line in initial {
+            if !send(line).await {
                 return;
             }
         }
@@ -418,28 +568,30 @@ async fn watch(
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
-        let mut tick = tokio::time::interval(api.bookmark_every);
+        let mut tick = tokio::time::interval(bookmark_every);
         tick.tick().await;
         loop {
             tokio::select! {
                 _ = &mut deadline => return,
                 _ = tx.closed() => return,
                 _ = tick.tick(), if bookmarks => {
+                    last = feed.progress(last);
                     if !send(bookmark(last, false)).await { return; }
                 }
-                ev = stream.next() => {
-                    let ev = match ev {
-                        None => return,
-                        Some(Err(e)) => {
-                            let err: ApiError = e.into();
-                            send(event_line("ERROR", &err.status())).await;
+                step = feed.next(res, &opts, table) => match step {
+                    Step::End => return,
+                    Step::Failed(status) => {
+                        send(event_line("ERROR", &status)).await;
+                        return;
+                    }
+                    Step::Change(rev, line) => {
+                        last = rev;
+                        if let Some(line) = line
+                            && !send(line).await
+                        {
                             return;
                         }
-                        Some(Ok(ev)) => ev,
-                    };
-                    last = ev.revision();
-                    let Some((kind, obj)) = classify(&ev, &opts) else { continue };
-                    if !send(event_line(kind, &render(obj))).await { return; }
+                    }
                 }
             }
         }

@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod authz;
 pub mod bootstrap;
+pub mod cache;
 pub mod discovery;
 pub mod error;
 pub mod gc;
@@ -63,6 +64,9 @@ pub struct ServerConfig {
     pub encryption_key_file: Option<PathBuf>,
     /// How workload cluster kubeconfigs are issued.
     pub clusters: kubeconfig::ClusterAccess,
+    /// The watch cache that serves lists and watches; `None` serves every
+    /// read from the store.
+    pub watch_cache: Option<cache::CacheOptions>,
 }
 
 impl ServerConfig {
@@ -77,6 +81,7 @@ impl ServerConfig {
             unix_socket: None,
             encryption_key_file: None,
             clusters: kubeconfig::ClusterAccess::default(),
+            watch_cache: Some(cache::CacheOptions::default()),
         }
     }
 }
@@ -236,8 +241,10 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     let key = bootstrap::sealing_key(&key_file)
         .map_err(|e| ServerError::DataDir(config.data_dir.display().to_string(), e))?;
     let store: DynStore = Arc::new(EncryptedStore::new(raw, key, secrets));
-    let mut api = Api::new(store);
+    let mut api = Api::new(store.clone());
     api.bookmark_every = config.bookmark_every;
+    let cache = config.watch_cache.clone().map(cache::WatchCache::new);
+    api.cache.clone_from(&cache);
     bootstrap::ensure_system_namespaces(&api).await;
     let tasks = tasks::Tasks::default();
     let state = AppState {
@@ -267,6 +274,9 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     tasks.spawn_loop("serve", tls::serve(listener, tls.clone(), app.clone()));
     if let Some(ul) = unix {
         tasks.spawn_loop("serve-unix", tls::serve_unix(ul, tls, app));
+    }
+    if let Some(cache) = cache {
+        tasks.spawn_loop("watch-cache", cache.run(store));
     }
     tasks.spawn_loop("garbage-collector", gc::run(api.clone(), config.gc_resync));
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "paddock server listening");

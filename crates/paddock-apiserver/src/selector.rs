@@ -105,6 +105,14 @@ impl LabelSelector {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// The `key=value` pairs an object must carry (terms an index can answer).
+    pub fn exact(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().filter_map(|r| match r {
+            LabelReq::In(k, vs) if vs.len() == 1 => Some((k.as_str(), vs[0].as_str())),
+            _ => None,
+        })
+    }
 }
 
 /// A parsed field selector: `path=value` and `path!=value` terms.
@@ -136,15 +144,22 @@ impl FieldSelector {
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        self.0.iter().all(|(path, eq, want)| {
-            let got = path.split('.').try_fold(obj, |v, seg| v.get(seg));
-            let got = match got {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Null) | None => String::new(),
-                Some(v) => v.to_string(),
-            };
-            (got == *want) == *eq
-        })
+        self.matches_with(|path| field_value(obj, path))
+    }
+
+    /// Whether the fields `get` gives (by path) satisfy every term.
+    pub fn matches_with<S: AsRef<str>>(&self, get: impl Fn(&str) -> S) -> bool {
+        self.0
+            .iter()
+            .all(|(path, eq, want)| (get(path).as_ref() == want) == *eq)
+    }
+
+    /// The `path=value` terms (those an index can answer).
+    pub fn equals(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0
+            .iter()
+            .filter(|(_, eq, _)| *eq)
+            .map(|(p, _, v)| (p.as_str(), v.as_str()))
     }
 
     /// The name this selector pins, if it is `metadata.name=<name>`.
@@ -153,6 +168,16 @@ impl FieldSelector {
             .iter()
             .find(|(p, eq, _)| p == "metadata.name" && *eq)
             .map(|(_, _, v)| v.as_str())
+    }
+}
+
+/// A field of an object as field selectors compare it: strings as they
+/// are, absent and null as the empty string, anything else as JSON.
+pub fn field_value(obj: &Value, path: &str) -> String {
+    match path.split('.').try_fold(obj, |v, seg| v.get(seg)) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => String::new(),
+        Some(v) => v.to_string(),
     }
 }
 

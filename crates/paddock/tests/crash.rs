@@ -96,6 +96,29 @@ async fn sigkill_mid_write_loses_nothing_acknowledged() {
             .into_iter()
             .filter_map(|s| s.metadata.name)
             .collect();
+        // The list served by the watch cache is the store's own read at
+        // the same revision.
+        let served = api.list(&ListParams::default()).await.expect("cached list");
+        let rv = served.metadata.resource_version.clone().expect("rv");
+        let exact = api
+            .list(
+                &ListParams::default()
+                    .at(&rv)
+                    .matching(kube::api::VersionMatch::Exact),
+            )
+            .await
+            .expect("exact list from the store");
+        let named = |l: &kube::core::ObjectList<Secret>| -> Vec<(Option<String>, Option<String>)> {
+            l.items
+                .iter()
+                .map(|s| (s.metadata.name.clone(), s.metadata.resource_version.clone()))
+                .collect()
+        };
+        assert_eq!(
+            named(&served),
+            named(&exact),
+            "round {round}: the cache and the store disagree at revision {rv}"
+        );
         let want = acked.lock().expect("lock").clone();
         let missing: Vec<&String> = want.iter().filter(|n| !present.contains(*n)).collect();
         assert!(

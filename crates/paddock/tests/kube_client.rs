@@ -293,6 +293,11 @@ async fn status_subresource_generation_and_conflicts() {
 async fn watch_events_bookmarks_and_gone() {
     let s = TestServer::start_with(|c| {
         c.history = 20;
+        // The watch cache keeps as few changes: an old resourceVersion is gone from both.
+        c.watch_cache = Some(paddock_apiserver::cache::CacheOptions {
+            history: 20,
+            ..Default::default()
+        });
         c.bookmark_every = Duration::from_millis(300);
     })
     .await;
