@@ -309,7 +309,7 @@ impl Api {
         }
     }
 
-    async fn read(
+    pub(crate) async fn read(
         &self,
         res: &Resource,
         ns: Option<&str>,
@@ -734,7 +734,7 @@ impl Api {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn write_update(
+    pub(crate) async fn write_update(
         &self,
         res: &Resource,
         ns: Option<&str>,

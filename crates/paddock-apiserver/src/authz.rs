@@ -306,6 +306,8 @@ fn tenant_may(user: &User, t: &Target, method: &Method) -> bool {
     let plural = t.res.plural;
     let read = *method == Method::GET;
     let in_org = || match (t.res.group, plural) {
+        // Where a Machine runs is the scheduler's to say.
+        _ if t.call == Some(crate::route::Call::Binding) => false,
         _ if t.call.is_some() => true,
         (paddock_api::GROUP, "clusters") => read || !t.status,
         (paddock_api::GROUP, "machines") | ("", "events") | ("events.k8s.io", "events") => read,

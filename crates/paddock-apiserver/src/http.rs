@@ -199,6 +199,14 @@ async fn serve(
         (Some(Call::Agent(call)), Some(ns), Some(name)) => {
             return crate::agent_proxy::forward(api, ns, name, call, method, body).await;
         }
+        (Some(Call::Binding), Some(ns), Some(name)) => {
+            if *method != Method::POST {
+                return Err(ApiError::MethodNotAllowed);
+            }
+            let host = crate::binding::target(&body_json(headers, body)?)?;
+            let out = crate::binding::bind(api, ns, name, &host).await?;
+            return Ok(json_response(StatusCode::CREATED, &out));
+        }
         (Some(Call::Kubeconfig), Some(ns), Some(name)) => {
             if *method != Method::POST {
                 return Err(ApiError::MethodNotAllowed);

@@ -6,6 +6,7 @@ pub mod agent_proxy;
 pub mod api;
 pub mod auth;
 pub mod authz;
+pub mod binding;
 pub mod bootstrap;
 pub mod cache;
 pub mod discovery;

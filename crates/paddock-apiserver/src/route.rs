@@ -21,6 +21,8 @@ pub enum Call {
     Agent(AgentCall),
     /// Issues a kubeconfig for a Cluster.
     Kubeconfig,
+    /// Binds a Machine to a Host (the scheduler's one write per placement).
+    Binding,
 }
 
 /// Machine subresources served by the host agent.
@@ -125,6 +127,13 @@ pub fn parse(path: &str) -> Result<Target, ApiError> {
             } else {
                 AgentCall::Console
             })),
+        },
+        ["namespaces", ns, "machines", name, "binding"] if group == paddock_api::GROUP => Target {
+            res: find("machines")?,
+            namespace: owned(ns),
+            name: owned(name),
+            status: false,
+            call: Some(Call::Binding),
         },
         ["namespaces", ns, "clusters", name, "kubeconfig"] if group == paddock_api::GROUP => {
             Target {

@@ -10,7 +10,7 @@
 //! run the VM, so its Machines stay held (and their cluster's overlay with
 //! them) until it comes back or is deleted.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use paddock_api::machine::VM_FINALIZER;
 use paddock_api::{Host, HostPhase, Machine};
 use serde_json::json;
@@ -73,22 +73,34 @@ pub fn judge(h: &Host, lease: Option<&Lease>, now: Timestamp, grace: Duration) -
 
 /// Deleted Machines that hold the VM finalizer but that no agent will
 /// release: never bound, or bound to a Host that no longer exists.
-pub fn orphaned<'a>(machines: &'a [Machine], hosts: &HashSet<String>) -> Vec<&'a Machine> {
+pub fn orphaned<'a, M: std::borrow::Borrow<Machine>>(
+    machines: &'a [M],
+    hosts: &HashSet<String>,
+) -> Vec<&'a M> {
     machines
         .iter()
-        .filter(|m| m.metadata.deletion_timestamp.is_some())
-        .filter(|m| m.finalizers().iter().any(|f| f == VM_FINALIZER))
-        .filter(|m| m.spec.host_name.as_ref().is_none_or(|h| !hosts.contains(h)))
+        .filter(|m| {
+            let m: &Machine = (*m).borrow();
+            m.metadata.deletion_timestamp.is_some()
+                && m.finalizers().iter().any(|f| f == VM_FINALIZER)
+                && m.spec.host_name.as_ref().is_none_or(|h| !hosts.contains(h))
+        })
         .collect()
 }
 
-pub async fn pass(client: &kube::Client, cfg: &Config) -> anyhow::Result<()> {
-    let hosts: Api<Host> = Api::all(client.clone());
-    let leases: Api<Lease> = Api::namespaced(client.clone(), paddock_api::host::SYSTEM_NAMESPACE);
-    let leases = leases.list(&ListParams::default()).await?.items;
-    let all_machines: Api<Machine> = Api::all(client.clone());
-    let machines = all_machines.list(&ListParams::default()).await?.items;
-    let hosts_now = hosts.list(&ListParams::default()).await?.items;
+/// One pass over the world as the watches show it (no reads of the API:
+/// its cost is the fleet in memory, not the fleet over the wire).
+pub async fn pass(
+    client: &kube::Client,
+    cfg: &Config,
+    hosts_now: &[Arc<Host>],
+    leases: &[Arc<Lease>],
+    machines: &[Arc<Machine>],
+) -> anyhow::Result<()> {
+    let leases: HashMap<&str, &Lease> = leases
+        .iter()
+        .filter_map(|l| Some((l.metadata.name.as_deref()?, &**l)))
+        .collect();
     let now = Timestamp::now();
     // One host's or Machine's failure does not hold up the others: each
     // step is logged and the pass goes on.
@@ -99,11 +111,11 @@ pub async fn pass(client: &kube::Client, cfg: &Config) -> anyhow::Result<()> {
             tracing::warn!(error = format!("{e:#}"), "host health: {what} failed");
         }
     };
-    for h in &hosts_now {
+    for h in hosts_now {
         let name = h.name_any();
         let lease = leases
-            .iter()
-            .find(|l| l.metadata.name.as_deref() == Some(&paddock_api::host::lease_name(&name)));
+            .get(paddock_api::host::lease_name(&name).as_str())
+            .copied();
         match judge(h, lease, now, cfg.host_grace) {
             Verdict::Nothing => {}
             Verdict::MarkNotReady => {
@@ -127,7 +139,7 @@ pub async fn pass(client: &kube::Client, cfg: &Config) -> anyhow::Result<()> {
             }
         }
     }
-    let names: HashSet<String> = hosts_now.iter().map(ResourceExt::name_any).collect();
+    let names: HashSet<String> = hosts_now.iter().map(|h| h.name_any()).collect();
     // Machines of a deleted Host: replaced, then (deleted) released below.
     for m in machines.iter().filter(|m| {
         m.metadata.deletion_timestamp.is_none()
@@ -143,7 +155,7 @@ pub async fn pass(client: &kube::Client, cfg: &Config) -> anyhow::Result<()> {
         let r = replace(client, m, "HostDeleted", why).await;
         step(format!("replacing {}", m.name_any()), r);
     }
-    for m in orphaned(&machines, &names) {
+    for m in orphaned(machines, &names) {
         step(
             format!("releasing {}", m.name_any()),
             release(client, m).await,
@@ -227,8 +239,29 @@ async fn release(client: &kube::Client, m: &Machine) -> anyhow::Result<()> {
 }
 
 pub async fn run(client: kube::Client, cfg: Arc<Config>) {
+    // Changes wake nothing here: the pass runs on the clock, since a lease
+    // expires without any change to see.
+    let quiet = Arc::new(tokio::sync::Notify::new());
+    let mut watchers = paddock_watch::Watchers::default();
+    let hosts = watchers.store::<Host>(Api::all(client.clone()), quiet.clone());
+    let leases = watchers.store::<Lease>(
+        Api::namespaced(client.clone(), paddock_api::host::SYSTEM_NAMESPACE),
+        quiet.clone(),
+    );
+    let machines = watchers.store::<Machine>(Api::all(client.clone()), quiet);
+    let _ = hosts.wait_until_ready().await;
+    let _ = leases.wait_until_ready().await;
+    let _ = machines.wait_until_ready().await;
     loop {
-        if let Err(e) = pass(&client, &cfg).await {
+        let r = pass(
+            &client,
+            &cfg,
+            &hosts.state(),
+            &leases.state(),
+            &machines.state(),
+        )
+        .await;
+        if let Err(e) = r {
             tracing::warn!(error = format!("{e:#}"), "host health pass failed");
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -42,6 +42,24 @@ pub fn free_slots<'a>(
     (0..cfg.vni_count).filter(move |idx| !taken.contains(&(cfg.vni_base + idx)))
 }
 
+/// Marks the Leases that are overlay claims (claims made before the label
+/// are still found by holder, and their names are still refused to others).
+const CLAIM_LABEL: &str = "paddock.io/overlay";
+
+/// The Leases `holder` holds.
+fn holder_claims(holder: &str) -> ListParams {
+    ListParams::default().fields(&format!("spec.holderIdentity={holder}"))
+}
+
+/// The VNI a Lease claims, if it is an overlay claim.
+fn claim_vni(l: &Lease) -> Option<u32> {
+    l.metadata
+        .name
+        .as_deref()
+        .and_then(|n| n.strip_prefix("overlay-"))
+        .and_then(|v| v.parse::<u32>().ok())
+}
+
 /// The overlay held by `holder` (a cluster uid), claiming the lowest free slot if none.
 pub async fn ensure(
     client: &kube::Client,
@@ -49,28 +67,27 @@ pub async fn ensure(
     holder: &str,
 ) -> anyhow::Result<OverlayStatus> {
     let api: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
-    let claims = api.list(&ListParams::default()).await?;
-    let mut taken = std::collections::HashSet::new();
-    for l in &claims.items {
-        let Some(vni) = l
-            .metadata
-            .name
-            .as_deref()
-            .and_then(|n| n.strip_prefix("overlay-"))
-            .and_then(|v| v.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(holder) {
-            return Ok(slot(cfg, vni - cfg.vni_base));
-        }
-        taken.insert(vni);
+    // The holder's own claim, by an indexed field; then the claims (by
+    // label), not every Lease of every host.
+    let held = api.list(&holder_claims(holder)).await?;
+    if let Some(idx) = held
+        .items
+        .iter()
+        .find_map(|l| claim_vni(l)?.checked_sub(cfg.vni_base))
+    {
+        return Ok(slot(cfg, idx));
     }
+    let claims = api
+        .list(&ListParams::default().labels(&format!("{CLAIM_LABEL}=claim")))
+        .await?;
+    let mut taken = std::collections::HashSet::new();
+    taken.extend(claims.items.iter().filter_map(claim_vni));
     for idx in free_slots(cfg, &taken) {
         let vni = cfg.vni_base + idx;
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(claim_name(vni)),
+                labels: Some([(CLAIM_LABEL.to_owned(), "claim".to_owned())].into()),
                 ..Default::default()
             },
             spec: Some(LeaseSpec {
@@ -95,7 +112,7 @@ pub async fn ensure(
 /// Returns `holder`'s overlay to the pool.
 pub async fn release(client: &kube::Client, holder: &str) -> anyhow::Result<()> {
     let api: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
-    for l in api.list(&ListParams::default()).await?.items {
+    for l in api.list(&holder_claims(holder)).await?.items {
         let name = l.metadata.name.clone().unwrap_or_default();
         if name.starts_with("overlay-")
             && l.spec.as_ref().and_then(|s| s.holder_identity.as_deref()) == Some(holder)

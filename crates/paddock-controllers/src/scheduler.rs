@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
-use paddock_api::{Host, HostPhase, Machine, MachinePhase, MachineRole, Memory};
+use paddock_api::{Host, HostPhase, Machine, MachineRole, Memory};
 use serde_json::json;
 
 use crate::Config;
@@ -105,9 +105,18 @@ impl Spread {
         }
         e.1 += 1;
     }
-    fn count(&self, m: &Machine, host: &str) -> (usize, usize) {
+    /// Counts by host of `m`'s cluster: looked up once per placement, not per host.
+    fn of(&self, m: &Machine) -> Counts<'_> {
+        Counts(self.0.get(&Self::key(m)))
+    }
+}
+
+/// One cluster's (control-plane machines, all machines) by host.
+struct Counts<'a>(Option<&'a HashMap<String, (usize, usize)>>);
+
+impl Counts<'_> {
+    fn on(&self, host: &str) -> (usize, usize) {
         self.0
-            .get(&Self::key(m))
             .and_then(|h| h.get(host))
             .copied()
             .unwrap_or_default()
@@ -132,18 +141,19 @@ pub fn place(cfg: &Config, m: &Machine, rooms: &[Room], spread: &Spread) -> Resu
             m.spec.cpu, m.spec.memory
         ));
     }
+    let counts = spread.of(m);
     if m.spec.role == MachineRole::ControlPlane {
         // Spread: a host without this cluster's control plane if there is one
         // (required then); among those, a rack without one.
         let cp_racks: Vec<Option<String>> = rooms
             .iter()
-            .filter(|r| spread.count(m, &r.name).0 > 0)
+            .filter(|r| counts.on(&r.name).0 > 0)
             .map(|r| r.rack.clone())
             .collect();
         let free_hosts: Vec<usize> = fits
             .iter()
             .copied()
-            .filter(|&i| spread.count(m, &rooms[i].name).0 == 0)
+            .filter(|&i| counts.on(&rooms[i].name).0 == 0)
             .collect();
         let pool = if free_hosts.is_empty() {
             fits.clone()
@@ -164,11 +174,11 @@ pub fn place(cfg: &Config, m: &Machine, rooms: &[Room], spread: &Spread) -> Resu
     let pick = if cfg.spread_workers {
         fits.iter().copied().min_by(|&a, &b| {
             (
-                spread.count(m, &rooms[a].name).1,
+                counts.on(&rooms[a].name).1,
                 std::cmp::Reverse(rooms[a].free_memory() as u64),
             )
                 .cmp(&(
-                    spread.count(m, &rooms[b].name).1,
+                    counts.on(&rooms[b].name).1,
                     std::cmp::Reverse(rooms[b].free_memory() as u64),
                 ))
         })
@@ -291,28 +301,26 @@ async fn apply(client: &kube::Client, m: &Machine, plan: Result<String, String>)
     let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
     match plan {
         Ok(host) => {
-            let patch = json!({"metadata": {"resourceVersion": m.resource_version()}, "spec": {"hostName": host}});
-            match api
-                .patch(
-                    &m.name_any(),
-                    &PatchParams::default(),
-                    &Patch::Merge(&patch),
-                )
-                .await
-            {
-                Ok(updated) => {
+            // One write: the host, the Scheduled condition and the phase,
+            // refused if the Machine is bound already.
+            let url = format!(
+                "/apis/{}/{}/namespaces/{}/machines/{}/binding",
+                paddock_api::GROUP,
+                paddock_api::VERSION,
+                m.namespace().unwrap_or_default(),
+                m.name_any()
+            );
+            let body = json!({"target": {"name": host}});
+            let req = http::Request::post(url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(serde_json::to_vec(&body).unwrap_or_default());
+            let r = match req {
+                Ok(req) => client.request::<Machine>(req).await.map(|_| ()),
+                Err(e) => Err(kube::Error::HttpError(e)),
+            };
+            match r {
+                Ok(()) => {
                     tracing::debug!(machine = %m.name_any(), %host, "bound");
-                    let c =
-                        scheduled_condition(&updated, true, "Bound", format!("bound to {host}"));
-                    let phase = updated
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.phase)
-                        .unwrap_or(MachinePhase::Scheduled);
-                    let st = json!({"status": {"conditions": with_condition(&updated, c), "phase": phase}});
-                    let _ = api
-                        .patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(&st))
-                        .await;
                     true
                 }
                 Err(e) => {

@@ -635,3 +635,67 @@ async fn readiness_fails_when_the_controllers_die() {
     );
     assert!(body.contains("[+]garbage-collector ok"), "{body}");
 }
+
+/// POSTs a binding of `acme/name` to `host` as `client`: the status code.
+async fn bind(client: &kube::Client, name: &str, host: &str) -> Result<Machine, u16> {
+    let req = http::Request::post(format!(
+        "/apis/paddock.io/v1alpha1/namespaces/acme/machines/{name}/binding"
+    ))
+    .header("content-type", "application/json")
+    .body(serde_json::to_vec(&json!({"target": {"name": host}})).expect("json"))
+    .expect("request");
+    client.request::<Machine>(req).await.map_err(api_code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_is_one_write_and_never_binds_twice() {
+    let s = TestServer::start().await;
+    org(&s.client, "acme").await;
+    let api: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
+    let m = api
+        .create(&PostParams::default(), &machine("m1", None, "demo"))
+        .await
+        .expect("create");
+    let before: u64 = m.resource_version().expect("rv").parse().expect("number");
+    let bound = bind(&s.client, "m1", "h1").await.expect("bound");
+    assert_eq!(bound.spec.host_name.as_deref(), Some("h1"));
+    let after: u64 = bound
+        .resource_version()
+        .expect("rv")
+        .parse()
+        .expect("number");
+    assert_eq!(after, before + 1, "host, condition and phase in one write");
+    let st = bound.status.expect("status");
+    let c = st
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Scheduled")
+        .expect("Scheduled");
+    assert_eq!((c.status.as_str(), c.reason.as_str()), ("True", "Bound"));
+    assert_eq!(c.observed_generation, bound.metadata.generation);
+    // A second binding, to any host, is refused.
+    assert_eq!(bind(&s.client, "m1", "h2").await.err(), Some(409));
+    assert_eq!(
+        api.get("m1").await.expect("get").spec.host_name.as_deref(),
+        Some("h1")
+    );
+    assert_eq!(bind(&s.client, "nope", "h1").await.err(), Some(404));
+    // Tenants do not place their Machines.
+    let kc = s.data_dir().join("alice.kubeconfig");
+    std::fs::write(
+        &kc,
+        paddock_apiserver::bootstrap::add_user(&s.data_dir(), "alice", &["org:acme".into()])
+            .expect("user"),
+    )
+    .expect("write");
+    api.create(&PostParams::default(), &machine("m2", None, "demo"))
+        .await
+        .expect("create");
+    let alice = client_for(&kc).await;
+    assert_eq!(bind(&alice, "m2", "h1").await.err(), Some(403));
+    assert_eq!(
+        api.get("m2").await.expect("get").spec.host_name,
+        None,
+        "nothing was written"
+    );
+}
