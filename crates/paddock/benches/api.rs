@@ -2,7 +2,8 @@
 //! kube-rs clients over TLS against a real in-process server with the
 //! embedded store (every write fsynced). Prints figures; asserts nothing.
 //!
-//! `cargo bench -p paddock --bench api` (PADDOCK_BENCH_CLIENTS, PADDOCK_BENCH_OBJECTS to tune).
+//! `cargo bench -p paddock --bench api` (PADDOCK_BENCH_CLIENTS,
+//! PADDOCK_BENCH_OBJECTS, PADDOCK_BENCH_WATCHERS to tune).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,16 +25,18 @@ fn env_or(name: &str, default: usize) -> usize {
 struct Lat(Vec<Duration>);
 
 impl Lat {
-    fn report(mut self, what: &str, wall: Duration) {
+    /// Prints the figures; returns ops/s.
+    fn report(mut self, what: &str, wall: Duration) -> f64 {
         self.0.sort();
         let n = self.0.len();
         let pct = |p: f64| self.0[((n as f64 * p) as usize).min(n - 1)];
+        let rate = n as f64 / wall.as_secs_f64();
         println!(
-            "{what:<28} {n:>6} ops  {:>9.0} ops/s  p50 {:>8.2} ms  p99 {:>8.2} ms",
-            n as f64 / wall.as_secs_f64(),
+            "{what:<28} {n:>6} ops  {rate:>9.0} ops/s  p50 {:>8.2} ms  p99 {:>8.2} ms",
             pct(0.50).as_secs_f64() * 1e3,
             pct(0.99).as_secs_f64() * 1e3
         );
+        rate
     }
 }
 
@@ -52,10 +55,51 @@ fn spec() -> ClusterSpec {
         .expect("spec")
 }
 
+/// The store alone: `n` fsynced creates of `size`-byte records from
+/// `writers` concurrent tasks (the batching the API's writes get). Commits/s.
+async fn raw_store_rate(writers: usize, n: usize, size: usize) -> f64 {
+    use paddock_store::{Precondition, RedbStore, Store, StoreOptions};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(RedbStore::open(dir.path(), StoreOptions::default()).expect("store"));
+    let value = bytes::Bytes::from(vec![b'x'; size]);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let (store, value) = (store.clone(), value.clone());
+            tokio::spawn(async move {
+                for i in 0..n / writers {
+                    store
+                        .put(
+                            &format!("/registry/bench/{w}/{i}"),
+                            value.clone(),
+                            Precondition::MustNotExist,
+                        )
+                        .await
+                        .expect("put");
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("writer");
+    }
+    let rate = (n / writers * writers) as f64 / start.elapsed().as_secs_f64();
+    println!(
+        "{:<28} {n:>6} ops  {rate:>9.0} ops/s  ({size}-byte records, {writers} writers)",
+        "store alone (fsynced)"
+    );
+    rate
+}
+
 #[tokio::main]
 async fn main() {
     let clients = env_or("PADDOCK_BENCH_CLIENTS", 16);
     let objects = env_or("PADDOCK_BENCH_OBJECTS", 4000);
+    // The same records as the API stores (a Cluster with its metadata),
+    // written to the store alone first.
+    let record =
+        serde_json::to_vec(&Cluster::new("c00-0000", spec())).map_or(400, |v| v.len() + 250);
+    let raw = raw_store_rate(clients, objects, record).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let cfg = paddock_apiserver::ServerConfig::new(
         dir.path().join("data"),
@@ -70,6 +114,17 @@ async fn main() {
     println!(
         "paddock API benchmark: {clients} concurrent clients over TLS, {objects} Clusters, embedded store (fsync per commit)"
     );
+    // Clusters default their version from a registered MachineImage.
+    let mi: paddock_api::MachineImage = serde_json::from_value(serde_json::json!({
+        "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": "bench"},
+        "spec": {"kernel": {"url": "file:///nonexistent/vmlinuz"},
+                 "kubernetesVersion": paddock_api::version::DEV_IMAGE_VERSION, "standIn": true}
+    }))
+    .expect("image");
+    Api::<paddock_api::MachineImage>::all(cs[0].clone())
+        .create(&PostParams::default(), &mi)
+        .await
+        .expect("MachineImage");
     let mut ns = Namespace::default();
     ns.metadata.name = Some("bench".into());
     Api::<Namespace>::all(cs[0].clone())
@@ -78,7 +133,7 @@ async fn main() {
         .expect("ns");
 
     // Watchers first, so they see every create.
-    let watchers = 4;
+    let watchers = env_or("PADDOCK_BENCH_WATCHERS", 100);
     let sent: Arc<Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
     let mut watch_tasks = Vec::new();
     for w in 0..watchers {
@@ -138,7 +193,12 @@ async fn main() {
     for t in tasks {
         lats.extend(t.await.expect("task"));
     }
-    Lat(lats).report("create (fsynced)", start.elapsed());
+    let api_rate = Lat(lats).report("create (fsynced)", start.elapsed());
+    println!(
+        "{:<28} {:>5.0}% of the store's own commit rate",
+        "API create rate is",
+        100.0 * api_rate / raw
+    );
     let mut wl = Vec::new();
     for t in watch_tasks {
         wl.extend(

@@ -3,8 +3,11 @@
 //! exist only in this benchmark) and 1,000 clusters of 10 Machines each,
 //! placed by the real cluster controller and scheduler over the real API
 //! server and store. Prints placements per second and create-to-bound
-//! latency. `cargo bench -p paddock --bench control_plane`
-//! (PADDOCK_BENCH_HOSTS, PADDOCK_BENCH_CLUSTERS to tune).
+//! latency, and the process's memory. `cargo bench -p paddock --bench
+//! control_plane` runs three scales in one go, each on a fresh server:
+//! 100 hosts × 1,000 Machines, 1,000 × 10,000 and 10,000 × 100,000
+//! (PADDOCK_BENCH_SCALES, e.g. `1000:100,1000:1000` as hosts:clusters, to
+//! choose others).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -26,13 +29,6 @@ use serde_json::json;
 
 /// Per Machine uid: when it was first seen, and when it was seen bound.
 type Seen = HashMap<String, (Instant, Option<Instant>)>;
-
-fn env_or(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// A simulated agent: registers its Host as Ready with room, holds its Lease. Runs no VMs.
 async fn simulated_agent(client: kube::Client, n: usize) {
@@ -65,10 +61,51 @@ async fn simulated_agent(client: kube::Client, n: usize) {
         .expect("lease");
 }
 
+/// Resident memory of this process (server, controllers and benchmark clients), in MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The store's revision: every write so far.
+fn revision(s: &TestServer) -> u64 {
+    s.running.as_ref().expect("running").api.store.revision()
+}
+
+fn scales() -> Vec<(usize, usize)> {
+    let spec = std::env::var("PADDOCK_BENCH_SCALES")
+        .unwrap_or_else(|_| "100:100,1000:1000,10000:10000".into());
+    spec.split(',')
+        .filter_map(|s| {
+            let (h, c) = s.split_once(':')?;
+            Some((h.trim().parse().ok()?, c.trim().parse().ok()?))
+        })
+        .collect()
+}
+
 #[tokio::main]
 async fn main() {
-    let n_hosts = env_or("PADDOCK_BENCH_HOSTS", 1000);
-    let n_clusters = env_or("PADDOCK_BENCH_CLUSTERS", 1000);
+    let mut summary = Vec::new();
+    for (hosts, clusters) in scales() {
+        summary.push(run(hosts, clusters).await);
+    }
+    println!("summary (machines, placements/s, p50 ms, p99 ms, RSS growth MiB):");
+    let base = summary.first().map_or(0.0, |s| s.1);
+    for (machines, rate, p50, p99, rss) in &summary {
+        println!(
+            "  {machines:>7}  {rate:>7.0}/s ({:>4.0}% of the smallest scale)  p50 {p50:>7.0}  p99 {p99:>7.0}  RSS +{rss:.0}",
+            100.0 * rate / base.max(1.0)
+        );
+    }
+}
+
+/// One scale on a fresh server: (machines, placements/s, p50 ms, p99 ms, RSS growth MiB).
+async fn run(n_hosts: usize, n_clusters: usize) -> (usize, f64, f64, f64, f64) {
+    let rss_before = rss_mib();
     let per_cluster = 10;
     let total = n_clusters * per_cluster;
     let s = TestServer::start().await;
@@ -114,6 +151,7 @@ async fn main() {
         })
     };
 
+    let rev_start = revision(&s);
     let start = Instant::now();
     let clusters: Api<Cluster> = Api::namespaced(client.clone(), "bench");
     futures::stream::iter(0..n_clusters)
@@ -129,7 +167,7 @@ async fn main() {
         "  {n_clusters} clusters created in {:.1} s",
         start.elapsed().as_secs_f64()
     );
-    let deadline = Instant::now() + Duration::from_secs(1800);
+    let deadline = Instant::now() + Duration::from_secs(3600);
     loop {
         let bound = seen
             .lock()
@@ -164,6 +202,20 @@ async fn main() {
         pct(0.99),
         pct(1.0)
     );
+    let rate = n as f64 / (last - first).as_secs_f64();
+    println!(
+        "  store writes from the first cluster create to the last bind: {} ({:.1} per machine)",
+        revision(&s) - rev_start,
+        (revision(&s) - rev_start) as f64 / total as f64
+    );
+    let rss = rss_mib() - rss_before;
+    println!(
+        "  RSS after: {:.0} MiB (+{rss:.0} MiB for {total} machines and {n_hosts} hosts: {:.1} KiB per machine, an upper bound: it counts the clients' copies too)",
+        rss_mib(),
+        rss * 1024.0 / total as f64
+    );
+    let out = (n, rate, pct(0.5), pct(0.99), rss);
     drop(s2);
     drop(s);
+    out
 }
