@@ -309,7 +309,7 @@ impl Api {
         }
     }
 
-    pub(crate) async fn read(
+    async fn read(
         &self,
         res: &Resource,
         ns: Option<&str>,
@@ -706,10 +706,22 @@ impl Api {
         name: &str,
         f: impl Fn(&mut Value) -> bool,
     ) -> ApiResult<Option<Value>> {
+        self.try_modify(res, ns, name, |o| Ok(f(o))).await
+    }
+
+    /// [`Api::modify`] with a change that may refuse (its error is returned
+    /// and nothing is written).
+    pub async fn try_modify(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        f: impl Fn(&mut Value) -> ApiResult<bool>,
+    ) -> ApiResult<Option<Value>> {
         for attempt in 0.. {
             let (kv, old) = self.read(res, ns, name).await?;
             let mut new = old.clone();
-            if !f(&mut new) {
+            if !f(&mut new)? {
                 return Ok(None);
             }
             match self
@@ -734,7 +746,7 @@ impl Api {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn write_update(
+    async fn write_update(
         &self,
         res: &Resource,
         ns: Option<&str>,

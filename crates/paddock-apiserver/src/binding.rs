@@ -7,12 +7,10 @@
 use jiff::Timestamp;
 use serde_json::{Value, json};
 
-use crate::api::{Api, Part, WriteOptions};
+use crate::api::Api;
 use crate::error::{ApiError, ApiResult};
 use crate::object;
 use crate::resources::{self, Resource};
-
-const RETRIES: usize = 8;
 
 fn machines() -> ApiResult<&'static Resource> {
     resources::find(paddock_api::GROUP, paddock_api::VERSION, "machines")
@@ -69,40 +67,20 @@ pub async fn bind(api: &Api, ns: &str, name: &str, host: &str) -> ApiResult<Valu
         .round(jiff::Unit::Second)
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .to_string();
-    for attempt in 0.. {
-        let (kv, old) = api.read(res, Some(ns), name).await?;
-        if let Some(h) = old.pointer("/spec/hostName").and_then(Value::as_str) {
-            return Err(ApiError::Conflict(
-                res.subject(name),
-                format!("it is already bound to host {h}"),
-            ));
-        }
-        if object::is_deleting(&old) {
-            return Err(ApiError::Conflict(
-                res.subject(name),
-                "it is being deleted".into(),
-            ));
-        }
-        let new = bound(&old, host, &now);
-        match api
-            .write_update(
-                res,
-                Some(ns),
-                name,
-                &kv,
-                &old,
-                new,
-                Part::Internal,
-                WriteOptions::default(),
-                None,
-            )
-            .await
-        {
-            Err(ApiError::Conflict(..)) if attempt < RETRIES => continue,
-            other => return other,
-        }
-    }
-    unreachable!("the loop returns")
+    let refuse = |why: String| Err(ApiError::Conflict(res.subject(name), why));
+    let out = api
+        .try_modify(res, Some(ns), name, |obj| {
+            if let Some(h) = obj.pointer("/spec/hostName").and_then(Value::as_str) {
+                return refuse(format!("it is already bound to host {h}"));
+            }
+            if object::is_deleting(obj) {
+                return refuse("it is being deleted".into());
+            }
+            *obj = bound(obj, host, &now);
+            Ok(true)
+        })
+        .await?;
+    out.ok_or_else(|| ApiError::Internal("a binding wrote nothing".into()))
 }
 
 #[cfg(test)]

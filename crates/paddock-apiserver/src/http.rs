@@ -491,23 +491,27 @@ async fn watch(
             from_cache = Some((w, cache.clone()));
         }
     }
+    // The objects a watch from now starts with, as ADDED lines.
+    let added = |items: &[std::sync::Arc<Entry>]| -> Vec<Bytes> {
+        items
+            .iter()
+            .filter_map(|e| match table {
+                false => Some(watch_line(EventType::Added.as_str(), &e.json)),
+                true => e
+                    .object()
+                    .ok()
+                    .map(|o| event_line("ADDED", &table::single(&res.columns, o))),
+            })
+            .collect()
+    };
     let (start, initial, mut feed) = match from_cache {
         Some((mut w, cache)) => {
-            let initial: Vec<Bytes> = match w.initial.take() {
-                Some(objects) => {
-                    let (items, _) =
-                        objects.select(&prefix, None, &opts.labels, &opts.fields, None);
-                    items
-                        .iter()
-                        .filter_map(|e| match table {
-                            false => Some(watch_line(EventType::Added.as_str(), &e.json)),
-                            true => e
-                                .object()
-                                .ok()
-                                .map(|o| event_line("ADDED", &table::single(&res.columns, o))),
-                        })
-                        .collect()
-                }
+            let initial = match w.initial.take() {
+                Some(objects) => added(
+                    &objects
+                        .select(&prefix, None, &opts.labels, &opts.fields, None)
+                        .0,
+                ),
                 None => Vec::new(),
             };
             (w.start, initial, Feed::Cache(w, cache))
@@ -517,7 +521,7 @@ async fn watch(
                 Some(rv) => (rv, Vec::new()),
                 None => {
                     let page = api
-                        .list(
+                        .list_entries(
                             res,
                             ns.as_deref(),
                             &ListOptions {
@@ -527,19 +531,10 @@ async fn watch(
                             },
                         )
                         .await?;
-                    let lines = page
-                        .items
-                        .into_iter()
-                        .map(|o| {
-                            let o = if table {
-                                table::single(&res.columns, o)
-                            } else {
-                                o
-                            };
-                            event_line("ADDED", &o)
-                        })
-                        .collect();
-                    (page.resource_version.parse().unwrap_or(0), lines)
+                    (
+                        page.resource_version.parse().unwrap_or(0),
+                        added(&page.items),
+                    )
                 }
             };
             let feed = match api.store.watch(&prefix, start) {

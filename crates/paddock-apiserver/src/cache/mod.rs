@@ -452,6 +452,18 @@ mod tests {
         )
     }
 
+    /// Writes Machine `ns/name` on `host` of `cluster`.
+    async fn put(store: &DynStore, ns: &str, name: &str, host: &str, cluster: &str) {
+        store
+            .put(
+                &machines().key(Some(ns), name),
+                machine(ns, name, host, cluster),
+                Precondition::None,
+            )
+            .await
+            .expect("put");
+    }
+
     fn store(dir: &std::path::Path) -> DynStore {
         Arc::new(RedbStore::open(dir, StoreOptions { history: 100_000 }).expect("store"))
     }
@@ -492,15 +504,7 @@ mod tests {
         let res = machines();
         let prefix = res.prefix(None);
         for i in 0..50 {
-            let key = res.key(Some("acme"), &format!("m{i}"));
-            store
-                .put(
-                    &key,
-                    machine("acme", &format!("m{i}"), "h0", "c0"),
-                    Precondition::None,
-                )
-                .await
-                .expect("put");
+            put(&store, "acme", &format!("m{i}"), "h0", "c0").await;
         }
         let cache = synced(&store, CacheOptions::default()).await;
         let from = store.revision();
@@ -612,14 +616,7 @@ mod tests {
         {
             let store = store(dir.path());
             for i in 0..30 {
-                store
-                    .put(
-                        &res.key(Some("acme"), &format!("m{i}")),
-                        machine("acme", &format!("m{i}"), "h1", "c1"),
-                        Precondition::None,
-                    )
-                    .await
-                    .expect("put");
+                put(&store, "acme", &format!("m{i}"), "h1", "c1").await;
             }
             store
                 .delete(&res.key(Some("acme"), "m3"), Precondition::None)
@@ -655,14 +652,7 @@ mod tests {
             .expect("watch");
         assert_eq!(cache.watchers(), 2);
         for i in 0..20 {
-            store
-                .put(
-                    &res.key(Some("acme"), &format!("m{i}")),
-                    machine("acme", &format!("m{i}"), "h1", "c1"),
-                    Precondition::None,
-                )
-                .await
-                .expect("put");
+            put(&store, "acme", &format!("m{i}"), "h1", "c1").await;
         }
         assert!(cache.wait_for(store.revision()).await);
         let mut read = 0;
@@ -677,14 +667,7 @@ mod tests {
         // A watcher of another namespace saw none of it and is still open.
         assert_eq!(cache.watchers(), 1);
         assert!(other_ns.idle());
-        store
-            .put(
-                &res.key(Some("beta"), "b"),
-                machine("beta", "b", "h1", "c1"),
-                Precondition::None,
-            )
-            .await
-            .expect("put");
+        put(&store, "beta", "b", "h1", "c1").await;
         let c = other_ns.next().await.expect("open").expect("change");
         assert_eq!(c.key(), res.key(Some("beta"), "b"));
     }
