@@ -8,6 +8,7 @@ use axum::body::Body;
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::FutureExt;
 use http::{HeaderMap, Method, StatusCode, Uri, header};
 use paddock_store::Event;
 use serde::Deserialize;
@@ -454,6 +455,9 @@ impl Feed {
     }
 }
 
+/// A watch writes the changes waiting for it in writes of up to this many bytes.
+const WATCH_BATCH_BYTES: usize = 64 * 1024;
+
 /// Streams watch events as newline-delimited JSON.
 async fn watch(
     api: Api,
@@ -589,10 +593,36 @@ async fn watch(
                     }
                     Step::Change(rev, line) => {
                         last = rev;
-                        if let Some(line) = line
-                            && !send(line).await
-                        {
+                        // Lines that are already waiting go out in one
+                        // write: a watcher that fell behind catches up in
+                        // few frames, TLS records and syscalls, not one of
+                        // each per change.
+                        let mut batch = bytes::BytesMut::new();
+                        batch.extend_from_slice(line.as_deref().unwrap_or_default());
+                        let mut then = None;
+                        while batch.len() < WATCH_BATCH_BYTES {
+                            match feed.next(res, &opts, table).now_or_never() {
+                                Some(Step::Change(rev, line)) => {
+                                    last = rev;
+                                    batch.extend_from_slice(line.as_deref().unwrap_or_default());
+                                }
+                                Some(end) => {
+                                    then = Some(end);
+                                    break;
+                                }
+                                None => break,
+                            }
+                        }
+                        if !batch.is_empty() && !send(batch.freeze()).await {
                             return;
+                        }
+                        match then {
+                            Some(Step::Failed(status)) => {
+                                send(event_line("ERROR", &status)).await;
+                                return;
+                            }
+                            Some(Step::End) => return,
+                            _ => {}
                         }
                     }
                 }

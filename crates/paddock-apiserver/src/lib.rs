@@ -77,7 +77,7 @@ impl ServerConfig {
             listen,
             sans: Vec::new(),
             bookmark_every: Duration::from_secs(30),
-            gc_resync: Duration::from_secs(30),
+            gc_resync: Duration::from_secs(300),
             history: StoreOptions::default().history,
             unix_socket: None,
             encryption_key_file: None,

@@ -26,15 +26,25 @@ pub const PATCHES_DIR: &str = "/etc/paddock/kubeadm-patches";
 /// The patches an emulated control plane's static Pods get, by file name
 /// (`<component>+strategic.yaml`, as kubeadm reads them): probes that wait
 /// minutes, not seconds, so that a slow start or a busy minute does not
-/// make the kubelet kill a component that is only slow.
+/// make the kubelet kill a component that is only slow. The API server's
+/// readiness probe (kubeadm's: every second) is asked every 10 s: each
+/// probe is a TLS handshake, and on an emulated node a second's worth of
+/// them kept the starting API server from answering its own clients.
 pub fn emulated_patches() -> Vec<(String, String)> {
     ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
         .iter()
         .map(|c| {
+            // Only the API server has a readiness probe to change: a patch
+            // would give the others one without a handler.
+            let readiness = if *c == "kube-apiserver" {
+                "    readinessProbe: {timeoutSeconds: 60, periodSeconds: 10}\n"
+            } else {
+                ""
+            };
             (
                 format!("{c}+strategic.yaml"),
                 format!(
-                    "spec:\n  containers:\n  - name: {c}\n    livenessProbe: {{timeoutSeconds: 60, periodSeconds: 30, failureThreshold: 20}}\n    startupProbe: {{timeoutSeconds: 60, periodSeconds: 30, failureThreshold: 60}}\n"
+                    "spec:\n  containers:\n  - name: {c}\n    livenessProbe: {{timeoutSeconds: 60, periodSeconds: 30, failureThreshold: 20}}\n    startupProbe: {{timeoutSeconds: 60, periodSeconds: 30, failureThreshold: 60}}\n{readiness}"
                 ),
             )
         })

@@ -51,6 +51,8 @@ struct Ctx {
     failures: Mutex<HashMap<String, u32>>,
     /// The clusters' PKI and bootstrap Secrets, as the watch last saw them.
     secrets: reflector::Store<Secret>,
+    /// The overlay claims, as the watch last saw them.
+    pool: overlay::Pool,
 }
 
 impl Ctx {
@@ -234,6 +236,14 @@ fn address(o: &OverlayStatus, idx: u32) -> (String, String) {
     )
 }
 
+/// One Event naming the Machines a pass created, if it created any.
+async fn machines_created(ctx: &Ctx, c: &Cluster, created: &[String]) {
+    if !created.is_empty() {
+        let msg = created.join(", ");
+        events::record(&ctx.client, c, false, "MachineCreated", msg).await;
+    }
+}
+
 /// Deletes one of the cluster's Machines, expects the cache to show it, and says why.
 async fn remove_machine(
     ctx: &Ctx,
@@ -299,7 +309,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             .await?;
             return Ok(Action::requeue(Duration::from_secs(1)));
         }
-        overlay::release(&ctx.client, &uid).await?;
+        overlay::release(&ctx.client, &ctx.pool, &uid).await?;
         let fins: Vec<String> = c
             .finalizers()
             .iter()
@@ -332,7 +342,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let overlay = match c.status.as_ref().and_then(|s| s.overlay.clone()) {
         Some(o) => o,
         None => {
-            let o = overlay::ensure(&ctx.client, &ctx.cfg, &uid).await?;
+            let o = overlay::ensure(&ctx.client, &ctx.cfg, &ctx.pool, &uid).await?;
             let st = json!({"status": {"overlay": o, "phase": "Provisioning"}});
             clusters
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
@@ -407,6 +417,8 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             remove_machine(&ctx, &machines, &c, m, "its node pool was removed".into()).await?;
         }
     }
+    // One Event for the Machines a pass creates, not one per Machine.
+    let mut created = Vec::new();
     for g in &groups {
         let current: Vec<&Machine> = live.iter().copied().filter(|m| in_group(m, g)).collect();
         let want = g.replicas as usize;
@@ -451,16 +463,15 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     fins.push(paddock_api::machine::DRAIN_FINALIZER.into());
                 }
                 m.metadata.finalizers = Some(fins);
-                let created = machines.create(&PostParams::default(), &m).await?;
-                ctx.expect(&uid, created.name_any(), true);
-                events::record(
-                    &ctx.client,
-                    c.as_ref(),
-                    false,
-                    "MachineCreated",
-                    format!("{} ({}, {ip})", created.name_any(), g.role.as_str()),
-                )
-                .await;
+                let made = match machines.create(&PostParams::default(), &m).await {
+                    Ok(made) => made,
+                    Err(e) => {
+                        machines_created(&ctx, &c, &created).await;
+                        return Err(e.into());
+                    }
+                };
+                ctx.expect(&uid, made.name_any(), true);
+                created.push(format!("{} ({}, {ip})", made.name_any(), g.role.as_str()));
             }
         } else if current.len() > want {
             for m in scale_down(&current, want) {
@@ -476,6 +487,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
 
+    machines_created(&ctx, &c, &created).await;
     if !ctx.caught_up(&uid, &ctx.cached(&ns, &name)) {
         // Our own writes are not in the cache yet: count again when they are.
         return Ok(Action::requeue(Duration::from_millis(200)));
@@ -795,6 +807,10 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     .touched_objects()
     .for_each(|_| futures::future::ready(()));
     watchers.keep(tokio::spawn(stream));
+    let Some(pool) = overlay::Pool::watch(&client, &mut watchers).await else {
+        tracing::error!("overlay claim cache never became ready; cluster controller not started");
+        return;
+    };
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         cfg,
@@ -802,6 +818,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         expect: Mutex::default(),
         failures: Mutex::default(),
         secrets,
+        pool,
     });
     Controller::new(
         Api::<Cluster>::all(client.clone()),

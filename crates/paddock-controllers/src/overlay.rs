@@ -1,13 +1,20 @@
 //! Overlay allocation: a VNI and a /24 per cluster, claimed as a `Lease`
 //! named `overlay-<vni>` in `paddock-system`. Creating the claim is the
 //! allocation (the API's create is atomic), so concurrent clusters never
-//! share one; deleting it returns the pair to the pool.
+//! share one; deleting it returns the pair to the pool. Free slots are
+//! found in a watched cache of the claims.
 
+use std::collections::HashSet;
 use std::net::Ipv4Addr;
+use std::sync::Mutex;
+
+use futures::StreamExt;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use paddock_api::cluster::OverlayStatus;
 
 use crate::Config;
@@ -32,16 +39,6 @@ pub fn slot(cfg: &Config, idx: u32) -> OverlayStatus {
     }
 }
 
-/// The pool slots whose VNI no claim holds, lowest first. A claim is
-/// deleted only once the cluster's VMs and devices are gone everywhere, so
-/// a free slot has no VM or device of a previous owner left.
-pub fn free_slots<'a>(
-    cfg: &'a Config,
-    taken: &'a std::collections::HashSet<u32>,
-) -> impl Iterator<Item = u32> + 'a {
-    (0..cfg.vni_count).filter(move |idx| !taken.contains(&(cfg.vni_base + idx)))
-}
-
 /// Marks the Leases that are overlay claims (claims made before the label
 /// are still found by holder, and their names are still refused to others).
 const CLAIM_LABEL: &str = "paddock.io/overlay";
@@ -60,15 +57,78 @@ fn claim_vni(l: &Lease) -> Option<u32> {
         .and_then(|v| v.parse::<u32>().ok())
 }
 
-/// The overlay held by `holder` (a cluster uid), claiming the lowest free slot if none.
+/// The pool as this controller sees it: the claims its watch last saw, and
+/// those it made that the watch has not shown yet. A free slot is found by
+/// lookups in this cache, not by listing every claim: at 10,000 clusters a
+/// list of every claim per new cluster made cluster creation quadratic.
+pub struct Pool {
+    claims: reflector::Store<Lease>,
+    /// VNIs claimed here that the cache did not show yet.
+    mine: Mutex<HashSet<u32>>,
+}
+
+impl Pool {
+    /// Watches the claims (by label) and returns the pool once the cache
+    /// is filled, or None if the watch never started.
+    pub async fn watch(client: &kube::Client, keep: &mut paddock_watch::Watchers) -> Option<Self> {
+        let (claims, writer) = reflector::store();
+        let stream = reflector::reflector(
+            writer,
+            watcher::watcher(
+                Api::<Lease>::namespaced(client.clone(), NAMESPACE),
+                watcher::Config::default().labels(&format!("{CLAIM_LABEL}=claim")),
+            ),
+        )
+        .default_backoff()
+        .touched_objects()
+        .for_each(|_| futures::future::ready(()));
+        keep.keep(tokio::spawn(stream));
+        claims.wait_until_ready().await.ok()?;
+        Some(Self {
+            claims,
+            mine: Mutex::default(),
+        })
+    }
+
+    /// Whether `vni` is claimed, as far as this controller knows.
+    fn taken(&self, vni: u32) -> bool {
+        let cached = self
+            .claims
+            .get(&ObjectRef::new(&claim_name(vni)).within(NAMESPACE))
+            .is_some();
+        let Ok(mut mine) = self.mine.lock() else {
+            return cached;
+        };
+        if cached {
+            // The cache shows it now; from here on it alone says.
+            mine.remove(&vni);
+            return true;
+        }
+        mine.contains(&vni)
+    }
+
+    fn claimed(&self, vni: u32, yes: bool) {
+        if let Ok(mut mine) = self.mine.lock() {
+            if yes {
+                mine.insert(vni);
+            } else {
+                mine.remove(&vni);
+            }
+        }
+    }
+}
+
+/// The overlay held by `holder` (a cluster uid), claiming the lowest free
+/// slot if none.
 pub async fn ensure(
     client: &kube::Client,
     cfg: &Config,
+    pool: &Pool,
     holder: &str,
 ) -> anyhow::Result<OverlayStatus> {
     let api: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
-    // The holder's own claim, by an indexed field; then the claims (by
-    // label), not every Lease of every host.
+    // The holder's own claim, by an indexed field (a claim made just now may
+    // not be in the cache yet).
     let held = api.list(&holder_claims(holder)).await?;
     if let Some(idx) = held
         .items
@@ -77,13 +137,11 @@ pub async fn ensure(
     {
         return Ok(slot(cfg, idx));
     }
-    let claims = api
-        .list(&ListParams::default().labels(&format!("{CLAIM_LABEL}=claim")))
-        .await?;
-    let mut taken = std::collections::HashSet::new();
-    taken.extend(claims.items.iter().filter_map(claim_vni));
-    for idx in free_slots(cfg, &taken) {
+    for idx in 0..cfg.vni_count {
         let vni = cfg.vni_base + idx;
+        if pool.taken(vni) {
+            continue;
+        }
         let lease = Lease {
             metadata: ObjectMeta {
                 name: Some(claim_name(vni)),
@@ -95,9 +153,13 @@ pub async fn ensure(
                 ..Default::default()
             }),
         };
+        // The create is the allocation: a claim the cache does not show yet
+        // (or one made before the label) answers 409, and the next is tried.
         match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => return Ok(slot(cfg, idx)),
-            // Someone else took it between our list and create: try the next.
+            Ok(_) => {
+                pool.claimed(vni, true);
+                return Ok(slot(cfg, idx));
+            }
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
             Err(e) => return Err(e.into()),
         }
@@ -110,7 +172,7 @@ pub async fn ensure(
 }
 
 /// Returns `holder`'s overlay to the pool.
-pub async fn release(client: &kube::Client, holder: &str) -> anyhow::Result<()> {
+pub async fn release(client: &kube::Client, pool: &Pool, holder: &str) -> anyhow::Result<()> {
     let api: Api<Lease> = Api::namespaced(client.clone(), NAMESPACE);
     for l in api.list(&holder_claims(holder)).await?.items {
         let name = l.metadata.name.clone().unwrap_or_default();
@@ -121,6 +183,9 @@ pub async fn release(client: &kube::Client, holder: &str) -> anyhow::Result<()> 
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(e.into()),
+            }
+            if let Some(vni) = claim_vni(&l) {
+                pool.claimed(vni, false);
             }
         }
     }
@@ -141,21 +206,5 @@ mod tests {
         );
         let o = slot(&cfg, 257);
         assert_eq!((o.vni, o.subnet.as_str()), (1257, "10.65.1.0/24"));
-    }
-
-    #[test]
-    fn the_lowest_unclaimed_slot_comes_first_and_the_pool_runs_out() {
-        let cfg = Config {
-            vni_count: 3,
-            ..Config::default()
-        };
-        let taken: std::collections::HashSet<u32> = [1000, 1002].into();
-        assert_eq!(free_slots(&cfg, &taken).collect::<Vec<_>>(), [1]);
-        let all: std::collections::HashSet<u32> = [1000, 1001, 1002].into();
-        assert_eq!(free_slots(&cfg, &all).next(), None);
-        assert_eq!(
-            free_slots(&cfg, &Default::default()).collect::<Vec<_>>(),
-            [0, 1, 2]
-        );
     }
 }

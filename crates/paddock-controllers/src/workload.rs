@@ -541,17 +541,22 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         let list = clusters.state();
         clients.retain(&list.iter().filter_map(|c| c.uid()).collect());
 
+        // Machines by (namespace, cluster), built once per pass: a pass
+        // costs the fleet's size, not clusters times machines.
+        let mut by_cluster: HashMap<(Option<String>, String), Vec<Arc<Machine>>> = HashMap::new();
+        for m in all_machines {
+            if let Some(c) = m.labels().get(paddock_api::LABEL_CLUSTER) {
+                by_cluster
+                    .entry((m.namespace(), c.clone()))
+                    .or_default()
+                    .push(m);
+            }
+        }
         let mut work = Vec::with_capacity(list.len());
         for c in list {
-            let ns = c.namespace();
-            let mine: Vec<Arc<Machine>> = all_machines
-                .iter()
-                .filter(|m| {
-                    m.namespace() == ns
-                        && m.labels().get(paddock_api::LABEL_CLUSTER) == Some(&c.name_any())
-                })
-                .cloned()
-                .collect();
+            let mine = by_cluster
+                .remove(&(c.namespace(), c.name_any()))
+                .unwrap_or_default();
             let kube_nodes = runs_kubernetes(&c, &image_list);
             let pass = &pass;
             work.push(async move { pass.cluster(&c, mine, kube_nodes).await });
