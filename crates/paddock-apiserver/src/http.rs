@@ -554,10 +554,16 @@ async fn watch(
             let tx = tx.clone();
             async move { tx.send(Ok(b)).await.is_ok() }
         };
+        // The initial ADDED lines, in writes of up to WATCH_BATCH_BYTES.
+        let mut batch = bytes::BytesMut::new();
         for line in initial {
-            if !send(line).await {
+            batch.extend_from_slice(&line);
+            if batch.len() >= WATCH_BATCH_BYTES && !send(batch.split().freeze()).await {
                 return;
             }
+        }
+        if !batch.is_empty() && !send(batch.freeze()).await {
+            return;
         }
         let mut last = start;
         let bookmark = |rv: u64, end: bool| {
