@@ -795,18 +795,11 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         tracing::error!("machine cache never became ready; cluster controller not started");
         return;
     }
-    let (secrets, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher::watcher(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels(LABEL_CLUSTER),
-        ),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|_| futures::future::ready(()));
-    watchers.keep(tokio::spawn(stream));
+    let secrets = watchers.store_selected(
+        Api::<Secret>::all(client.clone()),
+        watcher::Config::default().labels(LABEL_CLUSTER),
+        Arc::default(),
+    );
     let Some(pool) = overlay::Pool::watch(&client, &mut watchers).await else {
         tracing::error!("overlay claim cache never became ready; cluster controller not started");
         return;

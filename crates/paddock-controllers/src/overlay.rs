@@ -6,15 +6,13 @@
 
 use std::collections::HashSet;
 use std::net::Ipv4Addr;
-use std::sync::Mutex;
-
-use futures::StreamExt;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::runtime::reflector::{self, ObjectRef};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::watcher;
 use paddock_api::cluster::OverlayStatus;
 
 use crate::Config;
@@ -71,18 +69,11 @@ impl Pool {
     /// Watches the claims (by label) and returns the pool once the cache
     /// is filled, or None if the watch never started.
     pub async fn watch(client: &kube::Client, keep: &mut paddock_watch::Watchers) -> Option<Self> {
-        let (claims, writer) = reflector::store();
-        let stream = reflector::reflector(
-            writer,
-            watcher::watcher(
-                Api::<Lease>::namespaced(client.clone(), NAMESPACE),
-                watcher::Config::default().labels(&format!("{CLAIM_LABEL}=claim")),
-            ),
-        )
-        .default_backoff()
-        .touched_objects()
-        .for_each(|_| futures::future::ready(()));
-        keep.keep(tokio::spawn(stream));
+        let claims = keep.store_selected(
+            Api::<Lease>::namespaced(client.clone(), NAMESPACE),
+            watcher::Config::default().labels(&format!("{CLAIM_LABEL}=claim")),
+            Arc::default(),
+        );
         claims.wait_until_ready().await.ok()?;
         Some(Self {
             claims,

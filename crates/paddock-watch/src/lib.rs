@@ -39,12 +39,18 @@ impl<K> Watchable for K where
 /// current (it retries with backoff and runs until aborted). `notify` is
 /// poked on every change.
 pub fn store<K: Watchable>(api: Api<K>, notify: Arc<Notify>) -> (Store<K>, JoinHandle<()>) {
+    store_selected(api, watcher::Config::default(), notify)
+}
+
+/// [`store`] of the objects that `selected` (label and field selectors) picks.
+pub fn store_selected<K: Watchable>(
+    api: Api<K>,
+    selected: watcher::Config,
+    notify: Arc<Notify>,
+) -> (Store<K>, JoinHandle<()>) {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(
-        writer,
-        watcher::watcher(api, watcher::Config::default()).default_backoff(),
-    )
-    .touched_objects();
+    let stream = reflector::reflector(writer, watcher::watcher(api, selected).default_backoff())
+        .touched_objects();
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {
@@ -70,7 +76,17 @@ impl Watchers {
 
     /// [`store`], with its task kept here.
     pub fn store<K: Watchable>(&mut self, api: Api<K>, notify: Arc<Notify>) -> Store<K> {
-        let (s, task) = store(api, notify);
+        self.store_selected(api, watcher::Config::default(), notify)
+    }
+
+    /// [`store_selected`], with its task kept here.
+    pub fn store_selected<K: Watchable>(
+        &mut self,
+        api: Api<K>,
+        selected: watcher::Config,
+        notify: Arc<Notify>,
+    ) -> Store<K> {
+        let (s, task) = store_selected(api, selected, notify);
         self.0.push(task);
         s
     }
