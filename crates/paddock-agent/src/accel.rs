@@ -33,6 +33,15 @@ impl Accel {
             Accel::Tcg => "tcg,thread=single",
         }
     }
+    /// How long the guest agent may take to answer a ping. An emulated
+    /// guest that is busy (a control plane starting) answered in more than
+    /// 2 s and was reported not ready for minutes.
+    pub fn guest_agent_timeout(self) -> Duration {
+        match self {
+            Accel::Kvm => Duration::from_secs(2),
+            Accel::Tcg => Duration::from_secs(10),
+        }
+    }
     /// The `-cpu` model that goes with it.
     pub fn cpu_model(self) -> &'static str {
         match self {

@@ -53,7 +53,7 @@ impl Hypervisor for Qemu {
         vm::stop(vm, grace).await;
     }
     async fn guest_ready(&self, vm: &VmDir) -> bool {
-        jsonsock::qga(&vm.qga(), Duration::from_secs(2))
+        jsonsock::qga(&vm.qga(), self.accel.guest_agent_timeout())
             .await
             .is_ok()
     }

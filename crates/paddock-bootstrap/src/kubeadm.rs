@@ -34,17 +34,30 @@ pub fn emulated_patches() -> Vec<(String, String)> {
     ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
         .iter()
         .map(|c| {
+            let mut extra = String::new();
             // Only the API server has a readiness probe to change: a patch
             // would give the others one without a handler.
-            let readiness = if *c == "kube-apiserver" {
-                "    readinessProbe: {timeoutSeconds: 60, periodSeconds: 10}\n"
-            } else {
-                ""
-            };
+            if *c == "kube-apiserver" {
+                extra.push_str("    readinessProbe: {timeoutSeconds: 60, periodSeconds: 10}\n");
+            }
+            // CPU requests set the pods' cgroup weights. On one emulated
+            // core the API server's start-up hooks ran out of their fixed
+            // 30 s while the scheduler and controller manager, which can do
+            // nothing until it serves, took a third of the CPU retrying:
+            // now etcd weighs as much as the API server (kubeadm gives it
+            // 100m beside 250m) and the two waiting components next to
+            // nothing. The requests sum to less than kubeadm's own.
+            match *c {
+                "etcd" => extra.push_str("    resources: {requests: {cpu: 250m}}\n"),
+                "kube-controller-manager" | "kube-scheduler" => {
+                    extra.push_str("    resources: {requests: {cpu: 10m}}\n")
+                }
+                _ => {}
+            }
             (
                 format!("{c}+strategic.yaml"),
                 format!(
-                    "spec:\n  containers:\n  - name: {c}\n    livenessProbe: {{timeoutSeconds: 60, periodSeconds: 30, failureThreshold: 20}}\n    startupProbe: {{timeoutSeconds: 60, periodSeconds: 30, failureThreshold: 60}}\n{readiness}"
+                    "spec:\n  containers:\n  - name: {c}\n    livenessProbe: {{timeoutSeconds: 60, periodSeconds: 30, failureThreshold: 20}}\n    startupProbe: {{timeoutSeconds: 60, periodSeconds: 30, failureThreshold: 60}}\n{extra}"
                 ),
             )
         })
@@ -206,4 +219,31 @@ pub fn config(
         .map(|d| serde_saphyr::to_string(d).map_err(|e| BootstrapError::Yaml(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(docs.join("---\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emulated_patches_weigh_the_api_server_and_etcd_over_the_waiting_components() {
+        let cpu = |c: &str| -> Option<String> {
+            let (_, body) = emulated_patches()
+                .into_iter()
+                .find(|(f, _)| f == &format!("{c}+strategic.yaml"))
+                .expect(c);
+            let v: Value = serde_saphyr::from_str(&body).expect("patch is YAML");
+            let container = &v["spec"]["containers"][0];
+            assert_eq!(container["name"], c);
+            assert_eq!(container["livenessProbe"]["timeoutSeconds"], 60);
+            container["resources"]["requests"]["cpu"]
+                .as_str()
+                .map(str::to_owned)
+        };
+        // The API server keeps kubeadm's 250m.
+        assert_eq!(cpu("kube-apiserver"), None);
+        assert_eq!(cpu("etcd").as_deref(), Some("250m"));
+        assert_eq!(cpu("kube-controller-manager").as_deref(), Some("10m"));
+        assert_eq!(cpu("kube-scheduler").as_deref(), Some("10m"));
+    }
 }

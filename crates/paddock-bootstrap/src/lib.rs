@@ -226,6 +226,11 @@ config=/etc/paddock/kubeadm.yaml
 if [ "$(systemd-detect-virt 2>/dev/null || true)" = qemu ]; then
   config=/etc/paddock/kubeadm-emulated.yaml
   log "software-emulated guest: kubeadm waits four times as long"
+  # One host core runs this whole guest. When it is short, the pods (the
+  # control plane's API server and etcd first, by their CPU requests) go
+  # before system.slice: the kubelet, containerd and journald, whose retries
+  # against an API server still starting took half the CPU it needed.
+  systemctl set-property --runtime system.slice CPUWeight=20
 fi
 # The kubelet gives pods the node's resolver configuration and refuses to
 # start a pod without one; an image may come with none.
@@ -491,6 +496,10 @@ mod tests {
         };
         let script = body("/usr/local/sbin/paddock-bootstrap");
         assert!(script.contains("kubeadm-emulated.yaml") && script.contains("systemd-detect-virt"));
+        assert!(
+            script.contains("set-property --runtime system.slice CPUWeight=20"),
+            "{script}"
+        );
         assert!(
             script.contains("kubeadm init --config \"$config\""),
             "{script}"

@@ -174,24 +174,46 @@ fn machine_ready(m: &Machine, reads_nodes: bool) -> bool {
     guest_ready(m) && (!reads_nodes || node_ready(m))
 }
 
-/// How many Machines a group short of `want` creates in this pass. Control
-/// planes of real Kubernetes join one at a time, each once every other is
-/// a Ready Node: etcd takes one new member (a learner) at a time, and two
-/// control planes that joined at once failed kubeadm's etcd join.
+/// Some control plane is a Ready Node (see [`machines_to_create`]). The
+/// Node is what a join needs; the guest agent answering is not (under TCG
+/// it can lag the Node by minutes).
+fn a_control_plane_is_ready<'a>(machines: impl IntoIterator<Item = &'a Machine>) -> bool {
+    machines
+        .into_iter()
+        .any(|m| m.spec.role == MachineRole::ControlPlane && node_ready(m))
+}
+
+/// How many Machines a group short of `want` creates in this pass.
+///
+/// Where the platform reads the workload cluster's Nodes (real
+/// Kubernetes), Machines are made in the order kubeadm can use them, as
+/// Cluster API's control-plane provider does:
+/// - control planes join one at a time, each once every other is a Ready
+///   Node: etcd takes one new member (a learner) at a time, and two control
+///   planes that joined at once failed kubeadm's etcd join;
+/// - workers are made once some control plane is a Ready Node
+///   (`control_plane_ready`). Before that `kubeadm join` has nothing to
+///   join and only retries, and on a busy host the workers' boots starved
+///   the first control plane's `kubeadm init` until its API server's
+///   start-up hooks timed out.
+///
+/// Stand-ins (no Nodes to read) are all made at once.
 pub fn machines_to_create(
     role: MachineRole,
     current: &[&Machine],
     want: usize,
     reads_nodes: bool,
+    control_plane_ready: bool,
 ) -> usize {
     let short = want.saturating_sub(current.len());
-    if role != MachineRole::ControlPlane || !reads_nodes || short == 0 {
+    if !reads_nodes || short == 0 {
         return short;
     }
-    if current.iter().all(|m| machine_ready(m, true)) {
-        1
-    } else {
-        0
+    match role {
+        MachineRole::Worker if control_plane_ready => short,
+        MachineRole::Worker => 0,
+        MachineRole::ControlPlane if current.iter().all(|m| node_ready(m)) => 1,
+        MachineRole::ControlPlane => 0,
     }
 }
 
@@ -417,6 +439,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             remove_machine(&ctx, &machines, &c, m, "its node pool was removed".into()).await?;
         }
     }
+    let control_plane_ready = a_control_plane_is_ready(live.iter().copied());
     // One Event for the Machines a pass creates, not one per Machine.
     let mut created = Vec::new();
     for g in &groups {
@@ -424,7 +447,8 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         let want = g.replicas as usize;
         let label = g.pool.clone().unwrap_or_else(|| "cp".into());
         if current.len() < want {
-            for _ in 0..machines_to_create(g.role, &current, want, reads_nodes) {
+            for _ in 0..machines_to_create(g.role, &current, want, reads_nodes, control_plane_ready)
+            {
                 let idx = (10..255).find(|i| !used.contains(i)).ok_or_else(|| {
                     anyhow::anyhow!("no overlay addresses left in {}", overlay.subnet)
                 })?;
@@ -542,13 +566,19 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             format!("{unscheduled} machines wait for a host"),
         )
     } else {
+        let held = reads_nodes && want_w > 0 && !a_control_plane_is_ready(&live);
         (
             ClusterPhase::Provisioning,
             format!(
-                "{} of {} {} ready",
+                "{} of {} {} ready{}",
                 ready_cp + ready_w,
                 c.spec.control_plane.replicas + want_w,
-                if reads_nodes { "nodes" } else { "machines" }
+                if reads_nodes { "nodes" } else { "machines" },
+                if held {
+                    "; workers are made once a control plane is a Ready Node"
+                } else {
+                    ""
+                }
             ),
         )
     };
@@ -880,19 +910,33 @@ mod tests {
         let first = node(m("a", 1, true), true);
         let joining = node(m("b", 2, true), false);
         // Nothing yet: the first control plane alone.
-        assert_eq!(machines_to_create(cp, &[], 3, true), 1);
+        assert_eq!(machines_to_create(cp, &[], 3, true, false), 1);
         // The next only once every one there is a Ready Node.
-        assert_eq!(machines_to_create(cp, &[&first], 3, true), 1);
-        assert_eq!(machines_to_create(cp, &[&first, &joining], 3, true), 0);
-        let booting = m("c", 3, false);
-        assert_eq!(machines_to_create(cp, &[&first, &booting], 3, true), 0);
-        assert_eq!(machines_to_create(cp, &[&first], 1, true), 0);
-        // Stand-ins and workers: all at once.
-        assert_eq!(machines_to_create(cp, &[], 3, false), 3);
+        assert_eq!(machines_to_create(cp, &[&first], 3, true, false), 1);
         assert_eq!(
-            machines_to_create(MachineRole::Worker, &[&joining], 4, true),
-            3
+            machines_to_create(cp, &[&first, &joining], 3, true, false),
+            0
         );
+        let booting = m("c", 3, false);
+        assert_eq!(
+            machines_to_create(cp, &[&first, &booting], 3, true, false),
+            0
+        );
+        assert_eq!(machines_to_create(cp, &[&first], 1, true, false), 0);
+        // Stand-ins: all at once.
+        assert_eq!(machines_to_create(cp, &[], 3, false, false), 3);
+    }
+
+    #[test]
+    fn workers_of_real_kubernetes_wait_for_a_ready_control_plane() {
+        let w = MachineRole::Worker;
+        let joining = m("b", 2, true);
+        // None before a control plane is a Ready Node, then all at once.
+        assert_eq!(machines_to_create(w, &[], 3, true, false), 0);
+        assert_eq!(machines_to_create(w, &[&joining], 4, true, true), 3);
+        assert_eq!(machines_to_create(w, &[&joining], 1, true, true), 0);
+        // Stand-ins have no Nodes to wait for.
+        assert_eq!(machines_to_create(w, &[], 3, false, false), 3);
     }
 
     #[test]

@@ -6,6 +6,14 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use kube::{Resource, ResourceExt};
 
+fn event_name(object: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{object}.{nanos:x}")
+}
+
 /// Records an event about `obj` (errors are logged, never fatal).
 pub async fn record<K>(client: &kube::Client, obj: &K, warning: bool, reason: &str, message: String)
 where
@@ -15,7 +23,10 @@ where
     let now = Time(Timestamp::now());
     let ev = Event {
         metadata: ObjectMeta {
-            generate_name: Some(format!("{}.", obj.name_any())),
+            // Named as client-go names them: the object and a nanosecond
+            // timestamp in hex (a generateName ending in "." is not a valid
+            // DNS subdomain, and Kubernetes refuses it).
+            name: Some(event_name(&obj.name_any())),
             namespace: Some(ns.clone()),
             ..Default::default()
         },
@@ -37,6 +48,7 @@ where
             component: Some("paddock-controllers".into()),
             host: None,
         }),
+        reporting_component: Some("paddock-controllers".into()),
         ..Default::default()
     };
     tracing::info!(object = %obj.name_any(), reason, %message, "event");

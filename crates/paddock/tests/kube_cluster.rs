@@ -435,6 +435,11 @@ spec:
         ))
     };
     cluster("demo", 2);
+    // A second cluster, to show that its pods cannot reach the first's. Its
+    // lone control plane boots beside demo's: demo's workers are made only
+    // once demo's control plane is a Ready Node, so until then each
+    // emulated control plane has a host core to itself.
+    cluster("other", 0);
     let clusters: Api<Cluster> = Api::namespaced(s.client.clone(), "acme");
     let machines: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
     let demo = clusters.get("demo").await.expect("demo");
@@ -604,6 +609,91 @@ spec:
     .await;
     assert!(body.contains("hello from web-"), "{body}");
 
+    // A pod of the second cluster cannot reach the first cluster's pods or
+    // nodes.
+    let took = wait_ready(&clusters, "other", 600).await;
+    eprintln!("other: Ready {}s after demo's checks", took.as_secs());
+    let other_kc = kubeconfig_for(s, "other");
+    // A bare Pod is admitted only once kube-controller-manager has made the
+    // namespace's `default` ServiceAccount, which on a fresh emulated control
+    // plane can come after its Node is Ready.
+    eventually(300, "serviceaccount default/default", || async {
+        let o = kubectl_with(
+            &other_kc,
+            &["-n", "default", "get", "serviceaccount", "default"],
+            None,
+        );
+        o.status.success().then_some(())
+    })
+    .await;
+    let intruder = toolbox("intruder", true);
+    let o = kubectl_with(&other_kc, &["apply", "-f", "-"], Some(&intruder));
+    assert!(o.status.success(), "{}", stderr(&o));
+    eventually(300, "intruder pod", || async {
+        (!running_pods(&other_kc, "default", "intruder").is_empty()).then_some(())
+    })
+    .await;
+    let demo_ips: Vec<String> = machines
+        .list(&ListParams::default().labels("paddock.io/cluster=demo"))
+        .await
+        .expect("machines")
+        .items
+        .iter()
+        .filter_map(|m| m.spec.ip.clone())
+        .map(|ip| ip.split('/').next().unwrap_or_default().to_owned())
+        .collect();
+    // (busybox 1.35's `wget -T` crashes: connections are tried with nc.)
+    let try_connect = |target: &str| -> Output {
+        let (ip, port) = target.split_once(':').expect("ip:port");
+        k(
+            &other_kc,
+            &[
+                "exec",
+                "intruder",
+                "--",
+                "sh",
+                "-c",
+                &format!("nc -w 5 {ip} {port} </dev/null"),
+            ],
+        )
+    };
+    let connects = |target: &str| -> bool { try_connect(target).status.success() };
+    // Its own cluster's API it reaches, through the Service (once its
+    // kube-proxy has programmed it), so the refusals below are not a pod
+    // whose network does not work yet. (Not its DNS: CoreDNS on a second
+    // emulated control plane takes minutes more to sync, and proves
+    // nothing more here.)
+    eventually(600, "other's pod reaches its own API", || async {
+        if connects("10.96.0.1:443") {
+            return Some(());
+        }
+        progress(&other_kc);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        None
+    })
+    .await;
+    for target in [
+        format!("{}:8080", web[0].2),
+        format!("{}:30080", demo_ips[0]),
+        format!("{}:6443", demo_ips[0]),
+    ] {
+        let o = try_connect(&target);
+        assert!(
+            !o.status.success(),
+            "other's pod reached demo at {target}: {}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    }
+    clusters
+        .delete("other", &Default::default())
+        .await
+        .expect("delete other");
+    eventually(300, "other's VM gone", || async {
+        (env.lab.qemu_pids().len() == 3).then_some(())
+    })
+    .await;
+
     // Scaling up joins a Ready Node.
     let o = paddock(
         &s.kubeconfig(),
@@ -699,73 +789,6 @@ spec:
         (env.lab.qemu_pids().len() == 2).then_some(())
     })
     .await;
-
-    // A pod of the second cluster cannot reach the first cluster's pods or
-    // nodes.
-    // (Booted only now: on 2 cores under TCG, two clusters booting at once
-    // slow each other to a crawl.)
-    cluster("other", 0);
-    let took = wait_ready(&clusters, "other", 1800).await;
-    eprintln!("other: create -> Ready in {}s", took.as_secs());
-    let other_kc = kubeconfig_for(s, "other");
-    let intruder = toolbox("intruder", true);
-    let o = kubectl_with(&other_kc, &["apply", "-f", "-"], Some(&intruder));
-    assert!(o.status.success(), "{}", stderr(&o));
-    eventually(300, "intruder pod", || async {
-        (!running_pods(&other_kc, "default", "intruder").is_empty()).then_some(())
-    })
-    .await;
-    let demo_ips: Vec<String> = machines
-        .list(&ListParams::default().labels("paddock.io/cluster=demo"))
-        .await
-        .expect("machines")
-        .items
-        .iter()
-        .filter_map(|m| m.spec.ip.clone())
-        .map(|ip| ip.split('/').next().unwrap_or_default().to_owned())
-        .collect();
-    // (busybox 1.35's `wget -T` crashes: connections are tried with nc.)
-    let connects = |target: &str| -> bool {
-        let (ip, port) = target.split_once(':').expect("ip:port");
-        k(
-            &other_kc,
-            &[
-                "exec",
-                "intruder",
-                "--",
-                "sh",
-                "-c",
-                &format!("nc -w 5 {ip} {port} </dev/null"),
-            ],
-        )
-        .status
-        .success()
-    };
-    // Its own cluster's API it reaches, through the Service (once its
-    // kube-proxy has programmed it), so the refusals below are not a pod
-    // whose network does not work yet. (Not its DNS: CoreDNS on a second
-    // emulated control plane takes minutes more to sync, and proves
-    // nothing more here.)
-    eventually(600, "other's pod reaches its own API", || async {
-        if connects("10.96.0.1:443") {
-            return Some(());
-        }
-        progress(&other_kc);
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        None
-    })
-    .await;
-    for target in [
-        format!("{}:8080", web[0].2),
-        format!("{}:30080", demo_ips[0]),
-        format!("{}:6443", demo_ips[0]),
-    ] {
-        assert!(!connects(&target), "other's pod reached demo at {target}");
-    }
-    clusters
-        .delete("other", &Default::default())
-        .await
-        .expect("delete other");
 
     clusters
         .delete("demo", &Default::default())
