@@ -10,9 +10,11 @@ set -euo pipefail
 want=(curl openssl ca-certificates iproute2 nftables iptables containerd qemu-system-x86 qemu-utils busybox-static cpio kmod gzip)
 # The tests also run the real validators and peers: cloud-init (schema of
 # the user-data Paddock renders), HAProxy (the external load balancer in
-# front of the ingress ports), debootstrap (the Debian node image).
+# front of the ingress ports), debootstrap (the Debian node image), Python
+# with venv (the official Kubernetes client and the OpenAPI checkers, from
+# PyPI: scripts/python-tools.sh).
 if [ "${1:-runtime}" = test ]; then
-  want+=(cloud-init haproxy debootstrap e2fsprogs)
+  want+=(cloud-init haproxy debootstrap e2fsprogs python3 python3-venv)
 fi
 
 missing=()

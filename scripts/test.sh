@@ -20,6 +20,9 @@ scripts/build-node-images.sh "$PADDOCK_NODE_BIN" "$PADDOCK_NODE_IMAGES"
 # first time, cached after).
 export PADDOCK_KUBE_IMAGE=${PADDOCK_KUBE_IMAGE:-/var/cache/paddock/kube-node-image}
 scripts/build-kube-node-image.sh "$PADDOCK_KUBE_IMAGE" >/dev/null
+# The official Kubernetes Python client and the OpenAPI validator and
+# fuzzer the API tests run.
+export PADDOCK_PYTHON=${PADDOCK_PYTHON:-$(scripts/python-tools.sh /var/cache/paddock/python-tools)}
 # A clean checkout gains nothing from incremental artifacts; they would
 # double the size of target/.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}

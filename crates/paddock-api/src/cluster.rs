@@ -38,8 +38,10 @@ pub struct ClusterSpec {
     /// The control-plane machines.
     #[serde(default)]
     pub control_plane: ControlPlaneSpec,
-    /// Groups of identical worker machines.
+    /// Groups of identical worker machines, each named once (a list keyed
+    /// by `name`, which server-side apply merges by it).
     #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub node_pools: Vec<NodePool>,
     /// In-cluster address ranges.
     #[serde(default)]

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod host;
 pub mod image;
 pub mod machine;
+pub mod meta;
 pub mod quantity;
 pub mod validation;
 pub mod version;

@@ -40,19 +40,68 @@ pub type Admit = std::sync::Arc<dyn Fn(Option<&Value>, &Value) -> ApiResult<()> 
 #[derive(Clone, Default)]
 pub struct WriteOptions {
     pub dry_run: bool,
-    /// Reject fields the type does not know (`fieldValidation=Strict`).
-    pub strict: bool,
+    /// What to do with fields the type does not know (`fieldValidation`).
+    pub validation: FieldValidation,
     /// Checked on the object as it would be stored, after validation and
     /// before anything is written (also on dry runs).
     pub admit: Option<Admit>,
+    /// Who writes, for `managedFields` (`fieldManager`, else the client's
+    /// user agent; the server's own writes when unset).
+    pub manager: Option<String>,
+    /// An apply takes fields from other managers (`force=true`).
+    pub force: bool,
+    /// Where `FieldValidation::Warn` puts what it found.
+    pub warnings: Warnings,
+}
+
+/// `fieldValidation`: unknown or duplicated fields are dropped silently,
+/// dropped with a warning (the default), or refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    #[default]
+    Warn,
+    Strict,
+}
+
+/// Warnings a write collects for the response's `Warning` headers.
+#[derive(Debug, Clone, Default)]
+pub struct Warnings(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Warnings {
+    pub fn push(&self, w: String) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(w);
+        }
+    }
+
+    pub fn take(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
+}
+
+/// The manager the server's own writes are recorded under.
+pub const SERVER_MANAGER: &str = "paddock-apiserver";
+
+/// How a write records ownership in `managedFields`.
+enum Ownership {
+    /// An ordinary write: its manager takes what it changes.
+    Update,
+    /// An apply, already decided: these are the entries.
+    Applied(Vec<crate::apply::Entry>),
 }
 
 impl std::fmt::Debug for WriteOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WriteOptions")
             .field("dry_run", &self.dry_run)
-            .field("strict", &self.strict)
+            .field("validation", &self.validation)
             .field("admit", &self.admit.is_some())
+            .field("manager", &self.manager)
+            .field("force", &self.force)
             .finish()
     }
 }
@@ -89,6 +138,15 @@ pub struct DeleteOptions {
 pub struct Preconditions {
     pub uid: Option<String>,
     pub resource_version: Option<String>,
+}
+
+/// What an apply did.
+#[derive(Debug)]
+pub enum Applied {
+    /// There was no object: this one was made (201).
+    Created(Value),
+    /// The object as it is after the apply.
+    Updated(Value),
 }
 
 /// What a delete did.
@@ -176,6 +234,9 @@ pub struct EntryPage {
     pub items: Vec<Arc<Entry>>,
     pub resource_version: String,
     pub continue_token: Option<String>,
+    /// Objects after this page (`remainingItemCount`): known, as in
+    /// Kubernetes, only for a paged list without selectors.
+    pub remaining: Option<usize>,
 }
 
 #[derive(serde::Serialize, Deserialize)]
@@ -343,7 +404,7 @@ impl Api {
                 .collect::<ApiResult<_>>()?,
             resource_version: page.resource_version,
             continue_token: page.continue_token,
-            remaining: None,
+            remaining: page.remaining,
         })
     }
 
@@ -374,6 +435,7 @@ impl Api {
             None => None,
         };
         let at = ReadAt::of(opts)?;
+        let unselected = opts.labels.is_empty() && opts.fields.is_empty();
         if token.is_none()
             && let Some(cache) = &self.cache
         {
@@ -392,10 +454,15 @@ impl Api {
                     snap.objects
                         .select(&prefix, None, &opts.labels, &opts.fields, opts.limit);
                 let last = items.last().map(|e| e.key.to_string());
+                let remaining = match &last {
+                    Some(k) if more && unselected => Some(snap.objects.count_after(&prefix, k)),
+                    _ => None,
+                };
                 return Ok(EntryPage {
                     continue_token: continue_token(more, opts.limit, last, snap.revision)?,
                     items,
                     resource_version: snap.revision.to_string(),
+                    remaining,
                 });
             }
         }
@@ -457,10 +524,21 @@ impl Api {
             after = last_key.clone();
         }
         let rv = revision.unwrap_or_default();
+        let remaining = match &last_key {
+            Some(k) if more && unselected && opts.limit.is_some() => Some(
+                self.store
+                    .list(&prefix, Some(k), None, Some(rv))
+                    .await?
+                    .items
+                    .len(),
+            ),
+            _ => None,
+        };
         Ok(EntryPage {
             items,
             resource_version: rv.to_string(),
             continue_token: continue_token(more, opts.limit, last_key, rv)?,
+            remaining,
         })
     }
 
@@ -495,8 +573,20 @@ impl Api {
         &self,
         res: &Resource,
         ns: Option<&str>,
+        obj: Value,
+        opts: WriteOptions,
+    ) -> ApiResult<Value> {
+        self.create_owned(res, ns, obj, opts, Ownership::Update)
+            .await
+    }
+
+    async fn create_owned(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
         mut obj: Value,
         opts: WriteOptions,
+        ownership: Ownership,
     ) -> ApiResult<Value> {
         check_type(res, &mut obj)?;
         let meta = meta_mut(&mut obj);
@@ -570,9 +660,7 @@ impl Api {
             .codec
             .normalize(obj.clone())
             .map_err(|e| invalid(res, &name, e))?;
-        if opts.strict {
-            strict_check(&obj, &normal)?;
-        }
+        check_fields(&obj, &normal, &opts)?;
         self.admit_kind(res, &name, None, &mut normal).await?;
         let m = meta_mut(&mut normal);
         m.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -581,6 +669,24 @@ impl Api {
         if let Some(admit) = &opts.admit {
             admit(None, &normal)?;
         }
+        let entries = match ownership {
+            Ownership::Applied(entries) => entries,
+            Ownership::Update => {
+                let mut entries = Vec::new();
+                let changes = crate::apply::fieldset::changes(
+                    &json!({}),
+                    &crate::apply::tracked(res, &normal, false),
+                    crate::apply::shape_of(res),
+                );
+                crate::apply::managed::record_update(
+                    &mut entries,
+                    &writer(&res.api_version(), &opts, None, &object::now_rfc3339()),
+                    &changes,
+                );
+                entries
+            }
+        };
+        crate::apply::managed::write(&mut normal, &entries);
         if opts.dry_run {
             return Ok(normal);
         }
@@ -631,6 +737,7 @@ impl Api {
                     part,
                     opts.clone(),
                     pinned,
+                    Ownership::Update,
                 )
                 .await
             {
@@ -661,6 +768,11 @@ impl Api {
             match kind {
                 PatchKind::Merge => json_patch::merge(&mut new, patch),
                 PatchKind::Strategic => json_patch::merge(&mut new, &strip_directives(patch)),
+                PatchKind::Apply => {
+                    return Err(ApiError::BadRequest(
+                        "an apply patch is applied with Api::apply".into(),
+                    ));
+                }
                 PatchKind::Json => {
                     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
                         .map_err(|e| ApiError::BadRequest(format!("invalid JSON patch: {e}")))?;
@@ -685,13 +797,148 @@ impl Api {
                 meta_mut(&mut new).remove("resourceVersion");
             }
             match self
-                .write_update(res, ns, name, &kv, &old, new, part, opts.clone(), pinned)
+                .write_update(
+                    res,
+                    ns,
+                    name,
+                    &kv,
+                    &old,
+                    new,
+                    part,
+                    opts.clone(),
+                    pinned,
+                    Ownership::Update,
+                )
                 .await
             {
                 Err(ApiError::Conflict(..)) if pinned.is_none() && attempt < MAX_RETRIES => {
                     continue;
                 }
                 other => return other,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Server-side apply: `config` holds the fields its manager wants, as
+    /// they should be; merged by the kind's structure into the object (made
+    /// if there is none), with conflicts where another manager set a field
+    /// to something else (unless `opts.force`), and the fields the manager
+    /// applied before and no longer names removed.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn apply(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        name: &str,
+        mut config: Value,
+        part: Part,
+        opts: WriteOptions,
+    ) -> ApiResult<Applied> {
+        let manager = opts
+            .manager
+            .clone()
+            .filter(|m| !m.is_empty())
+            .ok_or_else(|| {
+                ApiError::BadRequest(
+                    "PATCH, application/apply-patch+yaml requires the fieldManager parameter"
+                        .into(),
+                )
+            })?;
+        if config["apiVersion"].as_str().is_none_or(str::is_empty)
+            || config["kind"].as_str().is_none_or(str::is_empty)
+        {
+            return Err(ApiError::BadRequest(
+                "an apply configuration must set apiVersion and kind".into(),
+            ));
+        }
+        check_type(res, &mut config)?;
+        match object::name(&config) {
+            Some(n) if n != name => {
+                return Err(ApiError::BadRequest(format!(
+                    "the name of the object ({n}) does not match the name on the URL ({name})"
+                )));
+            }
+            _ => {}
+        }
+        let status = part == Part::Status;
+        let shape = crate::apply::shape_of(res);
+        let av = res.api_version();
+        for attempt in 0.. {
+            let now = object::now_rfc3339();
+            let w = crate::apply::Writer {
+                manager: &manager,
+                subresource: (status && res.status_subresource).then_some("status"),
+                api_version: &av,
+                now: &now,
+            };
+            let (kv, old) = match self.read(res, ns, name).await {
+                Err(ApiError::NotFound(_)) if !status => {
+                    let mut obj = config.clone();
+                    meta_mut(&mut obj).insert("name".into(), json!(name));
+                    let fields = crate::apply::fieldset::fields_of(
+                        &crate::apply::tracked(res, &obj, false),
+                        shape,
+                    );
+                    let entries = vec![crate::apply::Entry {
+                        manager: manager.clone(),
+                        operation: crate::apply::Operation::Apply,
+                        api_version: av.clone(),
+                        time: now.clone(),
+                        subresource: None,
+                        fields,
+                    }];
+                    match self
+                        .create_owned(res, ns, obj, opts.clone(), Ownership::Applied(entries))
+                        .await
+                    {
+                        Err(ApiError::AlreadyExists(_)) if attempt < MAX_RETRIES => continue,
+                        other => return other.map(Applied::Created),
+                    }
+                }
+                other => other?,
+            };
+            immutable_identity(
+                res,
+                name,
+                &object::meta(&old).cloned().unwrap_or_default(),
+                &config,
+            )?;
+            let applied = crate::apply::managed::apply(
+                &crate::apply::managed::read(&old),
+                &w,
+                &crate::apply::tracked(res, &old, status),
+                &crate::apply::tracked(res, &config, status),
+                shape,
+                opts.force,
+            )
+            .map_err(|conflicts| {
+                ApiError::ApplyConflict(
+                    res.subject(name),
+                    conflicts
+                        .into_iter()
+                        .map(|c| (c.manager, c.field))
+                        .collect(),
+                )
+            })?;
+            let new = crate::apply::restore_untracked(res, &old, applied.object, status);
+            match self
+                .write_update(
+                    res,
+                    ns,
+                    name,
+                    &kv,
+                    &old,
+                    new,
+                    part,
+                    opts.clone(),
+                    None,
+                    Ownership::Applied(applied.entries),
+                )
+                .await
+            {
+                Err(ApiError::Conflict(..)) if attempt < MAX_RETRIES => continue,
+                other => return other.map(Applied::Updated),
             }
         }
         unreachable!("the loop returns")
@@ -735,6 +982,7 @@ impl Api {
                     Part::Internal,
                     WriteOptions::default(),
                     None,
+                    Ownership::Update,
                 )
                 .await
             {
@@ -757,6 +1005,7 @@ impl Api {
         part: Part,
         opts: WriteOptions,
         pinned: Option<u64>,
+        ownership: Ownership,
     ) -> ApiResult<Value> {
         if let Some(rv) = pinned
             && rv != kv.mod_revision
@@ -789,6 +1038,9 @@ impl Api {
             Part::Main | Part::Internal => {}
         }
         let old_meta = object::meta(old).cloned().unwrap_or_default();
+        if part != Part::Internal {
+            immutable_identity(res, name, &old_meta, &input)?;
+        }
         let m = meta_mut(&mut new);
         for f in [
             "name",
@@ -816,8 +1068,8 @@ impl Api {
             .codec
             .normalize(new.clone())
             .map_err(|e| invalid(res, name, e))?;
-        if opts.strict && part != Part::Internal {
-            strict_check(&input, &normal)?;
+        if part != Part::Internal {
+            check_fields(&input, &normal, &opts)?;
         }
         if part == Part::Main {
             self.admit_kind(res, name, Some(old), &mut normal).await?;
@@ -855,6 +1107,35 @@ impl Api {
                 .unwrap_or_else(|_| old.clone());
             admit(Some(&old), &normal)?;
         }
+        let entries = match ownership {
+            Ownership::Applied(entries) => entries,
+            Ownership::Update => {
+                let now = object::now_rfc3339();
+                let av = res.api_version();
+                let mut entries = crate::apply::managed::read(old);
+                let halves: &[bool] = match part {
+                    Part::Main => &[false],
+                    Part::Status => &[true],
+                    Part::Internal if res.status_subresource => &[false, true],
+                    Part::Internal => &[false],
+                };
+                for &status in halves {
+                    let changes = crate::apply::fieldset::changes(
+                        &crate::apply::tracked(res, old, status),
+                        &crate::apply::tracked(res, &normal, status),
+                        crate::apply::shape_of(res),
+                    );
+                    let sub = (status && res.status_subresource).then_some("status");
+                    crate::apply::managed::record_update(
+                        &mut entries,
+                        &writer(&av, &opts, sub, &now),
+                        &changes,
+                    );
+                }
+                entries
+            }
+        };
+        crate::apply::managed::write(&mut normal, &entries);
         if normal == object::without_rv(old) {
             return Ok(old.clone());
         }
@@ -1066,6 +1347,8 @@ pub enum PatchKind {
     Json,
     Merge,
     Strategic,
+    /// Server-side apply ([`Api::apply`], not [`Api::patch`]).
+    Apply,
 }
 
 impl PatchKind {
@@ -1074,6 +1357,7 @@ impl PatchKind {
             "application/json-patch+json" => Some(Self::Json),
             "application/merge-patch+json" => Some(Self::Merge),
             "application/strategic-merge-patch+json" => Some(Self::Strategic),
+            "application/apply-patch+yaml" => Some(Self::Apply),
             _ => None,
         }
     }
@@ -1093,10 +1377,64 @@ fn strip_directives(v: &Value) -> Value {
     }
 }
 
-fn strict_check(input: &Value, normal: &Value) -> ApiResult<()> {
+/// Who a write is recorded as in `managedFields`.
+fn writer<'a>(
+    api_version: &'a str,
+    opts: &'a WriteOptions,
+    subresource: Option<&'a str>,
+    now: &'a str,
+) -> crate::apply::Writer<'a> {
+    crate::apply::Writer {
+        manager: opts.manager.as_deref().unwrap_or(SERVER_MANAGER),
+        subresource,
+        api_version,
+        now,
+    }
+}
+
+/// A write that would change who the object is — its name, namespace or
+/// uid — is refused, not quietly undone (left out, they stay as they are).
+fn immutable_identity(
+    res: &Resource,
+    name: &str,
+    old_meta: &serde_json::Map<String, Value>,
+    input: &Value,
+) -> ApiResult<()> {
+    let mut errs = Vec::new();
+    for f in ["name", "namespace", "uid"] {
+        if f == "namespace" && !res.namespaced {
+            continue;
+        }
+        let sent = input
+            .pointer(&format!("/metadata/{f}"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let kept = old_meta.get(f).and_then(Value::as_str).unwrap_or_default();
+        if !sent.is_empty() && sent != kept {
+            errs.push(FieldError::invalid(
+                format!("metadata.{f}"),
+                format!("{sent:?}: field is immutable"),
+            ));
+        }
+    }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid(res, name, errs))
+    }
+}
+
+/// Fields of `input` that its type dropped (`normal` is what was kept),
+/// refused or warned about as `opts.validation` says.
+fn check_fields(input: &Value, normal: &Value, opts: &WriteOptions) -> ApiResult<()> {
+    if opts.validation == FieldValidation::Ignore {
+        return Ok(());
+    }
     let mut unknown = Vec::new();
     object::unknown_fields(input, normal, "", &mut unknown);
-    unknown.retain(|f| !f.starts_with("metadata.resourceVersion"));
+    unknown.retain(|f| {
+        !f.starts_with("metadata.resourceVersion") && !f.starts_with("metadata.managedFields")
+    });
     if unknown.is_empty() {
         return Ok(());
     }
@@ -1104,6 +1442,12 @@ fn strict_check(input: &Value, normal: &Value) -> ApiResult<()> {
         .iter()
         .map(|f| format!("unknown field \"{f}\""))
         .collect();
+    if opts.validation == FieldValidation::Warn {
+        for w in list {
+            opts.warnings.push(w);
+        }
+        return Ok(());
+    }
     Err(ApiError::BadRequest(format!(
         "strict decoding error: {}",
         list.join(", ")

@@ -127,7 +127,7 @@ pub enum Condition {
 
 impl Condition {
     /// Why the request was refused when the condition did not hold.
-    fn unmet(&self) -> String {
+    pub fn unmet(&self) -> String {
         match self {
             Condition::CreatesNamed(name) => {
                 format!("a host may only create {name:?}, without finalizers or owner references")

@@ -7,6 +7,18 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::resources::{RESOURCES, groups};
+use crate::review;
+
+/// The served groups: the stored resources' and the access reviews'.
+fn all_groups() -> Vec<(&'static str, &'static str)> {
+    let mut out = groups();
+    for k in &review::KINDS {
+        if !out.contains(&(k.group, review::VERSION)) {
+            out.push((k.group, review::VERSION));
+        }
+    }
+    out
+}
 
 const VERBS: [&str; 8] = [
     "create",
@@ -45,7 +57,7 @@ fn group_entry(group: &str, version: &str) -> Value {
 }
 
 pub async fn group_list() -> Json<Value> {
-    let groups: Vec<Value> = groups()
+    let groups: Vec<Value> = all_groups()
         .into_iter()
         .map(|(g, v)| group_entry(g, v))
         .collect();
@@ -53,7 +65,7 @@ pub async fn group_list() -> Json<Value> {
 }
 
 pub async fn group(Path(group): Path<String>) -> Result<Json<Value>, ApiError> {
-    let (g, v) = groups()
+    let (g, v) = all_groups()
         .into_iter()
         .find(|(g, _)| *g == group)
         .ok_or(ApiError::NoRoute)?;
@@ -85,6 +97,17 @@ fn resource_list(group: &str, version: &str) -> Result<Json<Value>, ApiError> {
                 "namespaced": r.namespaced,
                 "kind": r.kind,
                 "verbs": ["get", "patch", "update"],
+            }));
+        }
+    }
+    if version == review::VERSION {
+        for k in review::KINDS.iter().filter(|k| k.group == group) {
+            list.push(json!({
+                "name": k.plural,
+                "singularName": k.singular,
+                "namespaced": false,
+                "kind": k.kind,
+                "verbs": ["create"],
             }));
         }
     }

@@ -33,6 +33,10 @@ pub enum ApiError {
     AlreadyExists(Subject),
     #[error("Operation cannot be fulfilled on {} {:?}: {}", .0.qualified(), .0.name, .1)]
     Conflict(Subject, String),
+    /// A server-side apply would take fields other managers own:
+    /// `(manager, field)` for each.
+    #[error("{}", apply_conflicts(.1))]
+    ApplyConflict(Subject, Vec<(String, String)>),
     #[error("{} {:?} is invalid: {}", .0.kind, .0.name, join(.1))]
     Invalid(Subject, Vec<FieldError>),
     #[error("{0}")]
@@ -51,6 +55,10 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     TooLarge(String),
+    #[error("only the following media types are accepted: {0}")]
+    NotAcceptable(String),
+    #[error("{0}")]
+    UriTooLong(String),
     /// Detail for the server's log only: clients see an id to quote.
     #[error("internal error: {0}")]
     Internal(String),
@@ -60,6 +68,18 @@ pub enum ApiError {
     Timeout(String),
     #[error("{0}")]
     TooManyRequests(String),
+}
+
+/// Kubernetes' words for an apply's conflicts.
+fn apply_conflicts(conflicts: &[(String, String)]) -> String {
+    let lines: Vec<String> = conflicts
+        .iter()
+        .map(|(manager, field)| format!("conflict with {manager:?}: {field}"))
+        .collect();
+    match lines.len() {
+        1 => format!("Apply failed with 1 conflict: {}", lines[0]),
+        n => format!("Apply failed with {n} conflicts: {}", lines.join("\n")),
+    }
 }
 
 fn join(errs: &[FieldError]) -> String {
@@ -110,7 +130,9 @@ impl ApiError {
     pub fn code(&self) -> StatusCode {
         match self {
             Self::NotFound(_) | Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::AlreadyExists(_) | Self::Conflict(..) => StatusCode::CONFLICT,
+            Self::AlreadyExists(_) | Self::Conflict(..) | Self::ApplyConflict(..) => {
+                StatusCode::CONFLICT
+            }
             Self::Invalid(..) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -119,6 +141,8 @@ impl ApiError {
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
+            Self::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -130,7 +154,7 @@ impl ApiError {
         match self {
             Self::NotFound(_) | Self::NoRoute => "NotFound",
             Self::AlreadyExists(_) => "AlreadyExists",
-            Self::Conflict(..) => "Conflict",
+            Self::Conflict(..) | Self::ApplyConflict(..) => "Conflict",
             Self::Invalid(..) => "Invalid",
             Self::BadRequest(_) => "BadRequest",
             Self::Unauthorized => "Unauthorized",
@@ -139,6 +163,8 @@ impl ApiError {
             Self::MethodNotAllowed => "MethodNotAllowed",
             Self::UnsupportedMediaType(_) => "UnsupportedMediaType",
             Self::TooLarge(_) => "RequestEntityTooLarge",
+            Self::NotAcceptable(_) => "NotAcceptable",
+            Self::UriTooLong(_) => "RequestURITooLong",
             Self::Internal(_) => "InternalError",
             Self::Unavailable(_) => "ServiceUnavailable",
             Self::Timeout(_) => "Timeout",
@@ -165,6 +191,7 @@ impl ApiError {
             Self::NotFound(s)
             | Self::AlreadyExists(s)
             | Self::Conflict(s, _)
+            | Self::ApplyConflict(s, _)
             | Self::Invalid(s, _) => Some(s),
             _ => None,
         };
@@ -175,6 +202,14 @@ impl ApiError {
                 details["causes"] = errs
                     .iter()
                     .map(|e| json!({"reason": e.kind.reason(), "message": e.message, "field": e.field}))
+                    .collect();
+            }
+            if let Self::ApplyConflict(_, conflicts) = self {
+                details["causes"] = conflicts
+                    .iter()
+                    .map(|(manager, field)| {
+                        json!({"reason": "FieldManagerConflict", "message": format!("conflict with {manager:?}"), "field": field})
+                    })
                     .collect();
             }
             status["details"] = details;

@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::AppState;
-use crate::api::{Api, DeleteOptions, Deleted, ListOptions, Part, PatchKind, WriteOptions, decode};
+use crate::api::{
+    Api, Applied, DeleteOptions, Deleted, FieldValidation, ListOptions, Part, PatchKind, Warnings,
+    WriteOptions, decode,
+};
 use crate::auth::User;
 use crate::authz::{self, Decision};
 use crate::cache::{CacheWatch, Entry, EventType, WatchEnd, entry::watch_line};
@@ -44,15 +47,85 @@ pub struct Params {
     dry_run: Option<String>,
     field_validation: Option<String>,
     propagation_policy: Option<String>,
+    grace_period_seconds: Option<String>,
+    field_manager: Option<String>,
+    force: Option<String>,
 }
 
 fn truthy(v: &Option<String>) -> bool {
-    matches!(v.as_deref(), Some("true" | "1"))
+    matches!(
+        v.as_deref(),
+        Some("true" | "True" | "TRUE" | "t" | "T" | "1")
+    )
+}
+
+/// Refuses boolean parameters that are not booleans (as Go's
+/// `strconv.ParseBool` reads them), rather than reading them as false.
+fn check_flags(p: &Params) -> ApiResult<()> {
+    for (name, v) in [
+        ("watch", &p.watch),
+        ("allowWatchBookmarks", &p.allow_watch_bookmarks),
+        ("sendInitialEvents", &p.send_initial_events),
+        ("force", &p.force),
+    ] {
+        if let Some(v) = v.as_deref()
+            && !matches!(
+                v,
+                "" | "true"
+                    | "True"
+                    | "TRUE"
+                    | "t"
+                    | "T"
+                    | "1"
+                    | "false"
+                    | "False"
+                    | "FALSE"
+                    | "f"
+                    | "F"
+                    | "0"
+            )
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{name} {v:?} is not a boolean: use true or false"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn content_type(headers: &HeaderMap) -> &str {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
 }
 
 fn json_response(code: StatusCode, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Media types responses come in (JSON; protobuf and YAML clients accept
+/// JSON as well, as kubectl does).
+const SERVED_TYPES: &str = "application/json, application/json;as=Table;v=v1;g=meta.k8s.io";
+
+/// Refuses an `Accept` header that admits no JSON (406), as Kubernetes
+/// refuses media types it cannot serve.
+fn check_accept(headers: &HeaderMap) -> ApiResult<()> {
+    let Some(accept) = headers.get(header::ACCEPT) else {
+        return Ok(());
+    };
+    let accept = accept.to_str().unwrap_or("");
+    let ok = accept.trim().is_empty()
+        || accept.split(',').any(|range| {
+            let base = range.split(';').next().unwrap_or("").trim();
+            matches!(base, "*/*" | "application/*" | "application/json")
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::NotAcceptable(SERVED_TYPES.into()))
+    }
 }
 
 fn wants_table(headers: &HeaderMap) -> bool {
@@ -62,7 +135,10 @@ fn wants_table(headers: &HeaderMap) -> bool {
         .is_some_and(|a| a.contains("as=Table"))
 }
 
-fn write_options(p: &Params) -> ApiResult<WriteOptions> {
+/// The longest `fieldManager` Kubernetes accepts.
+const MAX_MANAGER_LEN: usize = 128;
+
+fn write_options(p: &Params, headers: &HeaderMap) -> ApiResult<WriteOptions> {
     let dry_run = match p.dry_run.as_deref() {
         None | Some("") => false,
         Some("All") => true,
@@ -72,20 +148,67 @@ fn write_options(p: &Params) -> ApiResult<WriteOptions> {
             )));
         }
     };
-    let strict = match p.field_validation.as_deref() {
-        None | Some("" | "Ignore" | "Warn") => false,
-        Some("Strict") => true,
+    let validation = match p.field_validation.as_deref() {
+        None | Some("" | "Warn") => FieldValidation::Warn,
+        Some("Ignore") => FieldValidation::Ignore,
+        Some("Strict") => FieldValidation::Strict,
         Some(other) => {
             return Err(ApiError::BadRequest(format!(
                 "fieldValidation {other:?} is not supported: use Ignore, Warn or Strict"
             )));
         }
     };
+    let manager = match p.field_manager.as_deref() {
+        Some(m) if m.len() > MAX_MANAGER_LEN => {
+            return Err(ApiError::BadRequest(format!(
+                "fieldManager: Too long: may not be longer than {MAX_MANAGER_LEN} characters"
+            )));
+        }
+        Some(m) if m.chars().any(|c| c.is_control()) => {
+            return Err(ApiError::BadRequest(
+                "fieldManager: Invalid value: must not contain control characters".into(),
+            ));
+        }
+        Some(m) if !m.is_empty() => Some(m.to_owned()),
+        _ => manager_from_user_agent(headers),
+    };
     Ok(WriteOptions {
         dry_run,
-        strict,
+        validation,
         admit: None,
+        manager,
+        force: truthy(&p.force),
+        warnings: Warnings::default(),
     })
+}
+
+/// The manager of a write that names none: the user agent up to its first
+/// `/` (`kubectl/v1.35 (linux/amd64)` writes as `kubectl`), as Kubernetes
+/// does.
+fn manager_from_user_agent(headers: &HeaderMap) -> Option<String> {
+    let ua = headers.get(header::USER_AGENT)?.to_str().ok()?;
+    let prefix: String = ua
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_MANAGER_LEN)
+        .collect();
+    (!prefix.is_empty()).then_some(prefix)
+}
+
+/// A response with the write's warnings as `Warning` headers (RFC 7234
+/// code 299), which kubectl and client-go print.
+fn with_warnings(mut r: Response, warnings: &Warnings) -> Response {
+    for w in warnings.take() {
+        let quoted = w.replace('\\', "\\\\").replace('"', "\\\"");
+        let text = format!("299 - \"{quoted}\"");
+        if let Ok(v) = http::HeaderValue::from_str(&text) {
+            r.headers_mut().append(header::WARNING, v);
+        }
+    }
+    r
 }
 
 fn list_options(res: &Resource, p: &Params) -> ApiResult<ListOptions> {
@@ -110,7 +233,14 @@ fn list_options(res: &Resource, p: &Params) -> ApiResult<ListOptions> {
     })
 }
 
-fn body_json(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
+/// Media types a request body may have besides JSON and protobuf.
+const YAML_TYPES: [&str; 3] = [
+    "application/yaml",
+    "application/apply-patch+yaml",
+    "text/yaml",
+];
+
+pub(crate) fn body_json(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -119,15 +249,33 @@ fn body_json(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
     if base == crate::protobuf::CONTENT_TYPE {
         return crate::protobuf::decode(body).map_err(ApiError::UnsupportedMediaType);
     }
+    if YAML_TYPES.contains(&base) {
+        return yaml_body(body);
+    }
     if !matches!(base, "application/json" | "" | "*/*")
         && PatchKind::from_content_type(ct).is_none()
     {
         return Err(ApiError::UnsupportedMediaType(format!(
-            "the body of the request was in an unknown format - accepted media types include: application/json (got {base})"
+            "the body of the request was in an unknown format - accepted media types include: \
+             application/json, application/yaml, application/vnd.kubernetes.protobuf (got {base})"
         )));
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
+}
+
+/// A YAML body as JSON (one document; JSON is YAML too).
+fn yaml_body(body: &Bytes) -> ApiResult<Value> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not UTF-8: {e}")))?;
+    let v: Value = serde_saphyr::from_str(text)
+        .map_err(|e| ApiError::BadRequest(format!("the request body is not valid YAML: {e}")))?;
+    if !v.is_object() {
+        return Err(ApiError::BadRequest(
+            "the request body must be one object (a YAML mapping)".into(),
+        ));
+    }
+    Ok(v)
 }
 
 /// Every request under `/api/v1` and `/apis/{group}/{version}` lands here.
@@ -154,10 +302,12 @@ async fn serve(
     body: &Bytes,
 ) -> ApiResult<Response> {
     let api = &state.api;
+    check_accept(headers)?;
     let target = route::parse(uri.path())?;
     let p: Params = Query::try_from_uri(uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
+    check_flags(&p)?;
     let watching = truthy(&p.watch);
     // Conditions on reads are looked up now; those on writes are decided on
     // the object as it would be stored.
@@ -186,9 +336,17 @@ async fn serve(
     let write_options = |p: &Params| -> ApiResult<WriteOptions> {
         Ok(WriteOptions {
             admit: admit.clone(),
-            ..write_options(p)?
+            ..write_options(p, headers)?
         })
     };
+    if p.force.is_some()
+        && !(*method == Method::PATCH
+            && PatchKind::from_content_type(content_type(headers)) == Some(PatchKind::Apply))
+    {
+        return Err(ApiError::BadRequest(
+            "force: Forbidden: may not be specified for non-apply patch".into(),
+        ));
+    }
     let Target {
         res,
         namespace,
@@ -261,43 +419,49 @@ async fn serve(
             if let Some(c) = page.continue_token {
                 meta["continue"] = json!(c);
             }
+            if let Some(n) = page.remaining {
+                meta["remainingItemCount"] = json!(n);
+            }
             Ok(list_response(res, &meta, &page.items))
         }
         (&Method::POST, None) => {
-            let obj = api
-                .create(res, ns, body_json(headers, body)?, write_options(&p)?)
-                .await?;
-            Ok(wrap(obj, StatusCode::CREATED))
+            let opts = write_options(&p)?;
+            let warnings = opts.warnings.clone();
+            let obj = api.create(res, ns, body_json(headers, body)?, opts).await?;
+            Ok(with_warnings(wrap(obj, StatusCode::CREATED), &warnings))
         }
         (&Method::PUT, Some(name)) => {
+            let opts = write_options(&p)?;
+            let warnings = opts.warnings.clone();
             let obj = api
-                .update(
-                    res,
-                    ns,
-                    name,
-                    body_json(headers, body)?,
-                    part,
-                    write_options(&p)?,
-                )
+                .update(res, ns, name, body_json(headers, body)?, part, opts)
                 .await?;
-            Ok(wrap(obj, StatusCode::OK))
+            Ok(with_warnings(wrap(obj, StatusCode::OK), &warnings))
         }
         (&Method::PATCH, Some(name)) => {
-            let ct = headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
+            let ct = content_type(headers);
             let kind = PatchKind::from_content_type(ct).ok_or_else(|| {
                 ApiError::UnsupportedMediaType(format!(
                     "the patch content type {ct:?} is not supported: use application/merge-patch+json, \
-                     application/json-patch+json or application/strategic-merge-patch+json"
+                     application/json-patch+json, application/strategic-merge-patch+json or \
+                     application/apply-patch+yaml"
                 ))
             })?;
             let patch = body_json(headers, body)?;
-            let obj = api
-                .patch(res, ns, name, kind, &patch, part, write_options(&p)?)
-                .await?;
-            Ok(wrap(obj, StatusCode::OK))
+            let opts = write_options(&p)?;
+            let warnings = opts.warnings.clone();
+            let (obj, code) = if kind == PatchKind::Apply {
+                match api.apply(res, ns, name, patch, part, opts).await? {
+                    Applied::Created(o) => (o, StatusCode::CREATED),
+                    Applied::Updated(o) => (o, StatusCode::OK),
+                }
+            } else {
+                (
+                    api.patch(res, ns, name, kind, &patch, part, opts).await?,
+                    StatusCode::OK,
+                )
+            };
+            Ok(with_warnings(wrap(obj, code), &warnings))
         }
         (&Method::DELETE, name) => {
             if status {
@@ -311,6 +475,14 @@ async fn serve(
             };
             if p.propagation_policy.is_some() {
                 opts.propagation_policy.clone_from(&p.propagation_policy);
+            }
+            if let Some(g) = p.grace_period_seconds.as_deref() {
+                let secs = g.parse::<i64>().map_err(|_| {
+                    ApiError::BadRequest(format!(
+                        "gracePeriodSeconds {g:?} is not a whole number of seconds"
+                    ))
+                })?;
+                opts.grace_period_seconds = Some(secs);
             }
             if p.dry_run.as_deref() == Some("All") {
                 opts.dry_run = vec!["All".into()];

@@ -4,6 +4,7 @@
 
 pub mod agent_proxy;
 pub mod api;
+pub mod apply;
 pub mod auth;
 pub mod authz;
 pub mod binding;
@@ -14,10 +15,12 @@ pub mod error;
 pub mod gc;
 pub mod http;
 pub mod kubeconfig;
+pub mod limits;
 pub mod object;
 pub mod openapi;
 pub mod protobuf;
 pub mod resources;
+pub mod review;
 pub mod route;
 pub mod selector;
 pub mod table;
@@ -114,6 +117,18 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi/v3", get(openapi::v3_root))
         .route("/openapi/v3/api/{version}", get(openapi::v3_core))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::v3_group))
+        .route(
+            "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+            any(review::self_subject_access_review),
+        )
+        .route(
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+            any(review::subject_access_review),
+        )
+        .route(
+            "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+            any(review::self_subject_review),
+        )
         .route("/api/v1/{*rest}", any(http::resource))
         .route("/apis/{group}/{version}/{*rest}", any(http::resource))
         .fallback(|| async { error::ApiError::NoRoute })
@@ -121,6 +136,10 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_user,
         ))
+        // Outside authentication: an oversized request is answered before
+        // anything else reads it.
+        .layer(axum::middleware::from_fn(limits::enforce))
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(state.clone());
     Router::new()
         .route("/healthz", get(|| async { "ok" }))

@@ -1,6 +1,7 @@
 //! Request bodies in Kubernetes' protobuf encoding, for the kinds kubectl's
-//! typed commands send that way (`kubectl create namespace|secret`). Only
-//! decoding: responses are always JSON, which every client accepts.
+//! typed commands send that way (`kubectl create namespace|secret`,
+//! `kubectl auth can-i|whoami`). Only decoding: responses are always JSON,
+//! which every client accepts.
 
 use std::collections::BTreeMap;
 
@@ -82,6 +83,88 @@ struct Secret {
     immutable: Option<bool>,
 }
 
+/// `authorization.k8s.io/v1` `ResourceAttributes` (its selectors left out:
+/// Paddock's authorizer does not decide on them).
+#[derive(Clone, PartialEq, Message)]
+struct ResourceAttributes {
+    #[prost(string, tag = "1")]
+    namespace: String,
+    #[prost(string, tag = "2")]
+    verb: String,
+    #[prost(string, tag = "3")]
+    group: String,
+    #[prost(string, tag = "4")]
+    version: String,
+    #[prost(string, tag = "5")]
+    resource: String,
+    #[prost(string, tag = "6")]
+    subresource: String,
+    #[prost(string, tag = "7")]
+    name: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct NonResourceAttributes {
+    #[prost(string, tag = "1")]
+    path: String,
+    #[prost(string, tag = "2")]
+    verb: String,
+}
+
+/// The spec of a `SubjectAccessReview`; a `SelfSubjectAccessReview`'s has
+/// the first two fields only, under the same tags.
+#[derive(Clone, PartialEq, Message)]
+struct AccessReviewSpec {
+    #[prost(message, optional, tag = "1")]
+    resource_attributes: Option<ResourceAttributes>,
+    #[prost(message, optional, tag = "2")]
+    non_resource_attributes: Option<NonResourceAttributes>,
+    #[prost(string, tag = "3")]
+    user: String,
+    #[prost(string, repeated, tag = "4")]
+    groups: Vec<String>,
+    #[prost(string, tag = "6")]
+    uid: String,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct AccessReview {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+    #[prost(message, optional, tag = "2")]
+    spec: Option<AccessReviewSpec>,
+}
+
+/// A `SelfSubjectReview` as a client sends it: metadata only.
+#[derive(Clone, PartialEq, Message)]
+struct SelfSubjectReview {
+    #[prost(message, optional, tag = "1")]
+    metadata: Option<ObjectMeta>,
+}
+
+fn access_review_json(kind: &str, r: AccessReview) -> Value {
+    let spec = r.spec.unwrap_or_default();
+    let mut out = json!({});
+    if let Some(a) = spec.resource_attributes {
+        out["resourceAttributes"] = json!({
+            "namespace": a.namespace, "verb": a.verb, "group": a.group, "version": a.version,
+            "resource": a.resource, "subresource": a.subresource, "name": a.name,
+        });
+    }
+    if let Some(a) = spec.non_resource_attributes {
+        out["nonResourceAttributes"] = json!({"path": a.path, "verb": a.verb});
+    }
+    if kind == "SubjectAccessReview" {
+        out["user"] = json!(spec.user);
+        out["groups"] = json!(spec.groups);
+        out["uid"] = json!(spec.uid);
+    }
+    json!({"apiVersion": AUTHORIZATION_V1, "kind": kind, "metadata": meta_json(r.metadata), "spec": out})
+}
+
+const AUTHORIZATION_V1: &str = "authorization.k8s.io/v1";
+const AUTHENTICATION_V1: &str = "authentication.k8s.io/v1";
+
 fn meta_json(m: Option<ObjectMeta>) -> Value {
     let m = m.unwrap_or_default();
     let mut out = Map::new();
@@ -154,8 +237,20 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
             }
             Ok(obj)
         }
+        (AUTHORIZATION_V1, kind @ ("SelfSubjectAccessReview" | "SubjectAccessReview")) => {
+            let r = AccessReview::decode(env.raw.as_slice())
+                .map_err(|e| format!("invalid {kind}: {e}"))?;
+            Ok(access_review_json(kind, r))
+        }
+        (AUTHENTICATION_V1, "SelfSubjectReview") => {
+            let r = SelfSubjectReview::decode(env.raw.as_slice())
+                .map_err(|e| format!("invalid SelfSubjectReview: {e}"))?;
+            Ok(
+                json!({"apiVersion": AUTHENTICATION_V1, "kind": "SelfSubjectReview", "metadata": meta_json(r.metadata)}),
+            )
+        }
         (av, kind) => Err(format!(
-            "protobuf bodies are accepted for v1 Namespace and Secret only, not {av} {kind}: send application/json"
+            "protobuf bodies are accepted for v1 Namespace and Secret and the access reviews only, not {av} {kind}: send application/json"
         )),
     }
 }
@@ -175,6 +270,40 @@ mod tests {
         let mut out = MAGIC.to_vec();
         out.extend(env.encode_to_vec());
         out
+    }
+
+    #[test]
+    fn access_reviews_decode_to_json() {
+        let r = AccessReview {
+            metadata: None,
+            spec: Some(AccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: "acme".into(),
+                    verb: "create".into(),
+                    group: "paddock.io".into(),
+                    resource: "clusters".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+        };
+        let env = Unknown {
+            type_meta: Some(TypeMeta {
+                api_version: AUTHORIZATION_V1.into(),
+                kind: "SelfSubjectAccessReview".into(),
+            }),
+            raw: r.encode_to_vec(),
+        };
+        let mut body = MAGIC.to_vec();
+        body.extend(env.encode_to_vec());
+        let v = decode(&body).unwrap();
+        assert_eq!(v["kind"], "SelfSubjectAccessReview");
+        assert_eq!(v["spec"]["resourceAttributes"]["resource"], "clusters");
+        assert_eq!(v["spec"]["resourceAttributes"]["namespace"], "acme");
+        assert!(
+            v["spec"].get("user").is_none(),
+            "a self review names no user"
+        );
     }
 
     #[test]

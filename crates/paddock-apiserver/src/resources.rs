@@ -6,10 +6,11 @@ use std::sync::LazyLock;
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Event, Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use paddock_api::validation::FieldErrorKind;
 use paddock_api::validation::{check_dns_label, check_dns_subdomain};
 use paddock_api::{Cluster, FieldError, Host, Machine, MachineImage, Validate};
 use schemars::JsonSchema;
-use schemars::generate::SchemaSettings;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -32,6 +33,13 @@ struct Typed<T> {
 
 impl<T: DeserializeOwned + Serialize + JsonSchema> Codec for Typed<T> {
     fn normalize(&self, obj: Value) -> Result<Value, Vec<FieldError>> {
+        // Metadata by Kubernetes' rules, whatever the kind. (Metadata that
+        // does not even decode is reported with its path below.)
+        let mut errs = obj
+            .get("metadata")
+            .and_then(|m| serde_json::from_value::<ObjectMeta>(m.clone()).ok())
+            .map(|m| paddock_api::meta::validate_object_meta(&m))
+            .unwrap_or_default();
         let typed: T = serde_path_to_error::deserialize(obj).map_err(|e| {
             let path = e.path().to_string();
             let field = if path == "." {
@@ -41,7 +49,7 @@ impl<T: DeserializeOwned + Serialize + JsonSchema> Codec for Typed<T> {
             };
             vec![FieldError::invalid(field, e.into_inner().to_string())]
         })?;
-        let errs = (self.validate)(&typed);
+        errs.extend((self.validate)(&typed));
         if !errs.is_empty() {
             return Err(errs);
         }
@@ -49,15 +57,7 @@ impl<T: DeserializeOwned + Serialize + JsonSchema> Codec for Typed<T> {
     }
 
     fn schema(&self) -> Value {
-        let generator = SchemaSettings::openapi3()
-            .with(|s| s.inline_subschemas = true)
-            .into_generator();
-        let mut schema = generator.into_root_schema_for::<T>().to_value();
-        if let Some(o) = schema.as_object_mut() {
-            o.remove("$schema");
-            o.remove("title");
-        }
-        schema
+        crate::openapi::inline_schema::<T>()
     }
 }
 
@@ -164,6 +164,25 @@ fn validate_namespace(n: &Namespace) -> Vec<FieldError> {
 
 fn validate_secret(s: &Secret) -> Vec<FieldError> {
     let mut errs = name_is_subdomain(s.metadata.name.as_ref());
+    let size: usize = s
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| k.len() + v.0.len())
+        .chain(
+            s.string_data
+                .iter()
+                .flatten()
+                .map(|(k, v)| k.len() + v.len()),
+        )
+        .sum();
+    if size > MAX_SECRET_BYTES {
+        errs.push(FieldError::new(
+            "data",
+            FieldErrorKind::TooLong,
+            format!("Too long: must have at most {MAX_SECRET_BYTES} bytes"),
+        ));
+    }
     for key in s
         .data
         .iter()
@@ -184,12 +203,62 @@ fn validate_secret(s: &Secret) -> Vec<FieldError> {
     errs
 }
 
+/// The most a Secret may hold (Kubernetes' `MaxSecretSize`).
+pub const MAX_SECRET_BYTES: usize = 1024 * 1024;
+
 fn validate_event(e: &Event) -> Vec<FieldError> {
-    name_is_subdomain(e.metadata.name.as_ref())
+    let mut errs = name_is_subdomain(e.metadata.name.as_ref());
+    let ns = e.metadata.namespace.as_deref().unwrap_or_default();
+    if let Some(about) = e.involved_object.namespace.as_deref()
+        && !about.is_empty()
+        && !ns.is_empty()
+        && about != ns
+    {
+        errs.push(FieldError::invalid(
+            "involvedObject.namespace",
+            format!("{about:?}: does not match event.namespace"),
+        ));
+    }
+    if let Some(t) = e.type_.as_deref()
+        && !t.is_empty()
+        && t != "Normal"
+        && t != "Warning"
+    {
+        errs.push(FieldError::new(
+            "type",
+            FieldErrorKind::NotSupported,
+            format!("Unsupported value: {t:?}: supported values: \"Normal\", \"Warning\""),
+        ));
+    }
+    if let Some(r) = e.reason.as_deref()
+        && r.len() > 128
+    {
+        errs.push(FieldError::new(
+            "reason",
+            FieldErrorKind::TooLong,
+            "Too long: may not be more than 128 bytes",
+        ));
+    }
+    errs
 }
 
 fn validate_lease(l: &Lease) -> Vec<FieldError> {
-    name_is_subdomain(l.metadata.name.as_ref())
+    let mut errs = name_is_subdomain(l.metadata.name.as_ref());
+    if let Some(spec) = &l.spec {
+        if spec.lease_duration_seconds.is_some_and(|d| d <= 0) {
+            errs.push(FieldError::invalid(
+                "spec.leaseDurationSeconds",
+                "must be greater than 0",
+            ));
+        }
+        if spec.lease_transitions.is_some_and(|t| t < 0) {
+            errs.push(FieldError::invalid(
+                "spec.leaseTransitions",
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    errs
 }
 
 /// Every served resource.
@@ -294,12 +363,19 @@ pub static RESOURCES: LazyLock<Vec<Resource>> = LazyLock::new(|| {
             categories: &[],
             namespaced: true,
             status_subresource: false,
+            // Kubernetes' own (`EventToSelectableFields`); `source` is
+            // `source.component` (see `selector::field_value`).
             field_labels: &[
                 "involvedObject.kind",
                 "involvedObject.name",
                 "involvedObject.namespace",
                 "involvedObject.uid",
+                "involvedObject.apiVersion",
+                "involvedObject.resourceVersion",
+                "involvedObject.fieldPath",
                 "reason",
+                "reportingComponent",
+                "source",
                 "type",
             ],
             codec: typed::<Event>(validate_event),

@@ -120,6 +120,10 @@ impl LabelSelector {
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
 impl FieldSelector {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Parses `s`, accepting only the paths in `allowed` (and the metadata ones).
     pub fn parse(s: &str, allowed: &[&str]) -> Result<Self, String> {
         let mut terms = Vec::new();
@@ -172,8 +176,15 @@ impl FieldSelector {
 }
 
 /// A field of an object as field selectors compare it: strings as they
-/// are, absent and null as the empty string, anything else as JSON.
+/// are, absent and null as the empty string, anything else as JSON. The
+/// one field label that is not its path, an Event's `source`, is
+/// `source.component`, as in Kubernetes.
 pub fn field_value(obj: &Value, path: &str) -> String {
+    let path = if path == "source" {
+        "source.component"
+    } else {
+        path
+    };
     match path.split('.').try_fold(obj, |v, seg| v.get(seg)) {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Null) | None => String::new(),
@@ -226,6 +237,14 @@ mod tests {
         assert!(LabelSelector::parse("a!=b").unwrap().matches(&l(&[])));
         assert!(LabelSelector::parse("a in b").is_err());
         assert!(LabelSelector::parse("bad key=1").is_err());
+    }
+
+    #[test]
+    fn an_events_source_is_its_component() {
+        let ev = json!({"source": {"component": "paddock-controllers", "host": "h1"}});
+        let f = FieldSelector::parse("source=paddock-controllers", &["source"]).unwrap();
+        assert!(f.matches(&ev));
+        assert!(!f.matches(&json!({"source": {"component": "kubelet"}})));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The real `kubectl` against a real server: discovery, apply, tables,
 //! patches, conflicts, watches, finalizers, cascading deletes, validation,
-//! authentication and TLS verification with `curl` and `openssl`.
+//! authentication and TLS verification with `curl` and `openssl`, and
+//! `kubectl auth whoami|can-i`.
 
 mod common;
 
@@ -467,4 +468,403 @@ async fn typed_kubectl_commands_send_protobuf() {
         "{}",
         stderr(&out)
     );
+}
+
+/// `kubectl auth whoami` and `kubectl auth can-i` answer for each user as
+/// the server then decides: every "yes" is tried and works, every "no" is
+/// tried and is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn auth_whoami_and_can_i_answer_as_the_server_decides() {
+    let s = TestServer::start().await;
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    s.kubectl_ok(&["create", "namespace", "other"]);
+    let alice = s.dir.path().join("alice.kubeconfig");
+    std::fs::write(
+        &alice,
+        paddock_apiserver::bootstrap::add_user(&s.data_dir(), "alice", &["org:acme".into()])
+            .expect("user"),
+    )
+    .expect("write");
+    let as_alice = |args: &[&str]| kubectl_with(&alice, args, None);
+
+    // whoami: the name and groups the server authenticated.
+    let me = as_alice(&["auth", "whoami", "-o", "json"]);
+    assert!(me.status.success(), "{}", stderr(&me));
+    let me: serde_json::Value = serde_json::from_str(&stdout(&me)).expect("json");
+    assert_eq!(me["status"]["userInfo"]["username"], "alice");
+    assert_eq!(
+        me["status"]["userInfo"]["groups"],
+        serde_json::json!(["org:acme"])
+    );
+    let admin = s.kubectl_ok(&["auth", "whoami"]);
+    assert!(admin.contains("system:masters"), "{admin}");
+
+    let can = |args: &[&str]| -> bool {
+        let mut all = vec!["auth", "can-i"];
+        all.extend_from_slice(args);
+        let o = as_alice(&all);
+        let out = stdout(&o);
+        // A "no" carries the server's reason: `no - user "alice" cannot …`.
+        let answer = out.trim();
+        assert!(
+            answer == "yes" || answer == "no" || answer.starts_with("no - "),
+            "{args:?}: {out}{}",
+            stderr(&o)
+        );
+        assert_eq!(o.status.success(), answer == "yes", "exit code of {args:?}");
+        answer == "yes"
+    };
+    let cluster = |ns: &str| {
+        format!(
+            "apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata: {{name: demo, namespace: {ns}}}\nspec: {{}}\n"
+        )
+    };
+    // Yes, and it works.
+    assert!(can(&["create", "clusters.paddock.io", "-n", "acme"]));
+    let o = kubectl_with(&alice, &["create", "-f", "-"], Some(&cluster("acme")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(can(&["get", "clusters", "-n", "acme"]));
+    assert!(
+        as_alice(&["-n", "acme", "get", "clusters"])
+            .status
+            .success()
+    );
+    assert!(can(&["list", "machines", "-n", "acme"]));
+    assert!(can(&["get", "namespace/acme"]));
+    assert!(as_alice(&["get", "namespace", "acme"]).status.success());
+    // No, and it is refused.
+    let refused = |o: std::process::Output| {
+        assert!(
+            !o.status.success() && stderr(&o).contains("Forbidden"),
+            "{}{}",
+            stdout(&o),
+            stderr(&o)
+        );
+    };
+    assert!(!can(&["create", "clusters", "-n", "other"]));
+    refused(kubectl_with(
+        &alice,
+        &["create", "-f", "-"],
+        Some(&cluster("other")),
+    ));
+    assert!(!can(&["delete", "machines", "-n", "acme"]));
+    refused(as_alice(&["-n", "acme", "delete", "machine", "m1"]));
+    assert!(!can(&[
+        "patch",
+        "clusters",
+        "--subresource=status",
+        "-n",
+        "acme"
+    ]));
+    assert!(!can(&["get", "hosts"]));
+    refused(as_alice(&["get", "hosts"]));
+    assert!(!can(&["get", "secrets", "-n", "acme"]));
+    refused(as_alice(&["-n", "acme", "get", "secrets"]));
+    assert!(!can(&["list", "clusters", "--all-namespaces"]));
+    refused(as_alice(&["get", "clusters", "--all-namespaces"]));
+    assert!(!can(&["get", "namespace/other"]));
+    assert!(!can(&["*", "*"]));
+    // Subresources: kubeconfigs are hers to issue, placement is not.
+    assert!(can(&[
+        "create",
+        "clusters",
+        "--subresource=kubeconfig",
+        "-n",
+        "acme"
+    ]));
+    assert!(!can(&[
+        "create",
+        "machines",
+        "--subresource=binding",
+        "-n",
+        "acme"
+    ]));
+    // Non-resource URLs: discovery is public, the rest is not.
+    assert!(can(&["get", "/apis"]));
+    assert!(!can(&["get", "/metrics"]));
+    // The admin may do everything.
+    assert_eq!(s.kubectl_ok(&["auth", "can-i", "*", "*"]).trim(), "yes");
+
+    // A SubjectAccessReview asks about someone else: admins only.
+    let sar = r#"{"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+        "spec": {"user": "alice", "groups": ["org:acme"],
+                 "resourceAttributes": {"namespace": "acme", "verb": "delete",
+                                        "group": "paddock.io", "resource": "clusters"}}}"#;
+    // (`--validate=false`: for a kind with no PATCH, kubectl validates
+    // against the protobuf form of /openapi/v2, which is not served.)
+    let create = ["create", "--validate=false", "-o", "json", "-f", "-"];
+    let o = kubectl_with(&s.kubeconfig(), &create, Some(sar));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let review: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(review["status"]["allowed"], true, "{review}");
+    let other_ns = sar.replace(r#""namespace": "acme""#, r#""namespace": "other""#);
+    let o = kubectl_with(&s.kubeconfig(), &create, Some(&other_ns));
+    let review: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("json");
+    assert_eq!(review["status"]["allowed"], false, "{review}");
+    assert!(
+        review["status"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("organization \"other\"")),
+        "{review}"
+    );
+    refused(kubectl_with(&alice, &create, Some(sar)));
+    // A review that asks nothing is a 422 naming the field.
+    let empty = r#"{"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview", "spec": {}}"#;
+    let o = kubectl_with(&alice, &create, Some(empty));
+    assert!(
+        !o.status.success() && stderr(&o).contains("spec.resourceAttributes"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// `kubectl events --for KIND/NAME` selects on the involved object's kind,
+/// apiVersion and name; the other field selectors kubectl users write work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_events_for_one_object() {
+    let s = TestServer::start().await;
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    let event = |name: &str, kind: &str, about: &str, reason: &str, source: &str| {
+        format!(
+            r#"{{"apiVersion": "v1", "kind": "Event",
+                "metadata": {{"name": "{name}", "namespace": "acme"}},
+                "involvedObject": {{"apiVersion": "paddock.io/v1alpha1", "kind": "{kind}",
+                                   "name": "{about}", "namespace": "acme"}},
+                "reason": "{reason}", "message": "{reason} of {about}", "type": "Normal",
+                "source": {{"component": "{source}"}}, "reportingComponent": "{source}",
+                "firstTimestamp": "2026-12-01T00:00:00Z", "lastTimestamp": "2026-12-01T00:00:00Z",
+                "count": 1}}"#
+        )
+    };
+    for e in [
+        event(
+            "e1",
+            "Cluster",
+            "demo",
+            "OverlayAllocated",
+            "paddock-controllers",
+        ),
+        event("e2", "Cluster", "other", "Ready", "paddock-controllers"),
+        event("e3", "Machine", "demo", "Scheduled", "paddock-scheduler"),
+    ] {
+        let o = s.kubectl_stdin(&["create", "-f", "-"], &e);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    let out = s.kubectl_ok(&["-n", "acme", "events", "--for", "cluster/demo"]);
+    assert!(out.contains("OverlayAllocated"), "{out}");
+    assert!(
+        !out.contains("Ready") && !out.contains("Scheduled"),
+        "only demo the Cluster: {out}"
+    );
+    for (selector, want) in [
+        ("source=paddock-scheduler", "e3"),
+        ("reportingComponent=paddock-scheduler", "e3"),
+        ("involvedObject.kind=Cluster,reason=Ready", "e2"),
+    ] {
+        let got = s.kubectl_ok(&[
+            "-n",
+            "acme",
+            "get",
+            "events",
+            "--field-selector",
+            selector,
+            "-o",
+            "name",
+        ]);
+        assert_eq!(got.trim(), format!("event/{want}"), "{selector}");
+    }
+}
+
+/// `kubectl apply --server-side`: the server merges by the kind's structure
+/// (node pools by name), records who owns which field in `managedFields`,
+/// refuses to let a second manager change a field the first set (409,
+/// naming the field and its manager) unless forced, and removes what a
+/// manager stops naming.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn server_side_apply_merges_owns_conflicts_and_prunes() {
+    let s = TestServer::start().await;
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    let config = |pools: &str| {
+        format!(
+            "apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata:\n  name: ssa\n  namespace: acme\n  \
+             labels: {{team: blue}}\nspec:\n  nodePools:\n{pools}"
+        )
+    };
+    let pool = |name: &str, replicas: u32| format!("  - name: {name}\n    replicas: {replicas}\n");
+    let apply = |manager: &str, yaml: &str, extra: &[&str]| {
+        let mut args = vec![
+            "apply",
+            "--server-side",
+            "--field-manager",
+            manager,
+            "-f",
+            "-",
+        ];
+        args.extend_from_slice(extra);
+        s.kubectl_stdin(&args, yaml)
+    };
+    let get = || -> serde_json::Value {
+        serde_json::from_str(&s.kubectl_ok(&[
+            "-n",
+            "acme",
+            "get",
+            "cluster",
+            "ssa",
+            "-o",
+            "json",
+            "--show-managed-fields",
+        ]))
+        .expect("json")
+    };
+    let pools = |v: &serde_json::Value| -> Vec<(String, u64)> {
+        v["spec"]["nodePools"]
+            .as_array()
+            .expect("pools")
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or("").to_owned(),
+                    p["replicas"].as_u64().unwrap_or(0),
+                )
+            })
+            .collect()
+    };
+
+    // The first apply makes the object; its manager owns what it named.
+    let o = apply("alice", &config(&(pool("a", 1) + &pool("b", 1))), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("serverside-applied"), "{}", stdout(&o));
+    let v = get();
+    let managed = v["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields");
+    let alice = managed
+        .iter()
+        .find(|m| m["manager"] == "alice")
+        .unwrap_or_else(|| panic!("alice in {managed:?}"));
+    assert_eq!(alice["operation"], "Apply");
+    assert_eq!(alice["fieldsType"], "FieldsV1");
+    let fields = alice["fieldsV1"].to_string();
+    assert!(
+        fields.contains(r#"k:{\"name\":\"a\"}"#),
+        "pools keyed by name: {fields}"
+    );
+    assert!(fields.contains("f:team"), "{fields}");
+
+    // Applying again changes nothing.
+    let rv = v["metadata"]["resourceVersion"].clone();
+    let o = apply("alice", &config(&(pool("a", 1) + &pool("b", 1))), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        get()["metadata"]["resourceVersion"],
+        rv,
+        "a repeated apply is a no-op"
+    );
+
+    // A second manager adds its own pool: merged by key, not replaced.
+    let o = apply("bob", &config(&pool("c", 2)), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = get();
+    assert_eq!(
+        pools(&v),
+        [("a".into(), 1), ("b".into(), 1), ("c".into(), 2)],
+        "bob's pool beside alice's: {v}"
+    );
+
+    // Bob changing alice's pool conflicts, naming the field and alice.
+    let o = apply("bob", &config(&(pool("a", 5) + &pool("c", 2))), &[]);
+    assert!(!o.status.success(), "a conflict: {}", stdout(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("conflict")
+            && e.contains("alice")
+            && e.contains(".spec.nodePools[name=\"a\"].replicas"),
+        "{e}"
+    );
+    assert_eq!(pools(&get())[0], ("a".into(), 1), "nothing changed");
+
+    // Forced, bob takes the field over.
+    let o = apply(
+        "bob",
+        &config(&(pool("a", 5) + &pool("c", 2))),
+        &["--force-conflicts"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = get();
+    assert_eq!(pools(&v)[0], ("a".into(), 5));
+
+    // Alice stops naming pool b: it goes; pool a stays, since bob owns a
+    // field in it.
+    let o = apply("alice", &config(&pool("a", 5)), &[]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v = get();
+    assert_eq!(
+        pools(&v),
+        [("a".into(), 5), ("c".into(), 2)],
+        "b pruned: {v}"
+    );
+
+    // A plain update by another client is recorded as an Update.
+    s.kubectl_ok(&["-n", "acme", "label", "cluster", "ssa", "tier=gold"]);
+    let v = get();
+    let managed = v["metadata"]["managedFields"]
+        .as_array()
+        .expect("managedFields");
+    assert!(
+        managed
+            .iter()
+            .any(|m| m["operation"] == "Update" && m["fieldsV1"].to_string().contains("f:tier")),
+        "{managed:?}"
+    );
+}
+
+/// `kubectl create --validate=warn` sends `fieldValidation=Warn`: the
+/// object is made without the unknown field, and kubectl prints the
+/// server's warning; `--validate=strict` is refused naming the field, and
+/// `--validate=false` drops it silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn field_validation_warns_refuses_or_ignores() {
+    let s = TestServer::start().await;
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    let cluster = |name: &str| {
+        format!(
+            "apiVersion: paddock.io/v1alpha1\nkind: Cluster\nmetadata: {{name: {name}, namespace: acme}}\n\
+             spec:\n  bogus: 1\n  nodePools: [{{name: default, replicas: 1}}]\n"
+        )
+    };
+    let o = s.kubectl_stdin(
+        &["create", "--validate=warn", "-f", "-"],
+        &cluster("warned"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Warning: unknown field \"spec.bogus\""),
+        "kubectl prints the server's warning: {}",
+        stderr(&o)
+    );
+    assert_eq!(
+        s.field("acme", "cluster/warned", "{.spec.nodePools[0].name}"),
+        "default"
+    );
+    let o = s.kubectl_stdin(
+        &["create", "--validate=strict", "-f", "-"],
+        &cluster("strict"),
+    );
+    assert!(!o.status.success(), "strict refuses");
+    assert!(
+        stderr(&o).contains("unknown field \"spec.bogus\""),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !s.kubectl(&["-n", "acme", "get", "cluster", "strict"])
+            .status
+            .success()
+    );
+    let o = s.kubectl_stdin(
+        &["create", "--validate=false", "-f", "-"],
+        &cluster("ignored"),
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("Warning"), "{}", stderr(&o));
 }

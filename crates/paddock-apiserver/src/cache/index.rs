@@ -101,6 +101,14 @@ impl Objects {
         sets.into_iter().min_by_key(|s| s.len()).cloned()
     }
 
+    /// How many objects are under `prefix` after the key `after`.
+    pub fn count_after(&self, prefix: &str, after: &str) -> usize {
+        self.by_key
+            .range::<_, str>((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .count()
+    }
+
     /// Selected objects under `prefix`, after the key `after`, in key order:
     /// at most `limit`, and whether more follow.
     pub fn select(
