@@ -83,10 +83,7 @@ fn apply_conflicts(conflicts: &[(String, String)]) -> String {
 }
 
 fn join(errs: &[FieldError]) -> String {
-    let parts: Vec<String> = errs
-        .iter()
-        .map(|e| format!("{}: {}", e.field, e.message))
-        .collect();
+    let parts: Vec<String> = errs.iter().map(ToString::to_string).collect();
     match parts.len() {
         1 => parts.concat(),
         _ => format!("[{}]", parts.join(", ")),
@@ -201,7 +198,7 @@ impl ApiError {
                 details["kind"] = json!(s.kind);
                 details["causes"] = errs
                     .iter()
-                    .map(|e| json!({"reason": e.kind.reason(), "message": e.message, "field": e.field}))
+                    .map(|e| json!({"reason": e.kind.reason(), "message": e.detail(), "field": e.field}))
                     .collect();
             }
             if let Self::ApplyConflict(_, conflicts) = self {

@@ -47,7 +47,10 @@ impl<T: DeserializeOwned + Serialize + JsonSchema> Codec for Typed<T> {
             } else {
                 path
             };
-            vec![FieldError::invalid(field, e.into_inner().to_string())]
+            vec![FieldError::from_decoder(
+                &field,
+                &e.into_inner().to_string(),
+            )]
         })?;
         errs.extend((self.validate)(&typed));
         if !errs.is_empty() {

@@ -609,6 +609,15 @@ spec:
     .await;
     assert!(body.contains("hello from web-"), "{body}");
 
+    // Scaling up joins a Ready Node. The new worker boots while the second
+    // cluster's isolation is checked (the test's longest waits overlap).
+    let o = paddock(
+        &s.kubeconfig(),
+        &["cluster", "scale", "demo", "-n", "acme", "--workers", "3"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let t = Instant::now();
+
     // A pod of the second cluster cannot reach the first cluster's pods or
     // nodes.
     let took = wait_ready(&clusters, "other", 600).await;
@@ -689,18 +698,18 @@ spec:
         .delete("other", &Default::default())
         .await
         .expect("delete other");
-    eventually(300, "other's VM gone", || async {
-        (env.lab.qemu_pids().len() == 3).then_some(())
+    // A Machine goes only once its VM has stopped (its finalizer).
+    eventually(300, "other's Machines gone", || async {
+        machines
+            .list(&ListParams::default().labels("paddock.io/cluster=other"))
+            .await
+            .ok()?
+            .items
+            .is_empty()
+            .then_some(())
     })
     .await;
 
-    // Scaling up joins a Ready Node.
-    let o = paddock(
-        &s.kubeconfig(),
-        &["cluster", "scale", "demo", "-n", "acme", "--workers", "3"],
-    );
-    assert!(o.status.success(), "{}", stderr(&o));
-    let t = Instant::now();
     eventually(1800, "a third worker Ready", || async {
         let n = nodes(&kc)?;
         let ok = n.len() == 4 && n.iter().all(|x| x.1);
@@ -711,7 +720,7 @@ spec:
     })
     .await;
     eprintln!(
-        "demo: scale 2 -> 3 workers, new Node Ready in {}s",
+        "demo: scale 2 -> 3 workers, new Node Ready in {}s (isolation checked meanwhile)",
         t.elapsed().as_secs()
     );
     wait_ready(&clusters, "demo", 300).await;

@@ -278,9 +278,15 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let start = tokio::time::Instant::now();
+    let deadline = start + Duration::from_secs(secs);
     loop {
         if let Some(v) = f().await {
+            // Where a slow test spends its time (seen with --nocapture).
+            let took = start.elapsed();
+            if took >= Duration::from_secs(5) {
+                eprintln!("waited {}s for {what}", took.as_secs());
+            }
             return v;
         }
         assert!(

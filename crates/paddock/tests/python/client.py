@@ -155,7 +155,11 @@ body = refused(
     422,
     "Invalid",
 )
-assert "spec.controlPlane.replicas" in body["message"], body["message"]
+# In Kubernetes' words, not the decoder's.
+assert (
+    "spec.controlPlane.replicas: Invalid value: -1: must be greater than or equal to 0"
+    in body["message"]
+), body["message"]
 clusters = custom.list_namespaced_custom_object("paddock.io", "v1alpha1", NS, "clusters")
 assert [c["metadata"]["name"] for c in clusters["items"]] == ["py"], clusters
 core.delete_namespaced_secret("one", NS)
