@@ -209,6 +209,19 @@ fn file(path: &str, permissions: &str, content: &str) -> Value {
     })
 }
 
+/// On an emulated first control plane, CoreDNS's probes are made patient
+/// (kubeadm's liveness probe gives it 5 s, and a starved emulated node's
+/// CoreDNS was killed over and over before it had listed the API). Tried
+/// for a few minutes; never fatal: KVM nodes keep kubeadm's probes.
+const CORE_DNS_EMULATED: &str = r#"if [ "$config" = /etc/paddock/kubeadm-emulated.yaml ]; then
+  probes='{"spec":{"template":{"spec":{"containers":[{"name":"coredns","livenessProbe":{"initialDelaySeconds":300,"periodSeconds":30,"timeoutSeconds":30,"failureThreshold":10},"readinessProbe":{"periodSeconds":10,"timeoutSeconds":10}}]}}}}'
+  for _ in $(seq 60); do
+    kubectl --kubeconfig /etc/kubernetes/admin.conf -n kube-system patch deployment coredns -p "$probes" && break
+    sleep 5
+  done || log "could not make CoreDNS's probes patient"
+fi
+"#;
+
 const BOOTSTRAP_SCRIPT: &str = r#"#!/bin/sh
 # Paddock node bootstrap, written by cloud-init from Paddock's user-data.
 set -eu
@@ -344,6 +357,7 @@ pub fn render(n: &Node, pki: &ClusterPki) -> Result<BootstrapData, BootstrapErro
             script.push_str(&format!(
                 "until kubectl --kubeconfig /etc/kubernetes/admin.conf apply -f {PODNET_RBAC}; do sleep 5; done\n"
             ));
+            script.push_str(CORE_DNS_EMULATED);
         }
         Role::JoinControlPlane | Role::Worker => {
             script.push_str("kubeadm join --config \"$config\"\n");
@@ -504,6 +518,26 @@ mod tests {
             script.contains("kubeadm init --config \"$config\""),
             "{script}"
         );
+        // CoreDNS's probes are made patient after init, on emulated nodes
+        // only, with a patch that is JSON, in a script the shell reads.
+        let init = script.find("kubeadm init").unwrap();
+        let patch = script.find("patch deployment coredns").unwrap();
+        assert!(patch > init, "{script}");
+        let probes = script
+            .split("probes='")
+            .nth(1)
+            .and_then(|r| r.split('\'').next())
+            .unwrap();
+        let v: Value = serde_json::from_str(probes).unwrap();
+        assert_eq!(
+            v.pointer("/spec/template/spec/containers/0/livenessProbe/timeoutSeconds"),
+            Some(&json!(30))
+        );
+        let sh = std::process::Command::new("sh")
+            .args(["-n", "-c", &script])
+            .status()
+            .unwrap();
+        assert!(sh.success(), "sh -n: {script}");
         assert!(
             script.contains("systemctl enable --now paddock-podnet"),
             "{script}"

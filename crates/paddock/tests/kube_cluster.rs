@@ -435,11 +435,6 @@ spec:
         ))
     };
     cluster("demo", 2);
-    // A second cluster, to show that its pods cannot reach the first's. Its
-    // lone control plane boots beside demo's: demo's workers are made only
-    // once demo's control plane is a Ready Node, so until then each
-    // emulated control plane has a host core to itself.
-    cluster("other", 0);
     let clusters: Api<Cluster> = Api::namespaced(s.client.clone(), "acme");
     let machines: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
     let demo = clusters.get("demo").await.expect("demo");
@@ -451,6 +446,12 @@ spec:
     let took = wait_ready(&clusters, "demo", 2400).await;
     eprintln!("demo: create -> all Nodes Ready in {}s", took.as_secs());
     report_steps(&machines, "demo").await;
+    // A second cluster, to show that its pods cannot reach the first's. Its
+    // lone control plane boots while demo is checked. (Made at the start,
+    // beside demo's, its emulated control plane slowed demo's so much that
+    // kube-system took over ten minutes more to run: four emulated VMs on
+    // two cores.)
+    cluster("other", 0);
     let kc = kubeconfig_for(s, "demo");
     let list = nodes(&kc).expect("nodes through the gateway");
     assert_eq!(list.len(), 3, "{list:?}");
@@ -472,7 +473,8 @@ spec:
     );
 
     // kube-system: the control plane, CoreDNS, kube-proxy all Running.
-    eventually(600, "kube-system pods Running", || async {
+    let last = std::sync::Mutex::new(String::new());
+    eventually(900, "kube-system pods Running", || async {
         let v = json_of(&kc, &["-n", "kube-system", "get", "pods"])?;
         let pods = v["items"].as_array()?;
         let names: Vec<&str> = pods
@@ -480,6 +482,26 @@ spec:
             .filter_map(|p| p["metadata"]["name"].as_str())
             .collect();
         let all_running = pods.iter().all(|p| p["status"]["phase"] == "Running");
+        if !all_running {
+            let waiting: Vec<String> = pods
+                .iter()
+                .filter(|p| p["status"]["phase"] != "Running")
+                .map(|p| {
+                    format!(
+                        "{} {}",
+                        p["metadata"]["name"].as_str().unwrap_or("?"),
+                        p["status"]["phase"].as_str().unwrap_or("?")
+                    )
+                })
+                .collect();
+            let now = waiting.join(", ");
+            if let Ok(mut l) = last.lock()
+                && *l != now
+            {
+                eprintln!("kube-system not yet Running: {now}");
+                *l = now;
+            }
+        }
         let has = |prefix: &str| names.iter().any(|n| n.starts_with(prefix));
         let ok = all_running
             && [
@@ -620,7 +642,7 @@ spec:
 
     // A pod of the second cluster cannot reach the first cluster's pods or
     // nodes.
-    let took = wait_ready(&clusters, "other", 600).await;
+    let took = wait_ready(&clusters, "other", 1200).await;
     eprintln!("other: Ready {}s after demo's checks", took.as_secs());
     let other_kc = kubeconfig_for(s, "other");
     // A bare Pod is admitted only once kube-controller-manager has made the

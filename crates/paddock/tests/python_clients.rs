@@ -127,51 +127,55 @@ async fn the_served_openapi_is_valid_and_the_server_keeps_to_it() {
         .expect("CA data");
     std::fs::write(&ca, b64(ca_b64)).expect("ca");
     let schemathesis = py.with_file_name("schemathesis");
-    let (_, paddock_v3) = v3
-        .iter()
-        .find(|(gv, _)| gv == "apis/paddock.io/v1alpha1")
-        .expect("paddock.io");
-    // The fuzzer's copy leaves out the parameters that turn a list into a
-    // watch (a stream that ends only by its timeout); watches have their
-    // own tests.
-    let mut fuzzed: Value =
-        serde_json::from_str(&std::fs::read_to_string(paddock_v3).expect("read")).expect("json");
-    for item in fuzzed["paths"].as_object_mut().expect("paths").values_mut() {
-        for op in item.as_object_mut().expect("path item").values_mut() {
-            if let Some(ps) = op.get_mut("parameters").and_then(Value::as_array_mut) {
-                ps.retain(|p| {
-                    !matches!(
-                        p["name"].as_str(),
-                        Some(
-                            "watch"
-                                | "allowWatchBookmarks"
-                                | "sendInitialEvents"
-                                | "timeoutSeconds"
+    // Paddock's own kinds, and the core ones it serves.
+    for gv in ["apis/paddock.io/v1alpha1", "api/v1"] {
+        let (_, doc) = v3.iter().find(|(g, _)| g == gv).expect("served");
+        // The fuzzer's copy leaves out the parameters that turn a list
+        // into a watch (a stream that ends only by its timeout); watches
+        // have their own tests.
+        let mut fuzzed: Value =
+            serde_json::from_str(&std::fs::read_to_string(doc).expect("read")).expect("json");
+        for item in fuzzed["paths"].as_object_mut().expect("paths").values_mut() {
+            for op in item.as_object_mut().expect("path item").values_mut() {
+                if let Some(ps) = op.get_mut("parameters").and_then(Value::as_array_mut) {
+                    ps.retain(|p| {
+                        !matches!(
+                            p["name"].as_str(),
+                            Some(
+                                "watch"
+                                    | "allowWatchBookmarks"
+                                    | "sendInitialEvents"
+                                    | "timeoutSeconds"
+                            )
                         )
-                    )
-                });
+                    });
+                }
             }
         }
+        let file = dir.join(format!("fuzzed-{}.json", gv.replace('/', "_")));
+        std::fs::write(&file, fuzzed.to_string()).expect("write");
+        let o = Command::new(&schemathesis)
+            // (It keeps a cache of found examples in its working directory.)
+            .current_dir(&dir)
+            .env("SCHEMATHESIS_HOOKS", "")
+            .args(["run", file.to_str().expect("utf-8")])
+            .args(["--url", &s.url()])
+            .args(["-H", &format!("Authorization: Bearer {}", token(&s.kubeconfig()))])
+            .args(["--tls-verify", ca.to_str().expect("utf-8")])
+            .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
+            .args(["--max-examples", "8", "--seed", "1", "--no-color", "--request-timeout", "20"])
+            .args(["--phases", "examples,coverage,fuzzing", "--workers", "1"])
+            .output()
+            .expect("schemathesis runs");
+        let out = stdout(&o);
+        assert!(
+            o.status.success(),
+            "schemathesis on {gv}:\n{out}{}",
+            stderr(&o)
+        );
+        // The figures, for the record (seen with --nocapture).
+        if let Some(line) = out.lines().find(|l| l.contains(" generated, ")) {
+            eprintln!("schemathesis {gv}: {}", line.trim());
+        }
     }
-    let paddock_v3 = dir.join("fuzzed.json");
-    std::fs::write(&paddock_v3, fuzzed.to_string()).expect("write");
-    let o = Command::new(&schemathesis)
-        // (It keeps a cache of found examples in its working directory.)
-        .current_dir(&dir)
-        .env("SCHEMATHESIS_HOOKS", "")
-        .args(["run", paddock_v3.to_str().expect("utf-8")])
-        .args(["--url", &s.url()])
-        .args(["-H", &format!("Authorization: Bearer {}", token(&s.kubeconfig()))])
-        .args(["--tls-verify", ca.to_str().expect("utf-8")])
-        .args(["--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"])
-        .args(["--max-examples", "8", "--seed", "1", "--no-color", "--request-timeout", "20"])
-        .args(["--phases", "examples,coverage,fuzzing", "--workers", "1"])
-        .output()
-        .expect("schemathesis runs");
-    assert!(
-        o.status.success(),
-        "schemathesis:\n{}{}",
-        stdout(&o),
-        stderr(&o)
-    );
 }
