@@ -302,8 +302,12 @@ async fn serve(
     body: &Bytes,
 ) -> ApiResult<Response> {
     let api = &state.api;
-    check_accept(headers)?;
     let target = route::parse(uri.path())?;
+    // A machine's console log and exec are the agent's answers, in their
+    // own media types; everything else is JSON.
+    if !matches!(target.call, Some(Call::Agent(_))) {
+        check_accept(headers)?;
+    }
     let p: Params = Query::try_from_uri(uri)
         .map(|q| q.0)
         .map_err(|e| ApiError::BadRequest(format!("invalid query: {e}")))?;
