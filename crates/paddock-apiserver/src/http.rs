@@ -264,6 +264,31 @@ pub(crate) fn body_json(headers: &HeaderMap, body: &Bytes) -> ApiResult<Value> {
         .map_err(|e| ApiError::BadRequest(format!("the request body is not valid JSON: {e}")))
 }
 
+/// Duplicate fields of a JSON body, as `fieldValidation` says: each named
+/// in a warning (the last one counts, as in Kubernetes), refused, or let be.
+fn check_duplicates(body: &Bytes, opts: &WriteOptions) -> ApiResult<()> {
+    if opts.validation == FieldValidation::Ignore {
+        return Ok(());
+    }
+    let list: Vec<String> = crate::duplicates::find(body)
+        .iter()
+        .map(|f| format!("duplicate field \"{f}\""))
+        .collect();
+    if list.is_empty() {
+        return Ok(());
+    }
+    if opts.validation == FieldValidation::Strict {
+        return Err(ApiError::BadRequest(format!(
+            "strict decoding error: {}",
+            list.join(", ")
+        )));
+    }
+    for w in list {
+        opts.warnings.push(w);
+    }
+    Ok(())
+}
+
 /// A YAML body as JSON (one document; JSON is YAML too).
 fn yaml_body(body: &Bytes) -> ApiResult<Value> {
     let text = std::str::from_utf8(body)
@@ -430,12 +455,14 @@ async fn serve(
         }
         (&Method::POST, None) => {
             let opts = write_options(&p)?;
+            check_duplicates(body, &opts)?;
             let warnings = opts.warnings.clone();
             let obj = api.create(res, ns, body_json(headers, body)?, opts).await?;
             Ok(with_warnings(wrap(obj, StatusCode::CREATED), &warnings))
         }
         (&Method::PUT, Some(name)) => {
             let opts = write_options(&p)?;
+            check_duplicates(body, &opts)?;
             let warnings = opts.warnings.clone();
             let obj = api
                 .update(res, ns, name, body_json(headers, body)?, part, opts)
@@ -453,6 +480,7 @@ async fn serve(
             })?;
             let patch = body_json(headers, body)?;
             let opts = write_options(&p)?;
+            check_duplicates(body, &opts)?;
             let warnings = opts.warnings.clone();
             let (obj, code) = if kind == PatchKind::Apply {
                 match api.apply(res, ns, name, patch, part, opts).await? {

@@ -11,6 +11,7 @@ pub mod binding;
 pub mod bootstrap;
 pub mod cache;
 pub mod discovery;
+pub mod duplicates;
 pub mod error;
 pub mod gc;
 pub mod http;

@@ -49,9 +49,11 @@ pub fn emulated_patches() -> Vec<(String, String)> {
             // nothing. The requests sum to less than kubeadm's own.
             match *c {
                 "etcd" => extra.push_str("    resources: {requests: {cpu: 250m}}\n"),
-                "kube-controller-manager" | "kube-scheduler" => {
-                    extra.push_str("    resources: {requests: {cpu: 10m}}\n")
+                "kube-controller-manager" => {
+                    extra.push_str("    resources: {requests: {cpu: 10m}}\n");
+                    extra.push_str(&wait_for_api_server());
                 }
+                "kube-scheduler" => extra.push_str("    resources: {requests: {cpu: 10m}}\n"),
                 _ => {}
             }
             (
@@ -62,6 +64,22 @@ pub fn emulated_patches() -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// The workload image every node image preloads (busybox).
+pub const TOOLBOX_IMAGE: &str = "paddock.local/busybox:1";
+
+/// An init container that holds the controller manager until the API
+/// server's `/healthz` answers 200. Once it holds the leader lease, the
+/// controller manager gives the API server 10 s to be healthy and exits
+/// otherwise; an emulated API server that had just begun to serve took
+/// longer, and the restarted controller manager then waited out its own
+/// lost lease (two minutes at [`Pace::Emulated`]) before it allocated the
+/// first Node's pod range. Strategic-merge YAML, under `spec:`.
+fn wait_for_api_server() -> String {
+    format!(
+        "  initContainers:\n  - name: wait-for-api-server\n    image: {TOOLBOX_IMAGE}\n    imagePullPolicy: Never\n    command: [sh, -c, 'until timeout 30 wget -q --no-check-certificate -O /dev/null https://127.0.0.1:6443/healthz; do sleep 5; done']\n"
+    )
 }
 
 impl Pace {
@@ -245,5 +263,15 @@ mod tests {
         assert_eq!(cpu("etcd").as_deref(), Some("250m"));
         assert_eq!(cpu("kube-controller-manager").as_deref(), Some("10m"));
         assert_eq!(cpu("kube-scheduler").as_deref(), Some("10m"));
+        // Only the controller manager waits for the API server to be healthy.
+        for (file, body) in emulated_patches() {
+            let v: Value = serde_saphyr::from_str(&body).expect("patch is YAML");
+            let init = &v["spec"]["initContainers"];
+            if file.starts_with("kube-controller-manager+") {
+                assert_eq!(init[0]["image"], TOOLBOX_IMAGE, "{body}");
+            } else {
+                assert!(init.is_null(), "{file}: {body}");
+            }
+        }
     }
 }

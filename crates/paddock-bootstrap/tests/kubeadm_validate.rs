@@ -4,7 +4,7 @@
 //! join and worker join documents. Set `PADDOCK_NODE_BIN` to the directory
 //! of those binaries (default `/var/cache/paddock/node-bin`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use paddock_bootstrap::kubeadm::{self, Pace};
@@ -23,10 +23,9 @@ fn kubeadm_bin() -> PathBuf {
     bin
 }
 
-#[test]
-fn kubeadm_accepts_every_configuration_paddock_renders() {
-    let bin = kubeadm_bin();
-    let out = Command::new(&bin)
+/// The binary's Kubernetes version, `1.35.4`.
+fn kubeadm_version(bin: &Path) -> String {
+    let out = Command::new(bin)
         .args(["version", "-o", "short"])
         .output()
         .expect("kubeadm runs");
@@ -36,8 +35,21 @@ fn kubeadm_accepts_every_configuration_paddock_renders() {
         version.split('.').count() == 3,
         "kubeadm version {version:?}"
     );
+    version
+}
+
+/// A cluster's PKI and its CA's pin.
+fn pki() -> (ClusterPki, String) {
     let pki = ClusterPki::generate("demo").expect("pki");
     let hash = pki.cluster_ca().expect("ca").spki_sha256().expect("hash");
+    (pki, hash)
+}
+
+#[test]
+fn kubeadm_accepts_every_configuration_paddock_renders() {
+    let bin = kubeadm_bin();
+    let version = kubeadm_version(&bin);
+    let (pki, hash) = pki();
     let dir = tempfile::tempdir().expect("tempdir");
     let cases = [Role::InitControlPlane, Role::JoinControlPlane, Role::Worker]
         .into_iter()
@@ -59,4 +71,102 @@ fn kubeadm_accepts_every_configuration_paddock_renders() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// The static Pods the real kubeadm writes for an emulated first control
+/// plane, with the patches Paddock ships applied (`kubeadm init phase
+/// control-plane` and `etcd local`, dry run into a temporary directory).
+#[test]
+fn kubeadm_applies_the_emulated_control_planes_patches() {
+    let bin = kubeadm_bin();
+    let version = kubeadm_version(&bin);
+    let (pki, hash) = pki();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let patches = dir.path().join("patches");
+    std::fs::create_dir(&patches).expect("patches dir");
+    for (name, body) in kubeadm::emulated_patches() {
+        std::fs::write(patches.join(name), body).expect("patch");
+    }
+    let yaml = kubeadm::config(
+        &Node::sample(Role::InitControlPlane, &version),
+        &pki.join_token,
+        &hash,
+        Pace::Emulated,
+    )
+    .expect("config");
+    assert!(yaml.contains(kubeadm::PATCHES_DIR), "{yaml}");
+    let cfg = dir.path().join("kubeadm.yaml");
+    std::fs::write(
+        &cfg,
+        yaml.replace(kubeadm::PATCHES_DIR, patches.to_str().expect("utf-8")),
+    )
+    .expect("write");
+    let manifests = dir.path().join("manifests");
+    for phase in [&["control-plane", "all"][..], &["etcd", "local"][..]] {
+        let out = Command::new(&bin)
+            .args(["init", "phase"])
+            .args(phase)
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--dry-run")
+            .env("KUBEADM_INIT_DRYRUN_DIR", &manifests)
+            .output()
+            .expect("kubeadm runs");
+        assert!(
+            out.status.success(),
+            "kubeadm init phase {phase:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let pod = |c: &str| -> serde_json::Value {
+        let path = manifests.join(format!("{c}.yaml"));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{c}: {e}\n{text}"))
+    };
+    let main = |p: &serde_json::Value| p["spec"]["containers"][0].clone();
+    let args = |p: &serde_json::Value| -> Vec<String> {
+        main(p)["command"]
+            .as_array()
+            .expect("command")
+            .iter()
+            .filter_map(|a| a.as_str().map(str::to_owned))
+            .collect()
+    };
+
+    // The controller manager waits for a healthy API server before it
+    // starts, and keeps its lease through a busy minute.
+    let cm = pod("kube-controller-manager");
+    let init = &cm["spec"]["initContainers"][0];
+    assert_eq!(init["image"], kubeadm::TOOLBOX_IMAGE);
+    assert_eq!(init["imagePullPolicy"], "Never");
+    assert!(
+        init["command"]
+            .to_string()
+            .contains("https://127.0.0.1:6443/healthz"),
+        "{init}"
+    );
+    assert_eq!(main(&cm)["livenessProbe"]["timeoutSeconds"], 60);
+    assert_eq!(main(&cm)["resources"]["requests"]["cpu"], "10m");
+    assert!(
+        args(&cm).contains(&"--leader-elect-lease-duration=120s".to_owned()),
+        "{:?}",
+        args(&cm)
+    );
+    // The scheduler waits for nothing (it retries on its own).
+    let sched = pod("kube-scheduler");
+    assert!(sched["spec"]["initContainers"].is_null(), "{sched}");
+    assert_eq!(main(&sched)["resources"]["requests"]["cpu"], "10m");
+    // The API server is probed every 10 s; etcd weighs as much as it.
+    let api = pod("kube-apiserver");
+    assert_eq!(main(&api)["readinessProbe"]["periodSeconds"], 10);
+    assert_eq!(main(&api)["resources"]["requests"]["cpu"], "250m");
+    let etcd = pod("etcd");
+    assert_eq!(main(&etcd)["resources"]["requests"]["cpu"], "250m");
+    assert!(
+        args(&etcd).contains(&"--heartbeat-interval=1000".to_owned()),
+        "{:?}",
+        args(&etcd)
+    );
 }

@@ -617,3 +617,60 @@ async fn requests_over_the_limits_are_statuses_over_http1_and_http2() {
     let st: Value = serde_json::from_str(&body).expect("a Status");
     assert_eq!(st["kind"], "Status");
 }
+
+/// A JSON body that names a field twice: warned about by default (the last
+/// value counts, as in Kubernetes), refused under `Strict` with nothing
+/// stored, let be under `Ignore`. Sent with curl, as no Kubernetes client
+/// writes such a body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicate_fields_are_warned_about_refused_or_ignored() {
+    let s = TestServer::start().await;
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    let url = format!("{}/api/v1/namespaces/acme/secrets", s.url());
+    let body = |name: &str| {
+        format!(
+            r#"{{"apiVersion":"v1","kind":"Secret","metadata":{{"name":"{name}","labels":{{"t":"1","t":"2"}}}},"data":{{"a":"Zmlyc3Q=","a":"bGFzdA=="}}}}"#
+        )
+    };
+    let post = |query: &str, name: &str| {
+        curl(
+            &s,
+            &[
+                "-i",
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body(name),
+                &format!("{url}{query}"),
+            ],
+        )
+    };
+    let (code, out) = post("", "warned");
+    assert_eq!(code, "201", "{out}");
+    for f in ["metadata.labels.t", "data.a"] {
+        assert!(
+            out.contains(&format!(r#"warning: 299 - "duplicate field \"{f}\"""#))
+                || out.contains(&format!(r#"Warning: 299 - "duplicate field \"{f}\"""#)),
+            "{f}: {out}"
+        );
+    }
+    let cm = s.kubectl_ok(&["-n", "acme", "get", "secret", "warned", "-o", "json"]);
+    let cm: Value = serde_json::from_str(&cm).expect("json");
+    assert_eq!(cm["data"]["a"], "bGFzdA==", "the last value");
+    assert_eq!(cm["metadata"]["labels"]["t"], "2");
+
+    let (code, out) = post("?fieldValidation=Strict", "refused");
+    assert_eq!(code, "400", "{out}");
+    assert!(
+        out.contains(r#"strict decoding error: duplicate field \"metadata.labels.t\", duplicate field \"data.a\""#),
+        "{out}"
+    );
+    let o = s.kubectl(&["-n", "acme", "get", "secret", "refused"]);
+    assert!(!o.status.success(), "nothing stored under Strict");
+
+    let (code, out) = post("?fieldValidation=Ignore", "ignored");
+    assert_eq!(code, "201", "{out}");
+    assert!(!out.to_lowercase().contains("warning:"), "{out}");
+}
