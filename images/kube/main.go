@@ -8,10 +8,13 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	_ "time/tzdata" // CronJob time zones
 
@@ -52,6 +55,37 @@ var components = map[string]func() int{
 	},
 }
 
+// waitEnv names a URL a component waits for before it starts: until a GET
+// of it answers 200. Paddock sets it on the controller manager of an
+// emulated control plane: once it holds its leader lease the controller
+// manager gives the API server 10 s to be healthy and exits otherwise, and
+// the restarted one then waits out its own lost lease (minutes there).
+const waitEnv = "PADDOCK_WAIT_FOR"
+
+// waitFor polls url every 5 s until it answers 200. The certificate is
+// not checked, as the kubelet's HTTPS probes do not check it: this is a
+// health probe of a local server, it sends nothing.
+func waitFor(url string) {
+	client := &http.Client{
+		Timeout:   30 * time.Second,
+		Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, // nolint:gosec
+	}
+	start := time.Now()
+	for {
+		resp, err := client.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				fmt.Fprintf(os.Stderr, "kube: %s answered 200 after %s\n", url, time.Since(start).Round(time.Second))
+				return
+			}
+			err = fmt.Errorf("HTTP %d", resp.StatusCode)
+		}
+		fmt.Fprintf(os.Stderr, "kube: waiting for %s (%s): %v\n", url, waitEnv, err)
+		time.Sleep(5 * time.Second)
+	}
+}
+
 func main() {
 	name := filepath.Base(os.Args[0])
 	if _, ok := components[name]; !ok && len(os.Args) > 1 {
@@ -68,6 +102,9 @@ func main() {
 		sort.Strings(names)
 		fmt.Fprintf(os.Stderr, "kube: run as one of %v (by symlink, or as the first argument)\n", names)
 		os.Exit(2)
+	}
+	if url := os.Getenv(waitEnv); url != "" {
+		waitFor(url)
 	}
 	os.Exit(run())
 }

@@ -66,19 +66,22 @@ pub fn emulated_patches() -> Vec<(String, String)> {
         .collect()
 }
 
-/// The workload image every node image preloads (busybox).
-pub const TOOLBOX_IMAGE: &str = "paddock.local/busybox:1";
+/// What the node image's `kube` binary waits for before it starts a
+/// component, when set in that component's environment: a URL that must
+/// answer 200 (`images/kube/main.go`).
+pub const WAIT_FOR_ENV: &str = "PADDOCK_WAIT_FOR";
 
-/// An init container that holds the controller manager until the API
-/// server's `/healthz` answers 200. Once it holds the leader lease, the
-/// controller manager gives the API server 10 s to be healthy and exits
-/// otherwise; an emulated API server that had just begun to serve took
-/// longer, and the restarted controller manager then waited out its own
-/// lost lease (two minutes at [`Pace::Emulated`]) before it allocated the
-/// first Node's pod range. Strategic-merge YAML, under `spec:`.
+/// Holds the controller manager until the API server's `/healthz` answers
+/// 200. Once it holds the leader lease, the controller manager gives the
+/// API server 10 s to be healthy and exits otherwise; an emulated API
+/// server that had just begun to serve took longer, and the restarted
+/// controller manager then waited out its own lost lease (two minutes at
+/// [`Pace::Emulated`]) before it gave the first Node its pod range.
+/// (busybox's wget, tried first, cannot handshake with the API server's
+/// TLS.) Strategic-merge YAML, inside the container.
 fn wait_for_api_server() -> String {
     format!(
-        "  initContainers:\n  - name: wait-for-api-server\n    image: {TOOLBOX_IMAGE}\n    imagePullPolicy: Never\n    command: [sh, -c, 'until timeout 30 wget -q --no-check-certificate -O /dev/null https://127.0.0.1:6443/healthz; do sleep 5; done']\n"
+        "    env:\n    - {{name: {WAIT_FOR_ENV}, value: \"https://127.0.0.1:6443/healthz\"}}\n"
     )
 }
 
@@ -266,11 +269,12 @@ mod tests {
         // Only the controller manager waits for the API server to be healthy.
         for (file, body) in emulated_patches() {
             let v: Value = serde_saphyr::from_str(&body).expect("patch is YAML");
-            let init = &v["spec"]["initContainers"];
+            let env = &v["spec"]["containers"][0]["env"];
             if file.starts_with("kube-controller-manager+") {
-                assert_eq!(init[0]["image"], TOOLBOX_IMAGE, "{body}");
+                assert_eq!(env[0]["name"], WAIT_FOR_ENV, "{body}");
+                assert_eq!(env[0]["value"], "https://127.0.0.1:6443/healthz");
             } else {
-                assert!(init.is_null(), "{file}: {body}");
+                assert!(env.is_null(), "{file}: {body}");
             }
         }
     }

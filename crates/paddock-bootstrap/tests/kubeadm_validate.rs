@@ -138,14 +138,9 @@ fn kubeadm_applies_the_emulated_control_planes_patches() {
     // The controller manager waits for a healthy API server before it
     // starts, and keeps its lease through a busy minute.
     let cm = pod("kube-controller-manager");
-    let init = &cm["spec"]["initContainers"][0];
-    assert_eq!(init["image"], kubeadm::TOOLBOX_IMAGE);
-    assert_eq!(init["imagePullPolicy"], "Never");
-    assert!(
-        init["command"]
-            .to_string()
-            .contains("https://127.0.0.1:6443/healthz"),
-        "{init}"
+    assert_eq!(
+        main(&cm)["env"],
+        serde_json::json!([{"name": kubeadm::WAIT_FOR_ENV, "value": "https://127.0.0.1:6443/healthz"}])
     );
     assert_eq!(main(&cm)["livenessProbe"]["timeoutSeconds"], 60);
     assert_eq!(main(&cm)["resources"]["requests"]["cpu"], "10m");
@@ -156,7 +151,7 @@ fn kubeadm_applies_the_emulated_control_planes_patches() {
     );
     // The scheduler waits for nothing (it retries on its own).
     let sched = pod("kube-scheduler");
-    assert!(sched["spec"]["initContainers"].is_null(), "{sched}");
+    assert!(main(&sched)["env"].is_null(), "{sched}");
     assert_eq!(main(&sched)["resources"]["requests"]["cpu"], "10m");
     // The API server is probed every 10 s; etcd weighs as much as it.
     let api = pod("kube-apiserver");
