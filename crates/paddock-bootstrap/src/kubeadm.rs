@@ -80,9 +80,7 @@ pub const WAIT_FOR_ENV: &str = "PADDOCK_WAIT_FOR";
 /// (busybox's wget, tried first, cannot handshake with the API server's
 /// TLS.) Strategic-merge YAML, inside the container.
 fn wait_for_api_server() -> String {
-    format!(
-        "    env:\n    - {{name: {WAIT_FOR_ENV}, value: \"https://127.0.0.1:6443/healthz\"}}\n"
-    )
+    format!("    env:\n    - {{name: {WAIT_FOR_ENV}, value: \"https://127.0.0.1:6443/healthz\"}}\n")
 }
 
 impl Pace {
