@@ -821,8 +821,15 @@ spec:
     let intruder = toolbox("intruder", true);
     let o = kubectl_with(&other_kc, &["apply", "-f", "-"], Some(&intruder));
     assert!(o.status.success(), "{}", stderr(&o));
-    eventually(300, "intruder pod", || async {
-        (!running_pods(&other_kc, "default", "intruder").is_empty()).then_some(())
+    // Its lone emulated control plane runs everything: the pod can take
+    // minutes (what it waits for is printed once a minute).
+    eventually(600, "intruder pod", || async {
+        if running_pods(&other_kc, "default", "intruder").is_empty() {
+            progress(&other_kc);
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            return None;
+        }
+        Some(())
     })
     .await;
     let demo_ips: Vec<String> = machines
