@@ -183,18 +183,14 @@ PY"#;
 fn report_cpu(s: &TestServer, vm: String, secs: u32) -> std::thread::JoinHandle<()> {
     let kubeconfig = s.kubeconfig();
     std::thread::spawn(move || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_paddock"))
-            .arg("--kubeconfig")
-            .arg(&kubeconfig)
-            .args(["machine", "exec", &vm, "-n", "acme", "--timeout"])
-            .arg((secs + 60).to_string())
-            .args(["--", "/bin/sh", "-c"])
-            .arg(CPU_SAMPLER.replace("SECS", &secs.to_string()))
-            .output();
-        match out {
-            Ok(o) => figure!("cpu {vm}: {}{}", stdout(&o).trim(), stderr(&o).trim()),
-            Err(e) => eprintln!("cpu {vm}: {e}"),
-        }
+        let (_, out) = machine_exec_as(
+            &kubeconfig,
+            "acme",
+            &vm,
+            secs + 60,
+            &CPU_SAMPLER.replace("SECS", &secs.to_string()),
+        );
+        figure!("cpu {vm}: {}", out.trim());
     })
 }
 

@@ -207,9 +207,20 @@ pub fn machine_exec(
     timeout_s: u32,
     cmd: &str,
 ) -> (bool, String) {
+    machine_exec_as(&s.kubeconfig(), org, vm, timeout_s, cmd)
+}
+
+/// [`machine_exec`] with a kubeconfig, for a thread of its own.
+pub fn machine_exec_as(
+    kubeconfig: &std::path::Path,
+    org: &str,
+    vm: &str,
+    timeout_s: u32,
+    cmd: &str,
+) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_paddock"))
         .arg("--kubeconfig")
-        .arg(s.kubeconfig())
+        .arg(kubeconfig)
         .args([
             "machine",
             "exec",
