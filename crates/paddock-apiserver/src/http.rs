@@ -662,6 +662,9 @@ impl Feed {
 /// A watch writes the changes waiting for it in writes of up to this many bytes.
 const WATCH_BATCH_BYTES: usize = 64 * 1024;
 
+/// A busy watch is written to at most once per this long (see [`watch`]).
+const WATCH_FLUSH: Duration = Duration::from_millis(5);
+
 /// Streams watch events as newline-delimited JSON.
 async fn watch(
     api: Api,
@@ -785,6 +788,8 @@ async fn watch(
         }
         let deadline = tokio::time::sleep(timeout);
         tokio::pin!(deadline);
+        let now = tokio::time::Instant::now();
+        let mut sent_at = now.checked_sub(WATCH_FLUSH).unwrap_or(now);
         let mut tick = tokio::time::interval(bookmark_every);
         tick.tick().await;
         loop {
@@ -806,12 +811,26 @@ async fn watch(
                         // Lines that are already waiting go out in one
                         // write: a watcher that fell behind catches up in
                         // few frames, TLS records and syscalls, not one of
-                        // each per change.
+                        // each per change. A busy watch (written to less
+                        // than WATCH_FLUSH ago) also gathers what arrives
+                        // until WATCH_FLUSH after its last write: a steady
+                        // stream goes out in one write per WATCH_FLUSH,
+                        // while a change after a quiet spell goes at once.
+                        let gather_until = sent_at + WATCH_FLUSH;
                         let mut batch = bytes::BytesMut::new();
                         batch.extend_from_slice(line.as_deref().unwrap_or_default());
                         let mut then = None;
                         while batch.len() < WATCH_BATCH_BYTES {
-                            match feed.next(res, &opts, table).now_or_never() {
+                            let step = match feed.next(res, &opts, table).now_or_never() {
+                                Some(step) => Some(step),
+                                None if tokio::time::Instant::now() < gather_until => {
+                                    tokio::time::timeout_at(gather_until, feed.next(res, &opts, table))
+                                        .await
+                                        .ok()
+                                }
+                                None => None,
+                            };
+                            match step {
                                 Some(Step::Change(rev, line)) => {
                                     last = rev;
                                     batch.extend_from_slice(line.as_deref().unwrap_or_default());
@@ -826,6 +845,7 @@ async fn watch(
                         if !batch.is_empty() && !send(batch.freeze()).await {
                             return;
                         }
+                        sent_at = tokio::time::Instant::now();
                         match then {
                             Some(Step::Failed(status)) => {
                                 send(event_line("ERROR", &status)).await;

@@ -53,6 +53,8 @@ struct Ctx {
     secrets: reflector::Store<Secret>,
     /// The overlay claims, as the watch last saw them.
     pool: overlay::Pool,
+    /// The registered MachineImages, as the watch last saw them.
+    images: reflector::Store<MachineImage>,
 }
 
 impl Ctx {
@@ -258,6 +260,19 @@ fn address(o: &OverlayStatus, idx: u32) -> (String, String) {
     )
 }
 
+/// The image a group that names none boots (the cluster version's), and
+/// the control plane's image.
+fn images_of(c: &Cluster, images: &[MachineImage]) -> (Option<String>, Option<String>) {
+    let default_image = paddock_api::version::image_for(&c.spec.kubernetes_version, images);
+    let cp_image = c
+        .spec
+        .control_plane
+        .image
+        .clone()
+        .or_else(|| default_image.clone());
+    (default_image, cp_image)
+}
+
 /// One Event naming the Machines a pass created, if it created any.
 async fn machines_created(ctx: &Ctx, c: &Cluster, created: &[String]) {
     if !created.is_empty() {
@@ -401,18 +416,24 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // Whether the Machines become Kubernetes Nodes that the workload loop
     // reads (and drains): then readiness is the Nodes', and deleted
     // Machines wait for their drain.
-    let images = Api::<MachineImage>::all(ctx.client.clone())
-        .list(&Default::default())
-        .await?
-        .items;
-    // A group that names no image boots the cluster version's.
-    let default_image = paddock_api::version::image_for(&c.spec.kubernetes_version, &images);
-    let cp_image = c
-        .spec
-        .control_plane
-        .image
-        .clone()
-        .or_else(|| default_image.clone());
+    let cached: Vec<MachineImage> = ctx.images.state().iter().map(|i| (**i).clone()).collect();
+    let (default_image, cp_image) = images_of(&c, &cached);
+    // Admission saw the cluster's images registered: one the cache has yet
+    // to show is looked up in the API.
+    let stale = match &cp_image {
+        Some(i) => !cached.iter().any(|x| x.name_any() == *i),
+        None => !c.spec.kubernetes_version.is_empty(),
+    };
+    let (images, default_image, cp_image) = if stale {
+        let listed = Api::<MachineImage>::all(ctx.client.clone())
+            .list(&Default::default())
+            .await?
+            .items;
+        let (d, cp) = images_of(&c, &listed);
+        (listed, d, cp)
+    } else {
+        (cached, default_image, cp_image)
+    };
     let kube_nodes = images
         .iter()
         .find(|i| Some(i.name_any()) == cp_image)
@@ -830,6 +851,11 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         watcher::Config::default().labels(LABEL_CLUSTER),
         Arc::default(),
     );
+    let images = watchers.store(Api::<MachineImage>::all(client.clone()), Arc::default());
+    if images.wait_until_ready().await.is_err() {
+        tracing::error!("machine image cache never became ready; cluster controller not started");
+        return;
+    }
     let Some(pool) = overlay::Pool::watch(&client, &mut watchers).await else {
         tracing::error!("overlay claim cache never became ready; cluster controller not started");
         return;
@@ -842,6 +868,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         failures: Mutex::default(),
         secrets,
         pool,
+        images,
     });
     Controller::new(
         Api::<Cluster>::all(client.clone()),

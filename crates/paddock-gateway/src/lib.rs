@@ -198,10 +198,26 @@ async fn pass(
         .filter(|c| c.metadata.deletion_timestamp.is_none())
         .filter(|c| c.status.as_ref().and_then(|s| s.overlay.as_ref()).is_some())
         .collect();
+    // Grouped once per pass: each cluster then reads its own Machines, and
+    // a host's VTEP is one lookup.
     let machines = world.machines.state();
+    let mut by_cluster: HashMap<(String, &str), Vec<&Arc<Machine>>> = HashMap::new();
+    for m in machines
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_none())
+    {
+        by_cluster
+            .entry((
+                m.namespace().unwrap_or_default(),
+                m.spec.cluster_name.as_str(),
+            ))
+            .or_default()
+            .push(m);
+    }
     let hosts = world.hosts.state();
-    let vtep_of =
-        |h: &str| -> Option<Ipv4Addr> { hosts.iter().find(|x| x.name_any() == h)?.vtep() };
+    let vteps: HashMap<String, Option<Ipv4Addr>> =
+        hosts.iter().map(|h| (h.name_any(), h.vtep())).collect();
+    let vtep_of = |h: &str| -> Option<Ipv4Addr> { vteps.get(h).copied().flatten() };
     let mut new_routes = HashMap::new();
     let mut frontends = Vec::new();
     let mut wanted_vnis = BTreeSet::new();
@@ -215,14 +231,9 @@ async fn pass(
             tracing::warn!(cluster = %name, org = %ns, vni = overlay.vni, "another cluster has this overlay; not joining it twice");
             continue;
         }
-        let mine: Vec<&Arc<Machine>> = machines
-            .iter()
-            .filter(|m| {
-                m.namespace().as_deref() == Some(ns.as_str())
-                    && m.spec.cluster_name == name
-                    && m.metadata.deletion_timestamp.is_none()
-            })
-            .collect();
+        let mine: &[&Arc<Machine>] = by_cluster
+            .get(&(ns.clone(), name.as_str()))
+            .map_or(&[], Vec::as_slice);
         let j = match join(cfg, underlay, &overlay, joined).await {
             Ok(j) => j,
             Err(e) => {
@@ -232,7 +243,7 @@ async fn pass(
         };
         // Forwarding: every host that carries the cluster, every VM's MAC.
         let mut fdb = BTreeSet::new();
-        for m in &mine {
+        for m in mine {
             let Some(dst) = m.spec.host_name.as_deref().and_then(vtep_of) else {
                 continue;
             };

@@ -2,8 +2,11 @@
 //! agents* (they register a Host and hold its Lease, and run nothing; they
 //! exist only in this benchmark) and 1,000 clusters of 10 Machines each,
 //! placed by the real cluster controller and scheduler over the real API
-//! server and store. Prints placements per second and create-to-bound
-//! latency, and the process's memory. `cargo bench -p paddock --bench
+//! server and store. The server (API, store, watch cache and controllers,
+//! as `paddock server` runs them) is its own process, so that its memory
+//! is measured apart from the benchmark's clients. Prints placements per
+//! second, create-to-bound latency and the server's resident memory.
+//! `cargo bench -p paddock --bench
 //! control_plane` runs three scales in one go, each on a fresh server:
 //! 100 hosts × 1,000 Machines, 1,000 × 10,000 and 10,000 × 100,000
 //! (PADDOCK_BENCH_SCALES, e.g. `1000:100,1000:1000` as hosts:clusters, to
@@ -16,7 +19,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestServer;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
@@ -61,19 +63,89 @@ async fn simulated_agent(client: kube::Client, n: usize) {
         .expect("lease");
 }
 
-/// Resident memory of this process (server, controllers and benchmark clients), in MiB.
-fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
+/// A `paddock server` of its own: API, store, watch cache and controllers.
+struct Server {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    client: kube::Client,
 }
 
-/// The store's revision: every write so far.
-fn revision(s: &TestServer) -> u64 {
-    s.running.as_ref().expect("running").api.store.revision()
+impl Server {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let data = dir.path().join("data");
+        // One overlay per cluster: the default pool (4,096) is smaller than
+        // the largest scale; a /24 each from 10.64.0.0 leaves room for 16,384.
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_paddock"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--vni-count",
+                "16384",
+            ])
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("paddock server starts");
+        let kubeconfig = data.join("admin.kubeconfig");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let client = loop {
+            assert!(Instant::now() < deadline, "paddock server never answered");
+            if kubeconfig.exists() {
+                let c = common::client_for(&kubeconfig).await;
+                if c.apiserver_version().await.is_ok() {
+                    break c;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        common::register_stand_in_image(&client).await;
+        Self {
+            child,
+            _dir: dir,
+            client,
+        }
+    }
+
+    /// The server's resident memory now and at its peak, in MiB.
+    fn rss_mib(&self) -> (f64, f64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+                .map_or(0.0, |kb| kb / 1024.0)
+        };
+        (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// The store's revision: every write so far.
+    async fn revision(&self) -> u64 {
+        let list = Api::<Namespace>::all(self.client.clone())
+            .list_metadata(&Default::default())
+            .await
+            .expect("list");
+        list.metadata
+            .resource_version
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn scales() -> Vec<(usize, usize)> {
@@ -93,28 +165,22 @@ async fn main() {
     for (hosts, clusters) in scales() {
         summary.push(run(hosts, clusters).await);
     }
-    println!("summary (machines, placements/s, p50 ms, p99 ms, RSS growth MiB):");
+    println!("summary (machines, placements/s, p50 ms, p99 ms, server RSS MiB):");
     let base = summary.first().map_or(0.0, |s| s.1);
     for (machines, rate, p50, p99, rss) in &summary {
         println!(
-            "  {machines:>7}  {rate:>7.0}/s ({:>4.0}% of the smallest scale)  p50 {p50:>7.0}  p99 {p99:>7.0}  RSS +{rss:.0}",
+            "  {machines:>7}  {rate:>7.0}/s ({:>4.0}% of the smallest scale)  p50 {p50:>7.0}  p99 {p99:>7.0}  server RSS {rss:.0} MiB",
             100.0 * rate / base.max(1.0)
         );
     }
 }
 
-/// One scale on a fresh server: (machines, placements/s, p50 ms, p99 ms, RSS growth MiB).
+/// One scale on a fresh server: (machines, placements/s, p50 ms, p99 ms, server RSS MiB).
 async fn run(n_hosts: usize, n_clusters: usize) -> (usize, f64, f64, f64, f64) {
-    let rss_before = rss_mib();
     let per_cluster = 10;
     let total = n_clusters * per_cluster;
-    // The server's own defaults (tests resync the garbage collector every
-    // 2 s; at 10,000 Machines that alone was a tenth of the CPU).
-    let s = TestServer::start_with(|cfg| {
-        cfg.gc_resync =
-            paddock_apiserver::ServerConfig::new(cfg.data_dir.clone(), cfg.listen).gc_resync
-    })
-    .await;
+    let s = Server::start().await;
+    let (rss_idle, _) = s.rss_mib();
     let client = s.client.clone();
     println!(
         "control plane at scale: {n_hosts} hosts (simulated agents), {n_clusters} clusters x {per_cluster} machines = {total} machines"
@@ -128,12 +194,6 @@ async fn run(n_hosts: usize, n_clusters: usize) -> (usize, f64, f64, f64, f64) {
         "  {n_hosts} simulated hosts registered in {:.1} s",
         t.elapsed().as_secs_f64()
     );
-    // One overlay per cluster: the default pool (4,096) is smaller than
-    // the largest scale; a /24 each from 10.64.0.0 leaves room for 16,384.
-    let s = s.with_controllers(paddock_controllers::Config {
-        vni_count: 16_384,
-        ..paddock_controllers::Config::default()
-    });
 
     let mut ns = Namespace::default();
     ns.metadata.name = Some("bench".into());
@@ -162,7 +222,7 @@ async fn run(n_hosts: usize, n_clusters: usize) -> (usize, f64, f64, f64, f64) {
         })
     };
 
-    let rev_start = revision(&s);
+    let rev_start = s.revision().await;
     let start = Instant::now();
     let clusters: Api<Cluster> = Api::namespaced(client.clone(), "bench");
     futures::stream::iter(0..n_clusters)
@@ -192,6 +252,7 @@ async fn run(n_hosts: usize, n_clusters: usize) -> (usize, f64, f64, f64, f64) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     watch.abort();
+    let writes = s.revision().await - rev_start;
     let s2 = seen.lock().expect("lock");
     let first = s2.values().map(|v| v.0).min().expect("machines");
     let last = s2.values().filter_map(|v| v.1).max().expect("bound");
@@ -215,15 +276,13 @@ async fn run(n_hosts: usize, n_clusters: usize) -> (usize, f64, f64, f64, f64) {
     );
     let rate = n as f64 / (last - first).as_secs_f64();
     println!(
-        "  store writes from the first cluster create to the last bind: {} ({:.1} per machine)",
-        revision(&s) - rev_start,
-        (revision(&s) - rev_start) as f64 / total as f64
+        "  store writes from the first cluster create to the last bind: {writes} ({:.1} per machine)",
+        writes as f64 / total as f64
     );
-    let rss = rss_mib() - rss_before;
+    let (rss, peak) = s.rss_mib();
     println!(
-        "  RSS after: {:.0} MiB (+{rss:.0} MiB for {total} machines and {n_hosts} hosts: {:.1} KiB per machine, an upper bound: it counts the clients' copies too)",
-        rss_mib(),
-        rss * 1024.0 / total as f64
+        "  server RSS: {rss:.0} MiB (peak {peak:.0} MiB; {rss_idle:.0} MiB idle before the hosts): {:.1} KiB per machine and host above idle",
+        (rss - rss_idle) * 1024.0 / (total + n_hosts) as f64
     );
     let out = (n, rate, pct(0.5), pct(0.99), rss);
     drop(s2);
