@@ -560,7 +560,19 @@ impl Api {
     async fn check_namespace(&self, ns: &str) -> ApiResult<()> {
         let nsr = resources::find("", "v1", "namespaces")
             .ok_or_else(|| ApiError::Internal("no namespaces".into()))?;
-        let obj = self.get(nsr, None, ns).await?;
+        // From the watch cache when it holds the namespace (as Kubernetes'
+        // namespace admission reads an informer): a create is not a store
+        // read more.
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(nsr, &nsr.key(None, ns)))
+            .flatten()
+            .and_then(|e| e.object().ok());
+        let obj = match cached {
+            Some(o) => o,
+            None => self.get(nsr, None, ns).await?,
+        };
         if object::is_deleting(&obj) {
             return Err(ApiError::Forbidden(format!(
                 "unable to create new content in namespace {ns} because it is being terminated"

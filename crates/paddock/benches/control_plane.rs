@@ -90,7 +90,7 @@ impl Server {
                 "--vni-count",
                 "16384",
             ])
-            .env("RUST_LOG", "warn")
+            .env("PADDOCK_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("paddock server starts");

@@ -11,6 +11,9 @@ use clap::{Parser, Subcommand};
 
 mod dev;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "paddock",
