@@ -34,6 +34,9 @@ fn suffix() -> String {
 
 pub const FINALIZER: &str = "paddock.io/cluster";
 
+/// How often a cluster is reconciled when nothing about it changes.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
 /// Machines by (namespace, cluster), then by name.
 type MachineIndex = HashMap<(String, String), BTreeMap<String, Machine>>;
 
@@ -624,7 +627,11 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         // A host's return or removal is not watched here: look again soon.
         return Ok(Action::requeue(Duration::from_secs(2)));
     }
-    Ok(Action::requeue(Duration::from_secs(30)))
+    // A change of the Cluster or of one of its Machines triggers a
+    // reconcile, and what is waited for without one (a host) requeues
+    // sooner above; this pass is only the safety net. At 30 s it was 333
+    // reconciles a second at 10,000 clusters.
+    Ok(Action::requeue(RESYNC))
 }
 
 /// What a deleting cluster waits for: the hosts whose agents have yet to

@@ -399,16 +399,16 @@ fn list_at(
 #[async_trait]
 impl Store for RedbStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
-        let key = key.to_owned();
-        self.blocking(move |db| {
-            let r = db.begin_read().map_err(backend)?;
-            let t = r.open_table(KV).map_err(backend)?;
-            match t.get(key.as_str()).map_err(backend)? {
-                Some(raw) => Ok(Some(decode_record(&key, raw.value())?)),
-                None => Ok(None),
-            }
-        })
-        .await
+        // A point read is a few microseconds in redb's page cache (readers
+        // never wait for the writer): done in place, not handed to the
+        // blocking pool and back (two thread switches per read). Lists,
+        // which can be long, still go there.
+        let r = self.db.begin_read().map_err(backend)?;
+        let t = r.open_table(KV).map_err(backend)?;
+        match t.get(key).map_err(backend)? {
+            Some(raw) => Ok(Some(decode_record(key, raw.value())?)),
+            None => Ok(None),
+        }
     }
 
     async fn list(
