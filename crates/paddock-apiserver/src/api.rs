@@ -711,7 +711,9 @@ impl Api {
             )
             .await
             .map_err(store_err(res, &name))?;
-        decode(&kv)
+        // What was stored is `normal`: answer with it, not a decode of its bytes.
+        meta_mut(&mut normal).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        Ok(normal)
     }
 
     /// Replaces an object (PUT), honouring a resourceVersion in the body.
@@ -1175,7 +1177,8 @@ impl Api {
             )
             .await
             .map_err(store_err(res, name))?;
-        decode(&kv)
+        meta_mut(&mut normal).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+        Ok(normal)
     }
 
     /// Admission that reads other objects: a Cluster's version and images
@@ -1210,12 +1213,17 @@ impl Api {
             .map_err(|e| ApiError::Internal(format!("Cluster {name}: {e}")))?;
         let images_res = resources::find(paddock_api::GROUP, paddock_api::VERSION, "machineimages")
             .ok_or_else(|| ApiError::Internal("MachineImage is not served".into()))?;
+        // Read from the store, not the watch cache: exact (an image
+        // registered a moment ago counts) without waiting for the cache to
+        // catch up with every write before this one, as an exact list of
+        // the cache would; there are a handful of images.
         let images = self
-            .list(images_res, None, &ListOptions::default())
+            .store
+            .list(&images_res.prefix(None), None, None, None)
             .await?
             .items
-            .into_iter()
-            .filter_map(|i| serde_json::from_value::<paddock_api::MachineImage>(i).ok())
+            .iter()
+            .filter_map(|kv| serde_json::from_slice::<paddock_api::MachineImage>(&kv.value).ok())
             .collect::<Vec<_>>();
         let errs = paddock_api::version::admit_cluster(&mut c.spec, old_spec.as_ref(), &images);
         if !errs.is_empty() {

@@ -55,6 +55,9 @@ pub struct Authenticator {
     inner: std::sync::Arc<std::sync::RwLock<Loaded>>,
     /// When the token file was last looked at.
     checked: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+    /// Tokens that exist only in this process's memory (the loopback
+    /// client's), by hash; never written anywhere, gone with the process.
+    in_memory: std::sync::Arc<std::sync::RwLock<HashMap<String, User>>>,
 }
 
 /// How often the token file is looked at for changes (removed users lose
@@ -93,8 +96,13 @@ pub fn read_records(path: &Path) -> Result<Vec<TokenRecord>, TokenFileError> {
 }
 
 pub fn hash_token(token: &str) -> String {
+    use std::fmt::Write;
     let d = Sha256::digest(token.as_bytes());
-    d.iter().map(|b| format!("{b:02x}")).collect()
+    let mut hex = String::with_capacity(2 * d.len());
+    for b in d {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 /// A new random token (256 bits, URL-safe base64).
@@ -112,6 +120,7 @@ impl Authenticator {
                 by_hash: index(records),
             })),
             checked: Default::default(),
+            in_memory: Default::default(),
         }
     }
 
@@ -125,10 +134,24 @@ impl Authenticator {
                 by_hash: index(&records),
             })),
             checked: Default::default(),
+            in_memory: Default::default(),
         })
     }
 
+    /// A new random token for `user` that this process alone knows: it is
+    /// kept in memory only and is not in the token file.
+    pub fn issue_in_memory(&self, user: User) -> String {
+        let token = generate_token();
+        if let Ok(mut m) = self.in_memory.write() {
+            m.insert(hash_token(&token), user);
+        }
+        token
+    }
+
     fn lookup(&self, hash: &str) -> Option<User> {
+        if let Some(u) = self.in_memory.read().ok()?.get(hash) {
+            return Some(u.clone());
+        }
         self.inner.read().ok()?.by_hash.get(hash).cloned()
     }
 

@@ -107,7 +107,7 @@ fn json_response(code: StatusCode, v: &Value) -> Response {
 
 /// Media types responses come in (JSON; protobuf and YAML clients accept
 /// JSON as well, as kubectl does).
-const SERVED_TYPES: &str = "application/json, application/json;as=Table;v=v1;g=meta.k8s.io";
+const SERVED_TYPES: &str = "application/json, application/json;as=Table;v=v1;g=meta.k8s.io, application/json;as=PartialObjectMetadata;v=v1;g=meta.k8s.io, application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io";
 
 /// Refuses an `Accept` header that admits no JSON (406), as Kubernetes
 /// refuses media types it cannot serve.
@@ -128,11 +128,79 @@ fn check_accept(headers: &HeaderMap) -> ApiResult<()> {
     }
 }
 
-fn wants_table(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("as=Table"))
+/// The form a response takes, from the `Accept` header: the objects, a
+/// `Table` of them (kubectl get), or their metadata alone
+/// (`PartialObjectMetadata`, what metadata-only informers ask for). The
+/// first media type that names one wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    Object,
+    Table,
+    Metadata,
+}
+
+impl Form {
+    fn of(headers: &HeaderMap) -> Self {
+        let accept = headers
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        for range in accept.split(',') {
+            let mut params = range.split(';');
+            let base = params.next().unwrap_or("").trim();
+            if !matches!(base, "application/json" | "*/*" | "application/*") {
+                continue;
+            }
+            let mut as_ = None;
+            let mut group = None;
+            for p in params {
+                match p.trim().split_once('=') {
+                    Some(("as", v)) => as_ = Some(v.trim()),
+                    Some(("g", v)) => group = Some(v.trim()),
+                    _ => {}
+                }
+            }
+            match (as_, group) {
+                (None, _) => return Self::Object,
+                (Some("Table"), Some("meta.k8s.io")) => return Self::Table,
+                (Some("PartialObjectMetadata" | "PartialObjectMetadataList"), Some("meta.k8s.io")) => {
+                    return Self::Metadata;
+                }
+                // A form not served: the next media type may be one.
+                _ => {}
+            }
+        }
+        Self::Object
+    }
+
+    /// One object in this form.
+    fn object(self, res: &Resource, obj: Value) -> Value {
+        match self {
+            Self::Object => obj,
+            Self::Table => table::single(&res.columns, obj),
+            Self::Metadata => partial(obj),
+        }
+    }
+
+    /// A watch line for one object in this form: `json` is the object as
+    /// served, shared by every watcher that wants the whole object.
+    fn line(self, res: &Resource, kind: &str, json: &[u8]) -> Option<Bytes> {
+        match self {
+            Self::Object => Some(watch_line(kind, json)),
+            form => serde_json::from_slice::<Value>(json)
+                .ok()
+                .map(|o| event_line(kind, &form.object(res, o))),
+        }
+    }
+}
+
+/// An object's metadata alone, as a `PartialObjectMetadata`.
+fn partial(mut obj: Value) -> Value {
+    let metadata = obj
+        .get_mut("metadata")
+        .map(Value::take)
+        .unwrap_or_else(|| json!({}));
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata})
 }
 
 /// The longest `fieldManager` Kubernetes accepts.
@@ -406,14 +474,8 @@ async fn serve(
     }
     let ns = namespace.as_deref();
     let part = if status { Part::Status } else { Part::Main };
-    let table = wants_table(headers);
-    let wrap = |obj: Value, code: StatusCode| {
-        if table {
-            json_response(code, &table::single(&res.columns, obj))
-        } else {
-            json_response(code, &obj)
-        }
-    };
+    let form = Form::of(headers);
+    let wrap = |obj: Value, code: StatusCode| json_response(code, &form.object(res, obj));
     match (method, name.as_deref()) {
         (&Method::GET, Some(name)) => {
             let obj = match p.resource_version.as_deref() {
@@ -423,12 +485,12 @@ async fn serve(
             Ok(wrap(obj, StatusCode::OK))
         }
         (&Method::GET, None) if truthy(&p.watch) => {
-            watch(api.clone(), res, namespace, &p, table).await
+            watch(api.clone(), res, namespace, &p, form).await
         }
         (&Method::GET, None) => {
             let opts = list_options(res, &p)?;
             let page = api.list_entries(res, ns, &opts).await?;
-            if table {
+            if form == Form::Table {
                 let items = page
                     .items
                     .iter()
@@ -450,6 +512,18 @@ async fn serve(
             }
             if let Some(n) = page.remaining {
                 meta["remainingItemCount"] = json!(n);
+            }
+            if form == Form::Metadata {
+                let items = page
+                    .items
+                    .iter()
+                    .map(|e| e.object().map(partial))
+                    .collect::<ApiResult<Vec<_>>>()?;
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                            "metadata": meta, "items": items}),
+                ));
             }
             Ok(list_response(res, &meta, &page.items))
         }
@@ -597,17 +671,15 @@ enum Step {
 }
 
 impl Feed {
-    async fn next(&mut self, res: &Resource, opts: &ListOptions, table: bool) -> Step {
+    async fn next(&mut self, res: &Resource, opts: &ListOptions, form: Form) -> Step {
         match self {
             Feed::Cache(w, _) => match w.next().await {
                 Ok(Some(c)) => {
                     let line = c
                         .classify(res, &opts.labels, &opts.fields)
-                        .and_then(|t| match table {
-                            false => Some(c.line(t)),
-                            true => c.object.object().ok().map(|o| {
-                                event_line(t.as_str(), &table::single(&res.columns, o))
-                            }),
+                        .and_then(|t| match form {
+                            Form::Object => Some(c.line(t)),
+                            form => form.line(res, t.as_str(), &c.object.json),
                         });
                     Step::Change(c.revision, line)
                 }
@@ -631,14 +703,8 @@ impl Feed {
                 None => Step::End,
                 Some(Err(e)) => Step::Failed(ApiError::from(e).status()),
                 Some(Ok(ev)) => {
-                    let line = classify(&ev, opts).map(|(kind, obj)| {
-                        let obj = if table {
-                            table::single(&res.columns, obj)
-                        } else {
-                            obj
-                        };
-                        event_line(kind, &obj)
-                    });
+                    let line = classify(&ev, opts)
+                        .map(|(kind, obj)| event_line(kind, &form.object(res, obj)));
                     Step::Change(ev.revision(), line)
                 }
             },
@@ -671,7 +737,7 @@ async fn watch(
     res: &'static Resource,
     ns: Option<String>,
     p: &Params,
-    table: bool,
+    form: Form,
 ) -> ApiResult<Response> {
     let opts = list_options(res, p)?;
     let timeout = match p.timeout_seconds.as_deref() {
@@ -706,13 +772,7 @@ async fn watch(
     let added = |items: &[std::sync::Arc<Entry>]| -> Vec<Bytes> {
         items
             .iter()
-            .filter_map(|e| match table {
-                false => Some(watch_line(EventType::Added.as_str(), &e.json)),
-                true => e
-                    .object()
-                    .ok()
-                    .map(|o| event_line("ADDED", &table::single(&res.columns, o))),
-            })
+            .filter_map(|e| form.line(res, EventType::Added.as_str(), &e.json))
             .collect()
     };
     let (start, initial, mut feed) = match from_cache {
@@ -800,7 +860,7 @@ async fn watch(
                     last = feed.progress(last);
                     if !send(bookmark(last, false)).await { return; }
                 }
-                step = feed.next(res, &opts, table) => match step {
+                step = feed.next(res, &opts, form) => match step {
                     Step::End => return,
                     Step::Failed(status) => {
                         send(event_line("ERROR", &status)).await;
@@ -821,10 +881,10 @@ async fn watch(
                         batch.extend_from_slice(line.as_deref().unwrap_or_default());
                         let mut then = None;
                         while batch.len() < WATCH_BATCH_BYTES {
-                            let step = match feed.next(res, &opts, table).now_or_never() {
+                            let step = match feed.next(res, &opts, form).now_or_never() {
                                 Some(step) => Some(step),
                                 None if tokio::time::Instant::now() < gather_until => {
-                                    tokio::time::timeout_at(gather_until, feed.next(res, &opts, table))
+                                    tokio::time::timeout_at(gather_until, feed.next(res, &opts, form))
                                         .await
                                         .ok()
                                 }

@@ -17,6 +17,7 @@ pub mod gc;
 pub mod http;
 pub mod kubeconfig;
 pub mod limits;
+pub mod loopback;
 pub mod object;
 pub mod openapi;
 pub mod protobuf;
@@ -208,6 +209,9 @@ pub struct Running {
     /// The supervised background tasks; run the server's other parts
     /// (controllers, gateway) here so that `/readyz` sees them.
     pub tasks: tasks::Tasks,
+    /// The server's own client, for the parts that run in its process
+    /// ([`loopback`]).
+    pub loopback: kube::Client,
 }
 
 impl Running {
@@ -276,6 +280,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     };
     let tls = tls::server_config(&data.serving.cert_pem, &data.serving.key_pem)?;
     let app = router(state);
+    let loopback = loopback::client(app.clone(), &data.authenticator);
     // Everything that can fail first: an error leaves no task running.
     let unix = match &config.unix_socket {
         Some(path) => {
@@ -306,5 +311,6 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         data,
         api,
         tasks,
+        loopback,
     })
 }

@@ -24,6 +24,7 @@
 
 use std::collections::BTreeMap;
 
+use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -58,14 +59,16 @@ pub struct Bootstrapped {
 pub async fn track_init_host(
     client: &kube::Client,
     c: &Cluster,
-    pki: Option<&Secret>,
+    pki: Option<&ObjectMeta>,
     machines: &[Machine],
 ) -> kube::Result<()> {
     let Some(pki) = pki else { return Ok(()) };
     if initialized(c) {
         return Ok(());
     }
-    let ann = pki.annotations();
+    let Some(ann) = &pki.annotations else {
+        return Ok(());
+    };
     let Some(init) = ann.get(INIT_MACHINE) else {
         return Ok(());
     };
@@ -221,8 +224,15 @@ pub async fn ensure_bootstrap(
     let ns = c.namespace().unwrap_or_default();
     let cluster = c.name_any();
     let api: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    // From the API's watch cache as it stands (no wait for it to catch up
+    // with the store): a Secret made a moment ago and not listed yet is
+    // refused as existing when made again, which is harmless.
     let existing: Vec<String> = api
-        .list(&ListParams::default().labels(&format!("{LABEL_CLUSTER}={cluster}")))
+        .list_metadata(
+            &ListParams::default()
+                .labels(&format!("{LABEL_CLUSTER}={cluster}"))
+                .match_any(),
+        )
         .await?
         .items
         .iter()
@@ -250,7 +260,7 @@ pub async fn ensure_bootstrap(
         .and_then(|s| s.overlay.clone())
         .ok_or_else(|| anyhow::anyhow!("no overlay yet"))?;
     let gateway = overlay.gateway.parse()?;
-    let mut made = 0;
+    let mut secrets = Vec::new();
     for m in missing {
         if choice.hold_control_planes && m.spec.role == MachineRole::ControlPlane {
             // Kept for the init role until the lost init VM is known stopped.
@@ -298,11 +308,22 @@ pub async fn ensure_bootstrap(
                 ),
             ]),
         );
-        match api.create(&PostParams::default(), &s).await {
+        secrets.push(s);
+    }
+    let api = &api;
+    let mut results = futures::stream::iter(secrets)
+        .map(|s| async move { api.create(&PostParams::default(), &s).await })
+        .buffer_unordered(crate::cluster::CREATES_IN_FLIGHT);
+    let (mut made, mut failed) = (0, None);
+    while let Some(res) = results.next().await {
+        match res {
             Ok(_) => made += 1,
             Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e.into()),
+            Err(e) => failed = failed.or(Some(e)),
         }
+    }
+    if let Some(e) = failed {
+        return Err(e.into());
     }
     Ok(Bootstrapped {
         made,
@@ -377,7 +398,7 @@ async fn choose_init(
             // Said once: the pass whose conditional write of the PKI
             // Secret's INIT_LOST annotation wins records the Event.
             if pki_secret.annotations().get(INIT_LOST) != Some(&why) {
-                annotate(&api, pki_secret, json!({INIT_LOST: why})).await?;
+                annotate(&api, &pki_secret.metadata, json!({INIT_LOST: why})).await?;
                 tracing::warn!(cluster = %cluster, org = %ns, "{why}");
                 crate::events::record(client, c, true, "InitMachineLost", why.clone()).await;
             }
@@ -406,7 +427,7 @@ async fn choose_init(
             // The new init Machine's host is recorded once it is bound.
             annotate(
                 &api,
-                pki_secret,
+                &pki_secret.metadata,
                 json!({INIT_MACHINE: first.name_any(), INIT_HOST: null}),
             )
             .await?;
@@ -432,15 +453,15 @@ async fn choose_init(
 /// Sets annotations of the PKI Secret, conditionally on the version read.
 async fn annotate(
     api: &Api<Secret>,
-    pki: &Secret,
+    pki: &ObjectMeta,
     annotations: serde_json::Value,
 ) -> kube::Result<()> {
     let patch = json!({"metadata": {
         "annotations": annotations,
-        "resourceVersion": pki.resource_version(),
+        "resourceVersion": pki.resource_version,
     }});
     api.patch(
-        &pki.name_any(),
+        pki.name.as_deref().unwrap_or_default(),
         &PatchParams::default(),
         &Patch::Merge(&patch),
     )

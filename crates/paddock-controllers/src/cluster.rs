@@ -9,7 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -37,6 +37,11 @@ pub const FINALIZER: &str = "paddock.io/cluster";
 /// How often a cluster is reconciled when nothing about it changes.
 pub const RESYNC: Duration = Duration::from_secs(300);
 
+/// Creates of one reconcile in flight at once (Machines, bootstrap data):
+/// written one after another, a cluster's ten Machines waited for ten
+/// commits in turn; together they share the store's group commits.
+pub const CREATES_IN_FLIGHT: usize = 16;
+
 /// Machines by (namespace, cluster), then by name.
 type MachineIndex = HashMap<(String, String), BTreeMap<String, Machine>>;
 
@@ -53,7 +58,9 @@ struct Ctx {
     /// Consecutive failed reconciles per cluster uid, for backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// The clusters' PKI and bootstrap Secrets, as the watch last saw them.
-    secrets: reflector::Store<Secret>,
+    /// The clusters' Secrets, metadata only: what exists, and the PKI
+    /// Secret's annotations (bootstrap data is 8–23 KB a Machine).
+    secrets: reflector::Store<PartialObjectMeta<Secret>>,
     /// The overlay claims, as the watch last saw them.
     pool: overlay::Pool,
     /// The registered MachineImages, as the watch last saw them.
@@ -370,13 +377,18 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         return Ok(Action::await_change());
     }
 
+    // The pass goes on with what each of these writes returns: the cache
+    // may not show them yet, and a pass on the older copy would write
+    // again and conflict.
+    let mut c = c;
     if !c.finalizers().iter().any(|f| f == FINALIZER) {
         let mut fins = c.finalizers().to_vec();
         fins.push(FINALIZER.into());
-        clusters
-            .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": fins, "resourceVersion": c.resource_version()}})))
-            .await?;
-        return Ok(Action::requeue(Duration::ZERO));
+        c = Arc::new(
+            clusters
+                .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": fins, "resourceVersion": c.resource_version()}})))
+                .await?,
+        );
     }
 
     let overlay = match c.status.as_ref().and_then(|s| s.overlay.clone()) {
@@ -384,9 +396,11 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         None => {
             let o = overlay::ensure(&ctx.client, &ctx.cfg, &ctx.pool, &uid).await?;
             let st = json!({"status": {"overlay": o, "phase": "Provisioning"}});
-            clusters
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
-                .await?;
+            c = Arc::new(
+                clusters
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
+                    .await?,
+            );
             events::record(
                 &ctx.client,
                 c.as_ref(),
@@ -395,7 +409,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 format!("VNI {} and subnet {}", o.vni, o.subnet),
             )
             .await;
-            return Ok(Action::requeue(Duration::ZERO));
+            o
         }
     };
 
@@ -464,8 +478,10 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
     let control_plane_ready = a_control_plane_is_ready(live.iter().copied());
-    // One Event for the Machines a pass creates, not one per Machine.
-    let mut created = Vec::new();
+    // Made together once every group is counted (the creates are
+    // concurrent); one Event for the Machines a pass creates, not one per
+    // Machine.
+    let mut to_make: Vec<(Machine, String)> = Vec::new();
     for g in &groups {
         let current: Vec<&Machine> = live.iter().copied().filter(|m| in_group(m, g)).collect();
         let want = g.replicas as usize;
@@ -511,15 +527,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                     fins.push(paddock_api::machine::DRAIN_FINALIZER.into());
                 }
                 m.metadata.finalizers = Some(fins);
-                let made = match machines.create(&PostParams::default(), &m).await {
-                    Ok(made) => made,
-                    Err(e) => {
-                        machines_created(&ctx, &c, &created).await;
-                        return Err(e.into());
-                    }
-                };
-                ctx.expect(&uid, made.name_any(), true);
-                created.push(format!("{} ({}, {ip})", made.name_any(), g.role.as_str()));
+                to_make.push((m, format!("{machine_name} ({}, {ip})", g.role.as_str())));
             }
         } else if current.len() > want {
             for m in scale_down(&current, want) {
@@ -535,7 +543,26 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
 
+    let mut created = Vec::new();
+    let mut failed = None;
+    let api = &machines;
+    let mut results = futures::stream::iter(to_make)
+        .map(|(m, what)| async move { (api.create(&PostParams::default(), &m).await, what) })
+        .buffer_unordered(CREATES_IN_FLIGHT);
+    while let Some((res, what)) = results.next().await {
+        match res {
+            Ok(made) => {
+                ctx.expect(&uid, made.name_any(), true);
+                created.push(what);
+            }
+            Err(e) => failed = failed.or(Some(e)),
+        }
+    }
+    drop(results);
     machines_created(&ctx, &c, &created).await;
+    if let Some(e) = failed {
+        return Err(e.into());
+    }
     if !ctx.caught_up(&uid, &ctx.cached(&ns, &name)) {
         // Our own writes are not in the cache yet: count again when they are.
         return Ok(Action::requeue(Duration::from_millis(200)));
@@ -549,7 +576,7 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let pki = ctx
         .secrets
         .get(&ObjectRef::new(&format!("{name}-pki")).within(&ns));
-    bootstrap::track_init_host(&ctx.client, &c, pki.as_deref(), &live).await?;
+    bootstrap::track_init_host(&ctx.client, &c, pki.as_deref().map(|p| &p.metadata), &live).await?;
     let bootstrapped = bootstrap::ensure_bootstrap(&ctx.client, &ctx.cfg, &c, &live, |s| {
         ctx.secrets.get(&ObjectRef::new(s).within(&ns)).is_some()
     })
@@ -757,6 +784,13 @@ async fn set_status(
 }
 
 /// Exponential backoff per cluster: 0.5 s, 1 s, 2 s … up to 60 s.
+/// Whether a reconcile failed on a write's resourceVersion precondition.
+fn is_conflict(e: &Error) -> bool {
+    e.0.chain().any(|c| {
+        matches!(c.downcast_ref::<kube::Error>(), Some(kube::Error::Api(s)) if s.code == 409 && s.reason == "Conflict")
+    })
+}
+
 fn error_policy(c: Arc<Cluster>, e: &Error, ctx: Arc<Ctx>) -> Action {
     let n = ctx
         .failures
@@ -767,6 +801,15 @@ fn error_policy(c: Arc<Cluster>, e: &Error, ctx: Arc<Ctx>) -> Action {
             *n
         })
         .unwrap_or(1);
+    if is_conflict(e) {
+        // A write on a copy older than the object (the caches had yet to
+        // show this controller's own last write): expected under optimistic
+        // concurrency, and the next pass reads a newer copy. Soon, then
+        // backing off if the conflicts go on.
+        let delay = Duration::from_millis(100u64.saturating_mul(1 << n.min(6).saturating_sub(1)));
+        tracing::debug!(cluster = %c.name_any(), error = %e, retry_in = ?delay, "write conflict; reconciling again");
+        return Action::requeue(delay);
+    }
     let delay = Duration::from_millis(500u64.saturating_mul(1 << n.min(7).saturating_sub(1)))
         .min(Duration::from_secs(60));
     tracing::warn!(cluster = %c.name_any(), error = %e, retry_in = ?delay, "reconcile failed");
@@ -854,7 +897,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         return;
     }
     let secrets = watchers.store_selected(
-        Api::<Secret>::all(client.clone()),
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
         watcher::Config::default().labels(LABEL_CLUSTER),
         Arc::default(),
     );

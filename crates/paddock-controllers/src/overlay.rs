@@ -98,6 +98,19 @@ impl Pool {
         mine.contains(&vni)
     }
 
+    /// Takes `vni` for a claim about to be made here, unless it is taken:
+    /// concurrent reconciles of this controller then try different slots
+    /// instead of racing for the lowest free one.
+    fn reserve(&self, vni: u32) -> bool {
+        if self.taken(vni) {
+            return false;
+        }
+        match self.mine.lock() {
+            Ok(mut mine) => mine.insert(vni),
+            Err(_) => true,
+        }
+    }
+
     fn claimed(&self, vni: u32, yes: bool) {
         if let Ok(mut mine) = self.mine.lock() {
             if yes {
@@ -130,7 +143,7 @@ pub async fn ensure(
     }
     for idx in 0..cfg.vni_count {
         let vni = cfg.vni_base + idx;
-        if pool.taken(vni) {
+        if !pool.reserve(vni) {
             continue;
         }
         let lease = Lease {
@@ -147,12 +160,13 @@ pub async fn ensure(
         // The create is the allocation: a claim the cache does not show yet
         // (or one made before the label) answers 409, and the next is tried.
         match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => {
-                pool.claimed(vni, true);
-                return Ok(slot(cfg, idx));
-            }
+            Ok(_) => return Ok(slot(cfg, idx)),
+            // Someone's: it stays taken here until the cache shows it.
             Err(kube::Error::Api(e)) if e.code == 409 => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => {
+                pool.claimed(vni, false);
+                return Err(e.into());
+            }
         }
     }
     anyhow::bail!(

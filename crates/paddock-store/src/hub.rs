@@ -102,7 +102,14 @@ impl Hub {
         }
     }
 
-    pub(crate) fn watch(&self, prefix: &str, after: Revision) -> Result<Watch, StoreError> {
+    /// The changes after `after` that `history` still holds, under
+    /// `prefix`, and a subscription to the ones that follow, taken under
+    /// one lock so that none falls between them.
+    fn follow(
+        &self,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), StoreError> {
         let g = self.lock();
         if after < g.compacted {
             return Err(StoreError::Compacted {
@@ -110,25 +117,34 @@ impl Hub {
                 oldest: g.compacted + 1,
             });
         }
-        let mut live = g.live.subscribe();
-        let backlog: Vec<Arc<Event>> = g
+        let live = g.live.subscribe();
+        let backlog = g
             .history
             .iter()
             .filter(|e| e.revision() > after && e.key().starts_with(prefix))
             .cloned()
             .collect();
-        drop(g);
+        Ok((backlog, live))
+    }
+
+    pub(crate) fn watch(
+        self: &Arc<Self>,
+        prefix: &str,
+        after: Revision,
+    ) -> Result<Watch, StoreError> {
+        let (mut backlog, mut live) = self.follow(prefix, after)?;
         let (tx, rx) = mpsc::channel(1024);
         let prefix = prefix.to_owned();
+        let hub = self.clone();
         tokio::spawn(async move {
             let mut last = after;
-            for ev in backlog {
-                last = ev.revision();
-                if tx.send(Ok(ev)).await.is_err() {
-                    return;
-                }
-            }
             loop {
+                for ev in std::mem::take(&mut backlog) {
+                    last = ev.revision();
+                    if tx.send(Ok(ev)).await.is_err() {
+                        return;
+                    }
+                }
                 tokio::select! {
                     _ = tx.closed() => return,
                     msg = live.recv() => match msg {
@@ -141,15 +157,73 @@ impl Hub {
                                 return;
                             }
                         }
-                        Err(broadcast::error::RecvError::Lagged(_)) => {
-                            let _ = tx.send(Err(StoreError::Compacted { requested: last, oldest: last + 1 })).await;
-                            return;
-                        }
+                        // A burst outran the live channel: what was missed
+                        // is read again from the history, which keeps far
+                        // more; only a watcher behind even that must list.
+                        Err(broadcast::error::RecvError::Lagged(_)) => match hub.follow(&prefix, last) {
+                            Ok((missed, again)) => {
+                                backlog = missed;
+                                live = again;
+                            }
+                            Err(e) => {
+                                let _ = tx.send(Err(e)).await;
+                                return;
+                            }
+                        },
                         Err(broadcast::error::RecvError::Closed) => return,
                     }
                 }
             }
         });
         Ok(Watch { rx })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::KeyValue;
+
+    fn put(rev: Revision) -> Event {
+        Event::Put {
+            kv: KeyValue {
+                key: format!("/k/{rev}"),
+                value: Bytes::from_static(b"v"),
+                create_revision: rev,
+                mod_revision: rev,
+            },
+            prev: None,
+        }
+    }
+
+    /// A watcher that reads nothing while a burst far larger than the live
+    /// channel is published still gets every change, in order, from the
+    /// history; one behind the history too gets `Compacted`.
+    #[tokio::test]
+    async fn a_watcher_outrun_by_a_burst_catches_up_from_the_history() {
+        let hub = Arc::new(Hub::new(Vec::new(), 50_000, 0));
+        let mut w = hub.watch("/k/", 0).expect("watch");
+        hub.publish((1..=20_000).map(put).collect());
+        for want in 1..=20_000 {
+            let ev = w.next().await.expect("open").expect("no error");
+            assert_eq!(ev.revision(), want);
+        }
+
+        let small = Arc::new(Hub::new(Vec::new(), 5_000, 0));
+        let mut w = small.watch("/k/", 0).expect("watch");
+        small.publish((1..=20_000).map(put).collect());
+        let mut last = 0;
+        let end = loop {
+            match w.next().await.expect("open") {
+                Ok(ev) => last = ev.revision(),
+                Err(e) => break e,
+            }
+        };
+        assert!(
+            matches!(end, StoreError::Compacted { requested, .. } if requested == last),
+            "{end:?} after {last}"
+        );
     }
 }

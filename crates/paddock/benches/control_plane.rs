@@ -19,13 +19,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use paddock_api::{Cluster, Host, HostSpec, Machine};
 use serde_json::json;
 
@@ -208,9 +208,13 @@ async fn run(n_hosts: usize, n_clusters: usize) -> (usize, f64, f64, f64, f64) {
     let watch = {
         let seen = seen.clone();
         tokio::spawn(async move {
-            let mut stream = watcher::watcher(machines, watcher::Config::default()).boxed();
-            while let Ok(Some(ev)) = stream.try_next().await {
-                if let watcher::Event::Apply(m) | watcher::Event::InitApply(m) = ev {
+            // A watch that ends with an error (a watcher too slow, the
+            // cache read again) is resumed by the watcher, as controllers do.
+            let mut stream = watcher::watcher(machines, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(ev) = stream.next().await {
+                if let Ok(watcher::Event::Apply(m) | watcher::Event::InitApply(m)) = ev {
                     let now = Instant::now();
                     let mut s = seen.lock().expect("lock");
                     let e = s.entry(m.uid().unwrap_or_default()).or_insert((now, None));

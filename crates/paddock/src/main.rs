@@ -271,14 +271,6 @@ fn add_host(a: AddHostArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn admin_client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let kc = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(cfg)?)
-}
-
 async fn server(args: ServerArgs) -> anyhow::Result<()> {
     init_tracing();
     let last_port = u32::from(args.ingress_port_base) + 2 * args.vni_count;
@@ -349,8 +341,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             drain_timeout: Duration::from_secs(args.drain_timeout_seconds),
             ..Default::default()
         };
-        let client = admin_client(&running.data.admin_kubeconfig()).await?;
-        for (name, l) in paddock_controllers::loops(client, cfg) {
+        for (name, l) in paddock_controllers::loops(running.loopback.clone(), cfg) {
             running.tasks.spawn_loop(name, l);
         }
     }
@@ -400,7 +391,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             resync: Duration::from_secs(5),
             load_balancer,
         };
-        let client = admin_client(&running.data.admin_kubeconfig()).await?;
+        let client = running.loopback.clone();
         running.tasks.spawn("gateway", async move {
             paddock_gateway::run(client, gw)
                 .await

@@ -674,3 +674,114 @@ async fn duplicate_fields_are_warned_about_refused_or_ignored() {
     assert_eq!(code, "201", "{out}");
     assert!(!out.to_lowercase().contains("warning:"), "{out}");
 }
+
+/// `Accept: …;as=PartialObjectMetadata[List];g=meta.k8s.io;v=v1` answers
+/// with the objects' metadata alone (no Secret data), for gets, lists and
+/// watches, over curl and through kube-rs's metadata-only `Api`, whose
+/// watcher then sees a Secret come, change and go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_only_reads_answer_partial_object_metadata() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::{Api, PartialObjectMeta, Patch, PatchParams};
+    use kube::runtime::{WatchStreamExt, watcher};
+
+    let s = TestServer::start().await;
+    s.kubectl_ok(&["create", "namespace", "acme"]);
+    s.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "one",
+        "-n",
+        "acme",
+        "--from-literal=password=hunter2",
+    ]);
+    let url = format!("{}/api/v1/namespaces/acme/secrets", s.url());
+    let meta = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+    let meta_list = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+
+    let (code, body) = curl(&s, &["-H", &format!("Accept: {meta}"), &format!("{url}/one")]);
+    assert_eq!(code, "200", "{body}");
+    let one: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (one["kind"].as_str(), one["apiVersion"].as_str()),
+        (Some("PartialObjectMetadata"), Some("meta.k8s.io/v1")),
+        "{one}"
+    );
+    assert_eq!(one["metadata"]["name"], "one");
+    assert!(one.get("data").is_none() && !body.contains("aHVudGVyMg"), "{body}");
+
+    let (code, body) = curl(&s, &["-H", &format!("Accept: {meta_list}"), &url]);
+    assert_eq!(code, "200", "{body}");
+    let list: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(list["kind"], "PartialObjectMetadataList", "{list}");
+    assert!(list["metadata"]["resourceVersion"].is_string(), "{list}");
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(items[0]["kind"], "PartialObjectMetadata");
+    assert!(!body.contains("aHVudGVyMg"), "{body}");
+
+    // A watch from the list's revision: the next change, metadata only.
+    let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_owned();
+    let watch_url = format!("{url}?watch=1&resourceVersion={rv}&timeoutSeconds=5");
+    let curl_watch = {
+        let ca = s.data_dir().join("pki/ca.crt");
+        let token = admin_token(&s);
+        let accept = format!("Accept: {meta}");
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("curl")
+                .args(["-sS", "-N", "--cacert"])
+                .arg(ca)
+                .args(["-H", &format!("Authorization: Bearer {token}")])
+                .args(["-H", &accept, &watch_url])
+                .output()
+                .expect("curl runs")
+        })
+    };
+
+    // kube-rs's metadata-only watcher over the same Secrets.
+    let api: Api<PartialObjectMeta<Secret>> = Api::namespaced(s.client.clone(), "acme");
+    let mut events = watcher(api, watcher::Config::default())
+        .touched_objects()
+        .boxed();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+        .await
+        .expect("the metadata watcher lists")
+        .expect("an event")
+        .expect("not an error");
+    assert_eq!(first.metadata.name.as_deref(), Some("one"));
+    assert_eq!(first.types.as_ref().map(|t| t.kind.as_str()), Some("PartialObjectMetadata"));
+
+    Api::<Secret>::namespaced(s.client.clone(), "acme")
+        .patch(
+            "one",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"seen": "yes"}}, "stringData": {"password": "hunter3"}})),
+        )
+        .await
+        .expect("patch");
+    let changed = tokio::time::timeout(std::time::Duration::from_secs(10), events.next())
+        .await
+        .expect("the metadata watcher sees the change")
+        .expect("an event")
+        .expect("not an error");
+    assert_eq!(
+        changed.metadata.annotations.as_ref().and_then(|a| a.get("seen")).map(String::as_str),
+        Some("yes")
+    );
+
+    let out = curl_watch.await.expect("curl watch");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let modified = lines
+        .iter()
+        .find(|l| l["type"] == "MODIFIED")
+        .unwrap_or_else(|| panic!("no MODIFIED line in the watch: {text}"));
+    assert_eq!(modified["object"]["kind"], "PartialObjectMetadata", "{text}");
+    assert_eq!(modified["object"]["metadata"]["annotations"]["seen"], "yes");
+    assert!(!text.contains("aHVudGVyMw") && !text.contains("\"data\""), "{text}");
+}

@@ -43,7 +43,8 @@ impl TestServer {
     /// server` does.
     pub fn with_controllers(self, cfg: paddock_controllers::Config) -> Self {
         let tasks = &self.running.as_ref().expect("running").tasks;
-        for (name, l) in paddock_controllers::loops(self.client.clone(), cfg) {
+        let client = self.running.as_ref().expect("running").loopback.clone();
+        for (name, l) in paddock_controllers::loops(client, cfg) {
             tasks.spawn_loop(name, l);
         }
         self
