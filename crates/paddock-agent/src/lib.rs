@@ -159,6 +159,11 @@ pub async fn run_with(client: kube::Client, cfg: AgentConfig, parts: Parts) -> a
         endpoint: format!("unix://{}", sock.display()),
         accel: accel.as_str().into(),
     };
+    // The Lease before the first report: a host that is Ready without one
+    // reads as a host whose lease expired.
+    if let Err(e) = host::renew_lease(&client, &cfg.name, lease_seconds(cfg.heartbeat)).await {
+        tracing::warn!(error = %e, "cannot take the host's lease yet; the heartbeat tries again");
+    }
     host::report(&client, &report)
         .await
         .context("registering the host")?;
@@ -206,6 +211,11 @@ pub async fn run_with(client: kube::Client, cfg: AgentConfig, parts: Parts) -> a
     }
 }
 
+/// A lease outlives three missed heartbeats.
+fn lease_seconds(every: Duration) -> i32 {
+    i32::try_from(every.as_secs().max(1) * 4).unwrap_or(40)
+}
+
 /// Renews the host's Lease and reports its status every `every`, on its own
 /// task: a reconcile pass, however long it takes, never delays it.
 async fn heartbeat(
@@ -214,8 +224,7 @@ async fn heartbeat(
     every: Duration,
     allocated: Arc<std::sync::Mutex<Resources>>,
 ) -> anyhow::Result<()> {
-    // A lease outlives three missed heartbeats.
-    let lease_seconds = i32::try_from(every.as_secs().max(1) * 4).unwrap_or(40);
+    let lease_seconds = lease_seconds(every);
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -171,6 +171,9 @@ pub struct ListOptions {
     pub resource_version_match: Option<String>,
 }
 
+/// Changes the watch cache may be behind the store before writes wait for it.
+pub const CACHE_LAG_LIMIT: u64 = 10_000;
+
 /// Which state a list reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ReadAt {
@@ -702,6 +705,7 @@ impl Api {
         if opts.dry_run {
             return Ok(normal);
         }
+        self.pace_writes().await;
         let kv = self
             .store
             .put(
@@ -1160,6 +1164,7 @@ impl Api {
         }
         let key = res.key(ns, name);
         if object::is_deleting(&normal) && !object::has_finalizers(&normal) {
+            self.pace_writes().await;
             let (_, rev) = self
                 .store
                 .delete(&key, Precondition::ModRevision(kv.mod_revision))
@@ -1168,6 +1173,7 @@ impl Api {
             meta_mut(&mut normal).insert("resourceVersion".into(), json!(rev.to_string()));
             return Ok(normal);
         }
+        self.pace_writes().await;
         let kv = self
             .store
             .put(
@@ -1179,6 +1185,21 @@ impl Api {
             .map_err(store_err(res, name))?;
         meta_mut(&mut normal).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
         Ok(normal)
+    }
+
+    /// Holds a write back while the watch cache is more than
+    /// [`CACHE_LAG_LIMIT`] changes behind the store, until it is half that
+    /// (or for the cache's fresh-read wait at most): writers that outrun
+    /// the one task that feeds every watcher would otherwise leave it
+    /// behind the store's history, and it would have to read everything
+    /// again while every watcher relists.
+    async fn pace_writes(&self) {
+        if let Some(cache) = &self.cache {
+            let rev = self.store.revision();
+            if rev > cache.revision().saturating_add(CACHE_LAG_LIMIT) {
+                cache.wait_for(rev - CACHE_LAG_LIMIT / 2).await;
+            }
+        }
     }
 
     /// Admission that reads other objects: a Cluster's version and images
@@ -1297,6 +1318,7 @@ impl Api {
                 if dry_run {
                     return Ok(Deleted::Gone(old));
                 }
+                self.pace_writes().await;
                 match self
                     .store
                     .delete(
@@ -1322,6 +1344,7 @@ impl Api {
             if dry_run {
                 return Ok(Deleted::Pending(new));
             }
+            self.pace_writes().await;
             match self
                 .store
                 .put(

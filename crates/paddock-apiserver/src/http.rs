@@ -163,7 +163,10 @@ impl Form {
             match (as_, group) {
                 (None, _) => return Self::Object,
                 (Some("Table"), Some("meta.k8s.io")) => return Self::Table,
-                (Some("PartialObjectMetadata" | "PartialObjectMetadataList"), Some("meta.k8s.io")) => {
+                (
+                    Some("PartialObjectMetadata" | "PartialObjectMetadataList"),
+                    Some("meta.k8s.io"),
+                ) => {
                     return Self::Metadata;
                 }
                 // A form not served: the next media type may be one.

@@ -849,6 +849,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
             Api::<Machine>::all(client.clone()),
             watcher::Config::default(),
         )
+        .modify(paddock_watch::lean::<Machine>)
         .default_backoff()
         .boxed();
         watchers.keep(tokio::spawn(async move {
@@ -920,16 +921,22 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         pool,
         images,
     });
-    Controller::new(
+    let (reader, writer) = reflector::store();
+    let clusters = watcher::watcher(
         Api::<Cluster>::all(client.clone()),
         watcher::Config::default(),
     )
-    .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
-        trigger_rx,
-    ))
-    .run(reconcile_and_reset, error_policy, ctx)
-    .for_each(|_| futures::future::ready(()))
-    .await;
+    .modify(paddock_watch::lean::<Cluster>)
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects();
+    Controller::for_stream(clusters, reader)
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(
+            trigger_rx,
+        ))
+        .run(reconcile_and_reset, error_policy, ctx)
+        .for_each(|_| futures::future::ready(()))
+        .await;
 }
 
 #[cfg(test)]

@@ -36,6 +36,10 @@ fn lease_fresh(l: Option<&Lease>, now: Timestamp) -> bool {
     renew.0.as_second() + dur >= now.as_second()
 }
 
+/// How long a new Host that reports Ready may go without a Lease (an
+/// agent's default lease duration).
+const NEW_HOST_SECONDS: i64 = 40;
+
 /// What to do about one host.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -52,7 +56,15 @@ pub enum Verdict {
 pub fn judge(h: &Host, lease: Option<&Lease>, now: Timestamp, grace: Duration) -> Verdict {
     let fresh = lease_fresh(lease, now);
     let st = h.status.clone().unwrap_or_default();
+    // A new host may report Ready before its Lease is written, or before
+    // the Lease's watch shows it: no Lease yet is not an expired one.
+    let new = lease.is_none()
+        && h.metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| now.as_second() - t.0.as_second() < NEW_HOST_SECONDS);
     match (st.phase, fresh) {
+        (Some(HostPhase::Ready), false) if new => Verdict::Nothing,
         (Some(HostPhase::Ready), false) => Verdict::MarkNotReady,
         (Some(HostPhase::NotReady), false) => {
             let since = st
@@ -338,6 +350,21 @@ mod tests {
         assert_eq!(
             judge(&down, Some(&lease(200, 40)), at(201), grace),
             Verdict::Nothing
+        );
+    }
+
+    #[test]
+    fn a_new_host_ready_before_its_lease_is_shown_is_not_marked_not_ready() {
+        let grace = Duration::from_secs(60);
+        let mut new = host(HostPhase::Ready, None);
+        new.metadata.creation_timestamp = Some(Time(at(0)));
+        assert_eq!(judge(&new, None, at(10), grace), Verdict::Nothing);
+        // Still without one after a lease's length: marked.
+        assert_eq!(judge(&new, None, at(41), grace), Verdict::MarkNotReady);
+        // A Lease that exists and ran out is judged as ever.
+        assert_eq!(
+            judge(&new, Some(&lease(-100, 40)), at(10), grace),
+            Verdict::MarkNotReady
         );
     }
 

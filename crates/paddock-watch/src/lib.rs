@@ -1,7 +1,7 @@
 //! Watched caches of API objects for Paddock's level-triggered loops (the
 //! host agent, the scheduler, the gateway): a kube-rs reflector store kept
 //! current by a watch, which pokes a [`Notify`] on every change so the loop
-//! runs again.
+//! runs again. Objects are kept without their `managedFields` ([`lean`]).
 
 use std::sync::Arc;
 
@@ -35,6 +35,13 @@ impl<K> Watchable for K where
 {
 }
 
+/// Drops what a loop never reads from a watched object before it is kept:
+/// its `managedFields` (a tree of every field and who set it, often the
+/// largest part of an object, and cloned with it on every read).
+pub fn lean<K: kube::Resource>(k: &mut K) {
+    k.meta_mut().managed_fields = None;
+}
+
 /// A store of every `K` that `api` sees, and the task that keeps it
 /// current (it retries with backoff and runs until aborted). `notify` is
 /// poked on every change.
@@ -49,8 +56,13 @@ pub fn store_selected<K: Watchable>(
     notify: Arc<Notify>,
 ) -> (Store<K>, JoinHandle<()>) {
     let (reader, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, selected).default_backoff())
-        .touched_objects();
+    let stream = reflector::reflector(
+        writer,
+        watcher::watcher(api, selected)
+            .modify(lean::<K>)
+            .default_backoff(),
+    )
+    .touched_objects();
     let task = tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(ev) = stream.next().await {

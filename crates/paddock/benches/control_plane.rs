@@ -43,24 +43,25 @@ async fn simulated_agent(client: kube::Client, n: usize) {
         )
         .await
         .expect("host");
+    // The Lease before the Ready report, as the agent takes them.
+    let mut lease = Lease::default();
+    lease.metadata.name = Some(format!("host-{name}"));
+    lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
+        holder_identity: Some(name.clone()),
+        lease_duration_seconds: Some(3600),
+        renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+        ..Default::default()
+    });
+    Api::<Lease>::namespaced(client.clone(), "paddock-system")
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("lease");
     let st = json!({"status": {"phase": "Ready", "underlayIp": format!("10.200.{}.{}", n / 250, n % 250 + 1),
         "capacity": {"cpu": 64, "memory": "256Gi"}, "allocatable": {"cpu": 64, "memory": "256Gi"}}});
     hosts
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
         .await
         .expect("host status");
-    let mut lease = Lease::default();
-    lease.metadata.name = Some(format!("host-{name}"));
-    lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
-        holder_identity: Some(name),
-        lease_duration_seconds: Some(3600),
-        renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
-        ..Default::default()
-    });
-    Api::<Lease>::namespaced(client, "paddock-system")
-        .create(&PostParams::default(), &lease)
-        .await
-        .expect("lease");
 }
 
 /// A `paddock server` of its own: API, store, watch cache and controllers.

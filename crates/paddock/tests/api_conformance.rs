@@ -701,7 +701,10 @@ async fn metadata_only_reads_answer_partial_object_metadata() {
     let meta = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
     let meta_list = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
 
-    let (code, body) = curl(&s, &["-H", &format!("Accept: {meta}"), &format!("{url}/one")]);
+    let (code, body) = curl(
+        &s,
+        &["-H", &format!("Accept: {meta}"), &format!("{url}/one")],
+    );
     assert_eq!(code, "200", "{body}");
     let one: Value = serde_json::from_str(&body).expect("json");
     assert_eq!(
@@ -710,7 +713,10 @@ async fn metadata_only_reads_answer_partial_object_metadata() {
         "{one}"
     );
     assert_eq!(one["metadata"]["name"], "one");
-    assert!(one.get("data").is_none() && !body.contains("aHVudGVyMg"), "{body}");
+    assert!(
+        one.get("data").is_none() && !body.contains("aHVudGVyMg"),
+        "{body}"
+    );
 
     let (code, body) = curl(&s, &["-H", &format!("Accept: {meta_list}"), &url]);
     assert_eq!(code, "200", "{body}");
@@ -723,7 +729,10 @@ async fn metadata_only_reads_answer_partial_object_metadata() {
     assert!(!body.contains("aHVudGVyMg"), "{body}");
 
     // A watch from the list's revision: the next change, metadata only.
-    let rv = list["metadata"]["resourceVersion"].as_str().unwrap_or("0").to_owned();
+    let rv = list["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_owned();
     let watch_url = format!("{url}?watch=1&resourceVersion={rv}&timeoutSeconds=5");
     let curl_watch = {
         let ca = s.data_dir().join("pki/ca.crt");
@@ -751,7 +760,10 @@ async fn metadata_only_reads_answer_partial_object_metadata() {
         .expect("an event")
         .expect("not an error");
     assert_eq!(first.metadata.name.as_deref(), Some("one"));
-    assert_eq!(first.types.as_ref().map(|t| t.kind.as_str()), Some("PartialObjectMetadata"));
+    assert_eq!(
+        first.types.as_ref().map(|t| t.kind.as_str()),
+        Some("PartialObjectMetadata")
+    );
 
     Api::<Secret>::namespaced(s.client.clone(), "acme")
         .patch(
@@ -767,7 +779,12 @@ async fn metadata_only_reads_answer_partial_object_metadata() {
         .expect("an event")
         .expect("not an error");
     assert_eq!(
-        changed.metadata.annotations.as_ref().and_then(|a| a.get("seen")).map(String::as_str),
+        changed
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get("seen"))
+            .map(String::as_str),
         Some("yes")
     );
 
@@ -781,7 +798,82 @@ async fn metadata_only_reads_answer_partial_object_metadata() {
         .iter()
         .find(|l| l["type"] == "MODIFIED")
         .unwrap_or_else(|| panic!("no MODIFIED line in the watch: {text}"));
-    assert_eq!(modified["object"]["kind"], "PartialObjectMetadata", "{text}");
+    assert_eq!(
+        modified["object"]["kind"], "PartialObjectMetadata",
+        "{text}"
+    );
     assert_eq!(modified["object"]["metadata"]["annotations"]["seen"], "yes");
-    assert!(!text.contains("aHVudGVyMw") && !text.contains("\"data\""), "{text}");
+    assert!(
+        !text.contains("aHVudGVyMw") && !text.contains("\"data\""),
+        "{text}"
+    );
+}
+
+/// The server's own client (its controllers' and gateway's) calls it in
+/// process as `system:paddock-server`, an administrator, with a token that
+/// exists only in the server's memory: it is in no file of the data
+/// directory, and a client that is not the server has no way to be it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_own_client_is_authenticated_and_its_token_is_nowhere_on_disk() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::Api;
+
+    let s = TestServer::start().await;
+    let running = s.running.as_ref().expect("running");
+    let review = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"});
+    let req = http::Request::builder()
+        .method("POST")
+        .uri("/apis/authentication.k8s.io/v1/selfsubjectreviews")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&review).expect("json"))
+        .expect("request");
+    let who: Value = running.loopback.request(req).await.expect("whoami");
+    assert_eq!(
+        who["status"]["userInfo"]["username"],
+        paddock_apiserver::loopback::USER,
+        "{who}"
+    );
+    // It is an administrator: it lists what only administrators may.
+    Api::<Namespace>::all(running.loopback.clone())
+        .list(&Default::default())
+        .await
+        .expect("the loopback client lists namespaces");
+
+    // Every file the server wrote: none names the loopback user or holds a
+    // token that authenticates as it.
+    fn files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    files(&s.data_dir(), &mut all);
+    assert!(!all.is_empty());
+    for f in &all {
+        let bytes = std::fs::read(f).unwrap_or_default();
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(
+            !text.contains(paddock_apiserver::loopback::USER),
+            "{} names the loopback user",
+            f.display()
+        );
+    }
+    // A bearer token that is not the server's own is refused.
+    let (code, _) = {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(s.data_dir().join("pki/ca.crt"))
+            .args(["-H", "Authorization: Bearer system:paddock-server"])
+            .arg(format!("{}/api/v1/namespaces", s.url()))
+            .args(["-o", "/dev/null", "-w", "%{http_code}"])
+            .output()
+            .expect("curl runs");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), ())
+    };
+    assert_eq!(code, "401");
 }

@@ -131,6 +131,7 @@ async fn follow<K: paddock_watch::Watchable>(
     let mut ready = Some(ready);
     let mut listed = Vec::new();
     let mut stream = watcher::watcher(api, watcher::Config::default())
+        .modify(paddock_watch::lean::<K>)
         .default_backoff()
         .boxed();
     while let Some(ev) = stream.next().await {
