@@ -8,6 +8,9 @@ use tokio::sync::{broadcast, mpsc};
 
 use crate::{Event, Revision, StoreError};
 
+/// The changes a watch has yet to send, and the channel of those after.
+type Followed = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
 /// Committed changes, newest last, and the live channel.
 pub(crate) struct Hub {
     inner: Mutex<Inner>,
@@ -105,11 +108,7 @@ impl Hub {
     /// The changes after `after` that `history` still holds, under
     /// `prefix`, and a subscription to the ones that follow, taken under
     /// one lock so that none falls between them.
-    fn follow(
-        &self,
-        prefix: &str,
-        after: Revision,
-    ) -> Result<(Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>), StoreError> {
+    fn follow(&self, prefix: &str, after: Revision) -> Result<Followed, StoreError> {
         let g = self.lock();
         if after < g.compacted {
             return Err(StoreError::Compacted {
