@@ -22,6 +22,7 @@ use paddock_api::{
 };
 use serde_json::json;
 
+use crate::intake::{self, Intake};
 use crate::{Config, bootstrap, events, overlay};
 
 /// A generated name suffix, as the API server's generateName makes them.
@@ -57,7 +58,6 @@ struct Ctx {
     expect: Mutex<HashMap<String, HashSet<(String, bool)>>>,
     /// Consecutive failed reconciles per cluster uid, for backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// The clusters' PKI and bootstrap Secrets, as the watch last saw them.
     /// The clusters' Secrets, metadata only: what exists, and the PKI
     /// Secret's annotations (bootstrap data is 8–23 KB a Machine).
     secrets: reflector::Store<PartialObjectMeta<Secret>>,
@@ -65,6 +65,8 @@ struct Ctx {
     pool: overlay::Pool,
     /// The registered MachineImages, as the watch last saw them.
     images: reflector::Store<MachineImage>,
+    /// How many new Machines may be made now ([`intake`]).
+    intake: Arc<Intake>,
 }
 
 impl Ctx {
@@ -482,13 +484,18 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // concurrent); one Event for the Machines a pass creates, not one per
     // Machine.
     let mut to_make: Vec<(Machine, String)> = Vec::new();
+    // Fewer granted than wanted: the intake wakes this cluster when binds
+    // make room.
+    let mut held_back = false;
     for g in &groups {
         let current: Vec<&Machine> = live.iter().copied().filter(|m| in_group(m, g)).collect();
         let want = g.replicas as usize;
         let label = g.pool.clone().unwrap_or_else(|| "cp".into());
         if current.len() < want {
-            for _ in 0..machines_to_create(g.role, &current, want, reads_nodes, control_plane_ready)
-            {
+            let n = machines_to_create(g.role, &current, want, reads_nodes, control_plane_ready);
+            let granted = ctx.intake.take(&ObjectRef::new(&name).within(&ns), n);
+            held_back |= granted < n;
+            for _ in 0..granted {
                 let idx = (10..255).find(|i| !used.contains(i)).ok_or_else(|| {
                     anyhow::anyhow!("no overlay addresses left in {}", overlay.subnet)
                 })?;
@@ -555,7 +562,10 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
                 ctx.expect(&uid, made.name_any(), true);
                 created.push(what);
             }
-            Err(e) => failed = failed.or(Some(e)),
+            Err(e) => {
+                ctx.intake.not_made(1);
+                failed = failed.or(Some(e));
+            }
         }
     }
     drop(results);
@@ -653,6 +663,10 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     if bootstrapped.waiting.is_some() {
         // A host's return or removal is not watched here: look again soon.
         return Ok(Action::requeue(Duration::from_secs(2)));
+    }
+    if held_back {
+        // Woken by the intake when there is room; this is the safety net.
+        return Ok(Action::requeue(Duration::from_secs(5)));
     }
     // A change of the Cluster or of one of its Machines triggers a
     // reconcile, and what is waited for without one (a host) requeues
@@ -843,8 +857,10 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     let (trigger_tx, trigger_rx) = tokio::sync::mpsc::unbounded_channel::<ObjectRef<Cluster>>();
     // The watch tasks end with the controller.
     let mut watchers = paddock_watch::Watchers::default();
+    let intake = Arc::new(Intake::default());
     {
         let index = index.clone();
+        let intake = intake.clone();
         let mut stream = watcher::watcher(
             Api::<Machine>::all(client.clone()),
             watcher::Config::default(),
@@ -862,13 +878,19 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
                     watcher::Event::Apply(m) | watcher::Event::Delete(m) => vec![key(m)],
                     _ => Vec::new(),
                 };
+                let mut woken = Vec::new();
                 match ev {
                     watcher::Event::Apply(m) => {
-                        idx.entry(key(&m)).or_default().insert(m.name_any(), m);
+                        let now = intake::waits(&m);
+                        let old = idx.entry(key(&m)).or_default().insert(m.name_any(), m);
+                        let was = old.as_ref().is_some_and(intake::waits);
+                        woken = intake.seen(was, now, old.is_none());
                     }
                     watcher::Event::Delete(m) => {
-                        if let Some(g) = idx.get_mut(&key(&m)) {
-                            g.remove(&m.name_any());
+                        if let Some(g) = idx.get_mut(&key(&m))
+                            && let Some(old) = g.remove(&m.name_any())
+                        {
+                            woken = intake.seen(intake::waits(&old), false, false);
                         }
                     }
                     watcher::Event::Init => fresh.clear(),
@@ -880,6 +902,12 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
                         // may have changed (deletions in the gap included).
                         changed.extend(idx.keys().chain(fresh.keys()).cloned());
                         *idx = std::mem::take(&mut fresh);
+                        let waiting = idx
+                            .values()
+                            .flat_map(BTreeMap::values)
+                            .filter(|m| intake::waits(m))
+                            .count();
+                        woken = intake.recount(waiting);
                         if let Some(tx) = ready_tx.take() {
                             let _ = tx.send(());
                         }
@@ -888,6 +916,9 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
                 drop(idx);
                 for (ns, cluster) in changed.into_iter().filter(|(_, c)| !c.is_empty()) {
                     let _ = trigger_tx.send(ObjectRef::new(&cluster).within(&ns));
+                }
+                for c in woken {
+                    let _ = trigger_tx.send(c);
                 }
             }
         }));
@@ -920,6 +951,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
         secrets,
         pool,
         images,
+        intake,
     });
     let (reader, writer) = reflector::store();
     let clusters = watcher::watcher(

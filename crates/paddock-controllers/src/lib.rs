@@ -9,6 +9,7 @@ pub mod bootstrap;
 pub mod cluster;
 pub mod events;
 pub mod health;
+pub mod intake;
 pub mod overlay;
 pub mod scheduler;
 pub mod workload;
