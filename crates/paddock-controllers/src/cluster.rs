@@ -484,18 +484,13 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // concurrent); one Event for the Machines a pass creates, not one per
     // Machine.
     let mut to_make: Vec<(Machine, String)> = Vec::new();
-    // Fewer granted than wanted: the intake wakes this cluster when binds
-    // make room.
-    let mut held_back = false;
     for g in &groups {
         let current: Vec<&Machine> = live.iter().copied().filter(|m| in_group(m, g)).collect();
         let want = g.replicas as usize;
         let label = g.pool.clone().unwrap_or_else(|| "cp".into());
         if current.len() < want {
-            let n = machines_to_create(g.role, &current, want, reads_nodes, control_plane_ready);
-            let granted = ctx.intake.take(&ObjectRef::new(&name).within(&ns), n);
-            held_back |= granted < n;
-            for _ in 0..granted {
+            for _ in 0..machines_to_create(g.role, &current, want, reads_nodes, control_plane_ready)
+            {
                 let idx = (10..255).find(|i| !used.contains(i)).ok_or_else(|| {
                     anyhow::anyhow!("no overlay addresses left in {}", overlay.subnet)
                 })?;
@@ -550,6 +545,12 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
         }
     }
 
+    // As many as the intake grants, control planes first (the groups'
+    // order); a cluster granted fewer is woken when binds make room.
+    let want = to_make.len();
+    let granted = ctx.intake.take(&ObjectRef::new(&name).within(&ns), want);
+    let held_back = granted < want;
+    to_make.truncate(granted);
     let mut created = Vec::new();
     let mut failed = None;
     let api = &machines;
