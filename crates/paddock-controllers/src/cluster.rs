@@ -484,16 +484,27 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     // concurrent); one Event for the Machines a pass creates, not one per
     // Machine.
     let mut to_make: Vec<(Machine, String)> = Vec::new();
+    // Fewer granted than wanted: the intake wakes this cluster when binds
+    // make room.
+    let mut held_back = false;
+    let mut granted_total = 0;
     for g in &groups {
         let current: Vec<&Machine> = live.iter().copied().filter(|m| in_group(m, g)).collect();
         let want = g.replicas as usize;
         let label = g.pool.clone().unwrap_or_else(|| "cp".into());
         if current.len() < want {
-            for _ in 0..machines_to_create(g.role, &current, want, reads_nodes, control_plane_ready)
-            {
-                let idx = (10..255).find(|i| !used.contains(i)).ok_or_else(|| {
-                    anyhow::anyhow!("no overlay addresses left in {}", overlay.subnet)
-                })?;
+            let n = machines_to_create(g.role, &current, want, reads_nodes, control_plane_ready);
+            let granted = ctx.intake.take(&ObjectRef::new(&name).within(&ns), n);
+            held_back |= granted < n;
+            granted_total += granted;
+            for _ in 0..granted {
+                let Some(idx) = (10..255).find(|i| !used.contains(i)) else {
+                    // Nothing is made: the room granted goes back.
+                    ctx.intake.not_made(granted_total);
+                    return Err(
+                        anyhow::anyhow!("no overlay addresses left in {}", overlay.subnet).into(),
+                    );
+                };
                 used.insert(idx);
                 let (ip, mac) = address(&overlay, idx);
                 let mut labels = BTreeMap::from([
@@ -533,24 +544,22 @@ async fn reconcile(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
             }
         } else if current.len() > want {
             for m in scale_down(&current, want) {
-                remove_machine(
+                if let Err(e) = remove_machine(
                     &ctx,
                     &machines,
                     &c,
                     m,
                     format!("scaling {label} down to {want}"),
                 )
-                .await?;
+                .await
+                {
+                    ctx.intake.not_made(granted_total);
+                    return Err(e);
+                }
             }
         }
     }
 
-    // As many as the intake grants, control planes first (the groups'
-    // order); a cluster granted fewer is woken when binds make room.
-    let want = to_make.len();
-    let granted = ctx.intake.take(&ObjectRef::new(&name).within(&ns), want);
-    let held_back = granted < want;
-    to_make.truncate(granted);
     let mut created = Vec::new();
     let mut failed = None;
     let api = &machines;

@@ -38,7 +38,7 @@ struct State {
     held: VecDeque<ObjectRef<Cluster>>,
     held_set: HashSet<ObjectRef<Cluster>>,
     /// Clusters woken that have yet to come back for their room.
-    woken: HashSet<ObjectRef<Cluster>>,
+    woken: usize,
 }
 
 impl State {
@@ -54,16 +54,16 @@ impl State {
         if room == 0 {
             return Vec::new();
         }
-        let mut n = room.saturating_sub(self.woken.len() * 10) / 10;
-        if n == 0 && self.woken.is_empty() {
+        let mut n = room.saturating_sub(self.woken * 10) / 10;
+        if n == 0 && self.woken == 0 {
             n = 1;
         }
         let n = n.min(self.held.len());
         let woken: Vec<_> = self.held.drain(..n).collect();
         for c in &woken {
             self.held_set.remove(c);
-            self.woken.insert(c.clone());
         }
+        self.woken += woken.len();
         woken
     }
 }
@@ -116,7 +116,7 @@ impl Intake {
         let mut s = self.lock();
         s.waiting = waiting;
         s.making = 0;
-        s.woken.clear();
+        s.woken = 0;
         s.wake(self.limit)
     }
 
@@ -124,7 +124,7 @@ impl Intake {
     /// now; a cluster granted fewer is held, to be woken when there is room.
     pub fn take(&self, cluster: &ObjectRef<Cluster>, want: usize) -> usize {
         let mut s = self.lock();
-        s.woken.remove(cluster);
+        s.woken = s.woken.saturating_sub(1);
         let granted = want.min(s.room(self.limit));
         s.making += granted;
         if granted < want && s.held_set.insert(cluster.clone()) {
