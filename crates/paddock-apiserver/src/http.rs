@@ -199,11 +199,10 @@ impl Form {
 
 /// An object's metadata alone, as a `PartialObjectMetadata`.
 fn partial(mut obj: Value) -> Value {
-    let metadata = obj
-        .get_mut("metadata")
-        .map(Value::take)
-        .unwrap_or_else(|| json!({}));
-    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata})
+    table::partial(
+        obj.get_mut("metadata")
+            .map_or_else(|| json!({}), Value::take),
+    )
 }
 
 /// The longest `fieldManager` Kubernetes accepts.

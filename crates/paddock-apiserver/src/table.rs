@@ -439,6 +439,12 @@ pub fn single(cols: &[Column], obj: Value) -> Value {
     table(cols, &[obj], &rv, None)
 }
 
+/// A `PartialObjectMetadata` of an object's `metadata` (a Table row's
+/// object, and a metadata-only read's answer).
+pub fn partial(metadata: Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": metadata})
+}
+
 /// Builds a `Table` of `objects` with the resource's columns.
 pub fn table(
     cols: &[Column],
@@ -459,11 +465,7 @@ pub fn table(
             let cells: Vec<Value> = cols.iter().map(|c| (c.cell)(o)).collect();
             json!({
                 "cells": cells,
-                "object": {
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": o.get("metadata").cloned().unwrap_or(Value::Null),
-                }
+                "object": partial(o.get("metadata").cloned().unwrap_or(Value::Null)),
             })
         })
         .collect();
