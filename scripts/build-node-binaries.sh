@@ -11,10 +11,22 @@
 #   ocitool  images/ocitool, which writes container image archives.
 # Needs Go and the Go module proxy. Each is cached by the hash of its inputs:
 # a second run takes a second.
-# Usage: scripts/build-node-binaries.sh [OUT_DIR]   (default /var/cache/paddock/node-bin)
+# The management plane's own etcd (`paddock server --store etcd`, the HA
+# lab and its tests) is the same etcd binary.
+# Usage: scripts/build-node-binaries.sh [OUT_DIR [NAME...]]   (default
+# /var/cache/paddock/node-bin; with NAMEs, only those: `... etcd`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-/var/cache/paddock/node-bin}
+shift || true
+only=("$@")
+# Whether binary $1 is asked for.
+wanted() {
+  [ ${#only[@]} -eq 0 ] && return 0
+  local n
+  for n in "${only[@]}"; do [ "$n" = "$1" ] && return 0; done
+  return 1
+}
 command -v go >/dev/null || { echo "build-node-binaries: needs the Go toolchain" >&2; exit 1; }
 mkdir -p "$out"
 export CGO_ENABLED=0
@@ -22,6 +34,7 @@ export CGO_ENABLED=0
 # Builds module images/$1 (which builds upstream module $2) into $out/$1
 # unless its inputs are unchanged.
 build() {
+  wanted "$1" || return 0
   local name=$1 upstream=$2 tags=$3 ldflags=$4 gowork=${5:-off} src=images/$1
   local inputs
   inputs=$(cat "$src/go.mod" "$src/go.sum" "$src"/*.go "$0" | sha256sum | cut -c1-16)
@@ -38,6 +51,7 @@ build() {
   echo "build-node-binaries: $name built in $(( $(date +%s) - start ))s, $(du -h "$out/$name" | cut -f1)"
 }
 
+if wanted kube; then
 k8s=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' images/kube/go.mod)
 [ -n "$k8s" ] || { echo "build-node-binaries: no k8s.io/kubernetes version in images/kube/go.mod" >&2; exit 1; }
 major=${k8s#v}; major=${major%%.*}
@@ -73,10 +87,11 @@ build kube k8s.io/kubernetes "providerless,selinux,notest" "$stamp" "$patched/go
 for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubeadm kubectl; do
   ln -sf kube "$out/$c"
 done
+fi
 build etcd go.etcd.io/etcd/server/v3 "" ""
 build coredns github.com/coredns/coredns "" ""
 # The pod sandbox, and the tool that writes the images (build-node-images.sh).
 build pause paddock.io/images/pause "" ""
 build podnet k8s.io/client-go "" ""
 build ocitool github.com/google/go-containerregistry "" ""
-"$out/kubeadm" version -o short
+if wanted kube; then "$out/kubeadm" version -o short; fi

@@ -7,7 +7,8 @@ set -euo pipefail
 # the quick start; the dev image's build tools, and for the Kubernetes node
 # image: iptables (which kube-proxy's image carries) and containerd (which
 # fills the image's container store at build time).
-want=(curl openssl ca-certificates iproute2 nftables iptables containerd qemu-system-x86 qemu-utils busybox-static cpio kmod gzip)
+# protoc for the etcd client's generated gRPC code (a build step of paddock).
+want=(curl openssl ca-certificates iproute2 nftables iptables containerd qemu-system-x86 qemu-utils busybox-static cpio kmod gzip protobuf-compiler)
 # The tests also run the real validators and peers: cloud-init (schema of
 # the user-data Paddock renders), HAProxy (the external load balancer in
 # front of the ingress ports), debootstrap (the Debian node image), Python
@@ -45,7 +46,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
   apt-get install -y -qq --no-install-recommends --allow-downgrades "${args[@]}" >/dev/null
 fi
-for cmd in qemu-system-x86_64 qemu-img ip nft; do
+for cmd in qemu-system-x86_64 qemu-img ip nft protoc; do
   command -v "$cmd" >/dev/null || { echo "deps: $cmd is missing after installing packages" >&2; exit 1; }
 done
 

@@ -125,6 +125,32 @@ impl Ca {
         self.sign(params)
     }
 
+    /// A certificate that both serves and authenticates as a client, for
+    /// the names and addresses given (an etcd member talks to its peers
+    /// both ways with one).
+    pub fn issue_peer(
+        &self,
+        common_name: &str,
+        sans: &[String],
+        ttl: Duration,
+    ) -> Result<CertPair, PkiError> {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        validity(&mut params, ttl);
+        self.sign(params)
+    }
+
     /// A TLS client certificate: the user as CN, each group as an O (as
     /// Kubernetes reads them). Written with `x509-cert`, since rcgen keeps
     /// one value per attribute type.

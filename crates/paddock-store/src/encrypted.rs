@@ -199,6 +199,10 @@ impl Store for EncryptedStore {
         self.inner.revision()
     }
 
+    async fn current_revision(&self) -> Result<Revision> {
+        self.inner.current_revision().await
+    }
+
     async fn check(&self) -> Result<()> {
         self.inner.check().await
     }

@@ -32,6 +32,11 @@ pub struct Watch {
 }
 
 impl Watch {
+    /// A watch fed by another backend's task.
+    pub(crate) fn from_channel(rx: mpsc::Receiver<Result<Arc<Event>, StoreError>>) -> Self {
+        Self { rx }
+    }
+
     pub async fn next(&mut self) -> Option<Result<Arc<Event>, StoreError>> {
         self.rx.recv().await
     }

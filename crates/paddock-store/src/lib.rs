@@ -3,11 +3,13 @@
 //! and a bounded change history for watches.
 //!
 //! The API server talks only to the [`Store`] trait. The embedded backend is
-//! [`RedbStore`] (one directory, every acknowledged write fsynced); an etcd
-//! backend implements the same trait with etcd's revisions.
+//! [`RedbStore`] (one directory, every acknowledged write fsynced);
+//! [`EtcdStore`] implements the same trait on an etcd cluster, with etcd's
+//! revisions, for several server replicas.
 
 mod codec;
 pub mod encrypted;
+mod etcd_store;
 mod hub;
 mod redb_store;
 
@@ -17,6 +19,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use encrypted::{EncryptedStore, SealingKey};
+pub use etcd_store::{EtcdOptions, EtcdStore};
 pub use hub::Watch;
 pub use redb_store::{RedbStore, StoreOptions};
 
@@ -135,8 +138,14 @@ pub trait Store: Send + Sync + 'static {
     async fn delete(&self, key: &str, pre: Precondition) -> Result<(KeyValue, Revision)>;
     /// Changes under `prefix` with a revision greater than `after`, then live.
     fn watch(&self, prefix: &str, after: Revision) -> Result<Watch>;
-    /// The newest revision.
+    /// The newest revision this process has seen (cheap, may lag a store
+    /// that other processes write).
     fn revision(&self) -> Revision;
+    /// The store's newest revision, read from the store itself: what a
+    /// read that must see every acknowledged write waits for.
+    async fn current_revision(&self) -> Result<Revision> {
+        Ok(self.revision())
+    }
     /// Whether the store can serve reads and take writes (for readiness).
     async fn check(&self) -> Result<()> {
         self.get("/health").await.map(|_| ())
