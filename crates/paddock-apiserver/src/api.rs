@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use paddock_api::{FieldError, FieldErrorKind};
-use paddock_store::{DynStore, KeyValue, Precondition, StoreError};
+use paddock_store::{DynStore, Fence, KeyValue, Precondition, StoreError};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -30,6 +30,10 @@ pub struct Api {
     /// Serves lists, `resourceVersion=0` gets and watches when present.
     pub cache: Option<Arc<WatchCache>>,
     pub bookmark_every: Duration,
+    /// Every write through this handle holds only within this leader's
+    /// term ([`crate::leader`]): the writes of the loops that run on the
+    /// leader alone.
+    pub fence: Option<Fence>,
 }
 
 /// Decides whether a write may store `new` in place of `old` (none for a
@@ -370,6 +374,15 @@ impl Api {
             store,
             cache: None,
             bookmark_every: Duration::from_secs(30),
+            fence: None,
+        }
+    }
+
+    /// This API with every write fenced by `fence`.
+    pub fn fenced(&self, fence: Option<Fence>) -> Self {
+        Self {
+            fence,
+            ..self.clone()
         }
     }
 
@@ -443,7 +456,9 @@ impl Api {
             && let Some(cache) = &self.cache
         {
             let min = match at {
-                ReadAt::Latest => Some(self.store.revision()),
+                // The store's own newest revision, not this process's view
+                // of it: another replica may have written since.
+                ReadAt::Latest => Some(self.store.current_revision().await?),
                 ReadAt::Any => Some(0),
                 ReadAt::NotOlderThan(n) => Some(n),
                 ReadAt::Exact(_) => None,
@@ -469,7 +484,7 @@ impl Api {
                 });
             }
         }
-        let current = self.store.revision();
+        let current = self.store.current_revision().await?;
         let first_rv = match (&token, at) {
             (Some(t), _) => Some(t.rv),
             (None, ReadAt::Exact(n)) => Some(n),
@@ -708,10 +723,11 @@ impl Api {
         self.pace_writes().await;
         let kv = self
             .store
-            .put(
+            .put_fenced(
                 &res.key(ns, &name),
                 encode(&normal)?,
                 Precondition::MustNotExist,
+                self.fence.as_ref(),
             )
             .await
             .map_err(store_err(res, &name))?;
@@ -1167,7 +1183,11 @@ impl Api {
             self.pace_writes().await;
             let (_, rev) = self
                 .store
-                .delete(&key, Precondition::ModRevision(kv.mod_revision))
+                .delete_fenced(
+                    &key,
+                    Precondition::ModRevision(kv.mod_revision),
+                    self.fence.as_ref(),
+                )
                 .await
                 .map_err(store_err(res, name))?;
             meta_mut(&mut normal).insert("resourceVersion".into(), json!(rev.to_string()));
@@ -1176,10 +1196,11 @@ impl Api {
         self.pace_writes().await;
         let kv = self
             .store
-            .put(
+            .put_fenced(
                 &key,
                 encode(&normal)?,
                 Precondition::ModRevision(kv.mod_revision),
+                self.fence.as_ref(),
             )
             .await
             .map_err(store_err(res, name))?;
@@ -1321,9 +1342,10 @@ impl Api {
                 self.pace_writes().await;
                 match self
                     .store
-                    .delete(
+                    .delete_fenced(
                         &res.key(ns, name),
                         Precondition::ModRevision(kv.mod_revision),
+                        self.fence.as_ref(),
                     )
                     .await
                 {
@@ -1347,10 +1369,11 @@ impl Api {
             self.pace_writes().await;
             match self
                 .store
-                .put(
+                .put_fenced(
                     &res.key(ns, name),
                     encode(&new)?,
                     Precondition::ModRevision(kv.mod_revision),
+                    self.fence.as_ref(),
                 )
                 .await
             {

@@ -97,6 +97,10 @@ impl From<paddock_store::StoreError> for ApiError {
             S::Compacted { requested, oldest } => {
                 ApiError::Gone(format!("too old resource version: {requested} ({oldest})"))
             }
+            S::Fenced { .. } => ApiError::Unavailable(
+                "this server is no longer the leader: the write of its controllers was refused (fenced by a newer term)"
+                    .into(),
+            ),
             S::FutureRevision { requested, current } => ApiError::BadRequest(format!(
                 "resource version {requested} is newer than the server's {current}"
             )),

@@ -396,7 +396,19 @@ async fn serve(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> ApiResult<Response> {
-    let api = &state.api;
+    // The leader's loops write within its term, and only while it leads.
+    let fenced;
+    let api = if user.name == crate::loopback::CONTROLLERS {
+        let term = state.leadership.current().ok_or_else(|| {
+            ApiError::Unavailable(
+                "this server is not the leader: its controllers may not write".into(),
+            )
+        })?;
+        fenced = state.api.fenced(term.fence);
+        &fenced
+    } else {
+        &state.api
+    };
     let target = route::parse(uri.path())?;
     // A machine's console log and exec are the agent's answers, in their
     // own media types; everything else is JSON.
@@ -764,7 +776,9 @@ async fn watch(
     if let Some(cache) = &api.cache {
         // A watch from now without a resourceVersion starts no older than the store.
         if requested.is_none() && p.resource_version.as_deref() != Some("0") {
-            cache.wait_for(api.store.revision()).await;
+            cache
+                .wait_for(api.store.current_revision().await.map_err(ApiError::from)?)
+                .await;
         }
         if let Some(w) = cache.watch(res, &prefix, requested) {
             from_cache = Some((w, cache.clone()));

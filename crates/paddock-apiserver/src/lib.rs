@@ -16,6 +16,7 @@ pub mod error;
 pub mod gc;
 pub mod http;
 pub mod kubeconfig;
+pub mod leader;
 pub mod limits;
 pub mod loopback;
 pub mod object;
@@ -36,7 +37,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::routing::{any, get};
-use paddock_store::{DynStore, EncryptedStore, RedbStore, StoreOptions};
+use paddock_store::{DynStore, EncryptedStore, EtcdOptions, EtcdStore, RedbStore, StoreOptions};
 use tokio::net::TcpListener;
 
 pub use api::Api;
@@ -50,12 +51,28 @@ pub struct AppState {
     pub auth: Arc<Authenticator>,
     pub clusters: Arc<kubeconfig::ClusterAccess>,
     pub tasks: tasks::Tasks,
+    pub leadership: leader::Leadership,
 }
+
+/// Where the server keeps its objects.
+#[derive(Debug, Clone, Default)]
+pub enum StoreConfig {
+    /// The embedded store in the data directory (one server).
+    #[default]
+    Embedded,
+    /// An etcd cluster that several servers share.
+    Etcd(EtcdOptions),
+}
+
+/// How often the server compacts etcd's history, and how far back it keeps
+/// it: every change of the last interval stays watchable.
+const ETCD_COMPACT_EVERY: Duration = Duration::from_secs(300);
 
 /// How to run the server.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    pub store: StoreConfig,
     pub listen: SocketAddr,
     /// Extra names and addresses for the serving certificate.
     pub sans: Vec<String>,
@@ -73,12 +90,17 @@ pub struct ServerConfig {
     /// The watch cache that serves lists and watches; `None` serves every
     /// read from the store.
     pub watch_cache: Option<cache::CacheOptions>,
+    /// How this server takes part in the leader election on etcd (with the
+    /// embedded store it is the only server and always leads). Unset: a
+    /// unique identity and the default timings.
+    pub election: Option<leader::ElectionConfig>,
 }
 
 impl ServerConfig {
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
         Self {
             data_dir,
+            store: StoreConfig::default(),
             listen,
             sans: Vec::new(),
             bookmark_every: Duration::from_secs(30),
@@ -88,6 +110,7 @@ impl ServerConfig {
             encryption_key_file: None,
             clusters: kubeconfig::ClusterAccess::default(),
             watch_cache: Some(cache::CacheOptions::default()),
+            election: None,
         }
     }
 }
@@ -212,11 +235,78 @@ pub struct Running {
     /// The server's own client, for the parts that run in its process
     /// ([`loopback`]).
     pub loopback: kube::Client,
+    /// The server's own client for the leader's loops: its writes are
+    /// fenced by the leader's term, and refused when this server does not
+    /// lead. Run those loops with [`Running::spawn_leader_loops`].
+    pub controllers: kube::Client,
+    /// Whether this server leads now.
+    pub leadership: leader::Leadership,
 }
 
 impl Running {
     pub fn shutdown(self) {
         self.tasks.shutdown();
+    }
+
+    /// Runs the loops `make` gives while this server leads, each a
+    /// supervised task of its own name (as `/readyz` lists them).
+    pub fn spawn_leader_loops<F>(&self, make: F)
+    where
+        F: Fn(&leader::Term) -> Vec<(&'static str, leader::LeaderLoop)> + Send + Sync + 'static,
+    {
+        let any = leader::Term {
+            holder: String::new(),
+            transitions: 0,
+            fence: None,
+        };
+        // Futures do nothing until polled: this only reads the names.
+        let names: Vec<&'static str> = make(&any).into_iter().map(|(n, _)| n).collect();
+        let make = Arc::new(make);
+        for (i, name) in names.into_iter().enumerate() {
+            let make = make.clone();
+            self.tasks.spawn_loop(
+                name,
+                leader::while_leader(self.leadership.clone(), name, move |term| {
+                    make(term).into_iter().nth(i).map_or_else(
+                        || Box::pin(std::future::pending()) as leader::LeaderLoop,
+                        |(_, l)| l,
+                    )
+                }),
+            );
+        }
+    }
+}
+
+/// This process's name in the leader election: host name and a random part.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "paddock".into());
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}-{}", &id[..8])
+}
+
+/// Compacts etcd's history every `every` to the revision it had one
+/// interval before, as kube-apiserver does: watchers and paged lists within
+/// an interval resume; older ones get `410 Gone` and relist. Replicas that
+/// compact the same revision do no harm.
+async fn compact_etcd(etcd: Arc<EtcdStore>, every: Duration) {
+    let mut previous = None;
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tick.tick().await;
+        if let Some(rev) = previous
+            && let Err(e) = etcd.compact(rev).await
+        {
+            tracing::warn!(error = %error::chain(&e), revision = rev, "etcd compaction failed");
+        }
+        previous = match paddock_store::Store::current_revision(&*etcd).await {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!(error = %error::chain(&e), "reading etcd's revision failed");
+                None
+            }
+        };
     }
 }
 
@@ -234,12 +324,20 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         .encryption_key_file
         .clone()
         .unwrap_or_else(|| data.root.join("secrets.key"));
-    let raw: DynStore = Arc::new(RedbStore::open(
-        &data.store_dir(),
-        StoreOptions {
-            history: config.history,
-        },
-    )?);
+    let mut etcd = None;
+    let raw: DynStore = match &config.store {
+        StoreConfig::Embedded => Arc::new(RedbStore::open(
+            &data.store_dir(),
+            StoreOptions {
+                history: config.history,
+            },
+        )?),
+        StoreConfig::Etcd(opts) => {
+            let s = Arc::new(EtcdStore::connect(opts.clone()).await?);
+            etcd = Some(s.clone());
+            s
+        }
+    };
     let secrets: Vec<String> = resources::find("", "v1", "secrets")
         .map(|r| r.prefix(None))
         .into_iter()
@@ -272,15 +370,21 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     api.cache.clone_from(&cache);
     bootstrap::ensure_system_namespaces(&api).await;
     let tasks = tasks::Tasks::default();
+    let leadership = match &config.store {
+        StoreConfig::Embedded => leader::Leadership::sole(),
+        StoreConfig::Etcd(_) => leader::Leadership::candidate(),
+    };
     let state = AppState {
         api: api.clone(),
         auth: Arc::new(data.authenticator.clone()),
         clusters: Arc::new(config.clusters.clone()),
         tasks: tasks.clone(),
+        leadership: leadership.clone(),
     };
     let tls = tls::server_config(&data.serving.cert_pem, &data.serving.key_pem)?;
     let app = router(state);
     let loopback = loopback::client(app.clone(), &data.authenticator);
+    let controllers = loopback::client_as(app.clone(), &data.authenticator, loopback::CONTROLLERS);
     // Everything that can fail first: an error leaves no task running.
     let unix = match &config.unix_socket {
         Some(path) => {
@@ -304,13 +408,37 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     if let Some(cache) = cache {
         tasks.spawn_loop("watch-cache", cache.run(store));
     }
-    tasks.spawn_loop("garbage-collector", gc::run(api.clone(), config.gc_resync));
-    tracing::info!(%addr, data_dir = %config.data_dir.display(), "paddock server listening");
-    Ok(Running {
+    if let Some(etcd) = etcd {
+        tasks.spawn_loop("etcd-compactor", compact_etcd(etcd, ETCD_COMPACT_EVERY));
+        let election = config
+            .election
+            .clone()
+            .unwrap_or_else(|| leader::ElectionConfig::new(default_identity()));
+        tracing::info!(
+            identity = election.identity,
+            "taking part in the leader election"
+        );
+        tasks.spawn_loop(
+            "leader-election",
+            leader::elect(api.clone(), loopback.clone(), election, leadership.clone()),
+        );
+    }
+    let running = Running {
         addr,
         data,
-        api,
+        api: api.clone(),
         tasks,
         loopback,
-    })
+        controllers,
+        leadership,
+    };
+    let (gc_api, resync) = (api, config.gc_resync);
+    running.spawn_leader_loops(move |term| {
+        vec![(
+            "garbage-collector",
+            Box::pin(gc::run(gc_api.fenced(term.fence.clone()), resync)) as leader::LeaderLoop,
+        )]
+    });
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "paddock server listening");
+    Ok(running)
 }

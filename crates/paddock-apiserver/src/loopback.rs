@@ -17,10 +17,19 @@ use crate::auth::{ADMIN_GROUP, Authenticator, User};
 /// Who the loopback client is.
 pub const USER: &str = "system:paddock-server";
 
+/// Who the leader's loops are: their writes hold only within the leader's
+/// term ([`crate::leader`]), and are refused on a server that does not lead.
+pub const CONTROLLERS: &str = "system:paddock-controllers";
+
 /// A client of `app` authenticated as [`USER`] (an administrator).
 pub fn client(app: Router, auth: &Authenticator) -> kube::Client {
+    client_as(app, auth, USER)
+}
+
+/// A client of `app` authenticated as `user` (an administrator).
+pub fn client_as(app: Router, auth: &Authenticator, user: &str) -> kube::Client {
     let token = auth.issue_in_memory(User {
-        name: USER.into(),
+        name: user.into(),
         groups: vec![ADMIN_GROUP.into()],
     });
     // A generated token is URL-safe base64: always a valid header value.

@@ -14,7 +14,9 @@ use bytes::Bytes;
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 
-use crate::{DynStore, Event, KeyValue, Page, Precondition, Result, Revision, Store, StoreError};
+use crate::{
+    DynStore, Event, Fence, KeyValue, Page, Precondition, Result, Revision, Store, StoreError,
+};
 
 const MAGIC: &[u8] = b"pdenc1:";
 /// Length of a key file's key.
@@ -166,19 +168,30 @@ impl Store for EncryptedStore {
         Ok(page)
     }
 
-    async fn put(&self, key: &str, value: Bytes, pre: Precondition) -> Result<KeyValue> {
+    async fn put_fenced(
+        &self,
+        key: &str,
+        value: Bytes,
+        pre: Precondition,
+        fence: Option<&Fence>,
+    ) -> Result<KeyValue> {
         let stored = if self.sealed(key) {
             self.key.seal(key, &value)?
         } else {
             value.clone()
         };
-        let mut kv = self.inner.put(key, stored, pre).await?;
+        let mut kv = self.inner.put_fenced(key, stored, pre, fence).await?;
         kv.value = value;
         Ok(kv)
     }
 
-    async fn delete(&self, key: &str, pre: Precondition) -> Result<(KeyValue, Revision)> {
-        let (kv, rev) = self.inner.delete(key, pre).await?;
+    async fn delete_fenced(
+        &self,
+        key: &str,
+        pre: Precondition,
+        fence: Option<&Fence>,
+    ) -> Result<(KeyValue, Revision)> {
+        let (kv, rev) = self.inner.delete_fenced(key, pre, fence).await?;
         Ok((self.open_kv(kv)?, rev))
     }
 

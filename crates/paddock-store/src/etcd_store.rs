@@ -20,7 +20,9 @@ use etcd_client::{
 };
 use tokio::sync::mpsc;
 
-use crate::{Event, KeyValue, Page, Precondition, Result, Revision, Store, StoreError, Watch};
+use crate::{
+    Event, Fence, KeyValue, Page, Precondition, Result, Revision, Store, StoreError, Watch,
+};
 
 /// Largest gRPC message the client decodes: a page of 1,000 large objects.
 const MAX_MESSAGE: usize = 512 * 1024 * 1024;
@@ -187,8 +189,14 @@ impl EtcdStore {
     }
 
     /// Runs a compare-and-write transaction; on a failed compare reads the
-    /// key to say why.
-    async fn txn(&self, key: &str, pre: Precondition, op: TxnOp) -> Result<Vec<TxnOpResponse>> {
+    /// key (and the fence) to say why.
+    async fn txn(
+        &self,
+        key: &str,
+        pre: Precondition,
+        fence: Option<&Fence>,
+        op: TxnOp,
+    ) -> Result<Vec<TxnOpResponse>> {
         let full = self.full(key);
         let compare = match pre {
             Precondition::None => None,
@@ -206,23 +214,37 @@ impl EtcdStore {
                 i64::try_from(r).unwrap_or(i64::MAX),
             )),
         };
-        let mut txn = Txn::new();
-        if let Some(c) = compare {
-            txn = txn.when([c]);
+        let mut compares: Vec<Compare> = compare.into_iter().collect();
+        let mut otherwise = vec![TxnOp::get(full, Some(GetOptions::new().with_keys_only()))];
+        if let Some(f) = fence {
+            let fk = self.full(&f.key);
+            compares.push(Compare::mod_revision(
+                fk.clone(),
+                CompareOp::Equal,
+                i64::try_from(f.mod_revision).unwrap_or(i64::MAX),
+            ));
+            otherwise.push(TxnOp::get(fk, Some(GetOptions::new().with_keys_only())));
         }
-        let txn = txn
-            .and_then([op])
-            .or_else([TxnOp::get(full, Some(GetOptions::new().with_keys_only()))]);
+        let txn = Txn::new().when(compares).and_then([op]).or_else(otherwise);
         let resp = self.client.kv_client().txn(txn).await.map_err(backend)?;
         self.saw(resp.header());
         if resp.succeeded() {
             return Ok(resp.op_responses());
         }
-        let existing = resp.op_responses().into_iter().find_map(|r| match r {
-            TxnOpResponse::Get(g) => Some(g.kvs().first().map(|kv| revision(kv.mod_revision()))),
+        let mut reads = resp.op_responses().into_iter().map(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().first().map(|kv| revision(kv.mod_revision())),
             _ => None,
         });
-        Err(match (pre, existing.flatten()) {
+        let existing = reads.next().flatten();
+        if let Some(f) = fence
+            && reads.next().flatten() != Some(f.mod_revision)
+        {
+            return Err(StoreError::Fenced {
+                key: f.key.clone(),
+                expected: f.mod_revision,
+            });
+        }
+        Err(match (pre, existing) {
             (Precondition::MustNotExist, _) => StoreError::AlreadyExists(key.to_owned()),
             (Precondition::ModRevision(expected), Some(actual)) => StoreError::Conflict {
                 key: key.to_owned(),
@@ -438,13 +460,19 @@ impl Store for EtcdStore {
         })
     }
 
-    async fn put(&self, key: &str, value: Bytes, pre: Precondition) -> Result<KeyValue> {
+    async fn put_fenced(
+        &self,
+        key: &str,
+        value: Bytes,
+        pre: Precondition,
+        fence: Option<&Fence>,
+    ) -> Result<KeyValue> {
         let op = TxnOp::put(
             self.full(key),
             value.to_vec(),
             Some(PutOptions::new().with_prev_key()),
         );
-        let resp = self.txn(key, pre, op).await?;
+        let resp = self.txn(key, pre, fence, op).await?;
         let Some(TxnOpResponse::Put(put)) = resp.into_iter().next() else {
             return Err(StoreError::Backend(
                 "etcd answered a put with no put".into(),
@@ -462,9 +490,14 @@ impl Store for EtcdStore {
         })
     }
 
-    async fn delete(&self, key: &str, pre: Precondition) -> Result<(KeyValue, Revision)> {
+    async fn delete_fenced(
+        &self,
+        key: &str,
+        pre: Precondition,
+        fence: Option<&Fence>,
+    ) -> Result<(KeyValue, Revision)> {
         let op = TxnOp::delete(self.full(key), Some(DeleteOptions::new().with_prev_key()));
-        let resp = self.txn(key, pre, op).await?;
+        let resp = self.txn(key, pre, fence, op).await?;
         let Some(TxnOpResponse::Delete(del)) = resp.into_iter().next() else {
             return Err(StoreError::Backend(
                 "etcd answered a delete with no delete".into(),

@@ -75,6 +75,16 @@ pub enum Precondition {
     MustExist,
 }
 
+/// A write that holds only while `key` is at `mod_revision`: the token of
+/// a leader's term. A new leader rewrites the key when it takes over, so
+/// every write still in flight from the one before fails with
+/// [`StoreError::Fenced`], decided in the same transaction as the write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    pub key: String,
+    pub mod_revision: Revision,
+}
+
 /// A page of a range read, and the store revision it was read at.
 #[derive(Debug, Clone)]
 pub struct Page {
@@ -110,6 +120,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("store is closed")]
     Closed,
+    #[error("fenced: {key:?} is no longer at revision {expected} (a newer term holds it)")]
+    Fenced { key: String, expected: Revision },
     #[error("storage backend failed")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
@@ -132,10 +144,30 @@ pub trait Store: Send + Sync + 'static {
         limit: Option<usize>,
         at: Option<Revision>,
     ) -> Result<Page>;
+    /// Writes `value` at `key` if `pre` and `fence` hold; returns the stored record.
+    async fn put_fenced(
+        &self,
+        key: &str,
+        value: Bytes,
+        pre: Precondition,
+        fence: Option<&Fence>,
+    ) -> Result<KeyValue>;
+    /// Removes `key` if `pre` and `fence` hold; returns its last value and
+    /// the revision of the delete.
+    async fn delete_fenced(
+        &self,
+        key: &str,
+        pre: Precondition,
+        fence: Option<&Fence>,
+    ) -> Result<(KeyValue, Revision)>;
     /// Writes `value` at `key` if `pre` holds; returns the stored record.
-    async fn put(&self, key: &str, value: Bytes, pre: Precondition) -> Result<KeyValue>;
+    async fn put(&self, key: &str, value: Bytes, pre: Precondition) -> Result<KeyValue> {
+        self.put_fenced(key, value, pre, None).await
+    }
     /// Removes `key` if `pre` holds; returns its last value and the revision of the delete.
-    async fn delete(&self, key: &str, pre: Precondition) -> Result<(KeyValue, Revision)>;
+    async fn delete(&self, key: &str, pre: Precondition) -> Result<(KeyValue, Revision)> {
+        self.delete_fenced(key, pre, None).await
+    }
     /// Changes under `prefix` with a revision greater than `after`, then live.
     fn watch(&self, prefix: &str, after: Revision) -> Result<Watch>;
     /// The newest revision this process has seen (cheap, may lag a store

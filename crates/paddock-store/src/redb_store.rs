@@ -13,7 +13,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::codec::{decode_event, decode_record, encode_event, encode_record, event_key};
 use crate::hub::Hub;
-use crate::{Event, KeyValue, Page, Precondition, Result, Revision, Store, StoreError, Watch};
+use crate::{
+    Event, Fence, KeyValue, Page, Precondition, Result, Revision, Store, StoreError, Watch,
+};
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -39,11 +41,13 @@ enum Op {
         key: String,
         value: Bytes,
         pre: Precondition,
+        fence: Option<Fence>,
         reply: oneshot::Sender<Result<KeyValue>>,
     },
     Delete {
         key: String,
         pre: Precondition,
+        fence: Option<Fence>,
         reply: oneshot::Sender<Result<(KeyValue, Revision)>>,
     },
 }
@@ -186,9 +190,32 @@ fn apply_batch(db: &Database, hub: &Hub, ops: Vec<Op>, keep: u64) {
                 .map_err(backend)?
                 .map_or(0, |v| v.value());
             for op in &ops {
-                let key = match op {
-                    Op::Put { key, .. } | Op::Delete { key, .. } => key.as_str(),
+                let (key, fence) = match op {
+                    Op::Put { key, fence, .. } | Op::Delete { key, fence, .. } => {
+                        (key.as_str(), fence.as_ref())
+                    }
                 };
+                // Read inside this transaction: a new term written earlier
+                // in the same batch already fences this op.
+                if let Some(f) = fence {
+                    let at = kv
+                        .get(f.key.as_str())
+                        .map_err(backend)?
+                        .map(|raw| decode_record(&f.key, raw.value()))
+                        .transpose()?
+                        .map(|r| r.mod_revision);
+                    if at != Some(f.mod_revision) {
+                        let err = StoreError::Fenced {
+                            key: f.key.clone(),
+                            expected: f.mod_revision,
+                        };
+                        outcomes.push(match op {
+                            Op::Put { .. } => Outcome::Put(Err(err)),
+                            Op::Delete { .. } => Outcome::Delete(Err(err)),
+                        });
+                        continue;
+                    }
+                }
                 let existing = match kv.get(key).map_err(backend)? {
                     Some(raw) => Some(decode_record(key, raw.value())?),
                     None => None,
@@ -427,13 +454,20 @@ impl Store for RedbStore {
         .await
     }
 
-    async fn put(&self, key: &str, value: Bytes, pre: Precondition) -> Result<KeyValue> {
+    async fn put_fenced(
+        &self,
+        key: &str,
+        value: Bytes,
+        pre: Precondition,
+        fence: Option<&Fence>,
+    ) -> Result<KeyValue> {
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(Op::Put {
                 key: key.to_owned(),
                 value,
                 pre,
+                fence: fence.cloned(),
                 reply,
             })
             .await
@@ -441,12 +475,18 @@ impl Store for RedbStore {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn delete(&self, key: &str, pre: Precondition) -> Result<(KeyValue, Revision)> {
+    async fn delete_fenced(
+        &self,
+        key: &str,
+        pre: Precondition,
+        fence: Option<&Fence>,
+    ) -> Result<(KeyValue, Revision)> {
         let (reply, rx) = oneshot::channel();
         self.writer
             .send(Op::Delete {
                 key: key.to_owned(),
                 pre,
+                fence: fence.cloned(),
                 reply,
             })
             .await

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use paddock_store::{
-    DynStore, EtcdOptions, EtcdStore, Event, Precondition, RedbStore, Revision, Store, StoreError,
-    StoreOptions,
+    DynStore, EtcdOptions, EtcdStore, Event, Fence, Precondition, RedbStore, Revision, Store,
+    StoreError, StoreOptions,
 };
 
 fn b(s: &str) -> Bytes {
@@ -177,6 +177,43 @@ async fn watches_resume_from_a_revision(s: &dyn Store) {
     assert_eq!(w.next().await.expect("open").expect("event").revision(), r2);
 }
 
+/// Writes fenced by a term's key hold while the key is unchanged and fail,
+/// changing nothing, once a new term rewrote it.
+async fn fenced_writes_fail_after_a_new_term(s: &dyn Store) {
+    let term = |rev| Fence {
+        key: "/leader/term".into(),
+        mod_revision: rev,
+    };
+    let first = term(put(s, "/leader/term", "a").await);
+    s.put_fenced("/f/1", b("v"), Precondition::MustNotExist, Some(&first))
+        .await
+        .expect("a write of the current term");
+    let second = term(put(s, "/leader/term", "b").await);
+    assert!(matches!(
+        s.put_fenced("/f/2", b("v"), Precondition::None, Some(&first)).await,
+        Err(StoreError::Fenced { expected, .. }) if expected == first.mod_revision
+    ));
+    assert!(matches!(
+        s.delete_fenced("/f/1", Precondition::None, Some(&first))
+            .await,
+        Err(StoreError::Fenced { .. })
+    ));
+    assert!(s.get("/f/2").await.expect("get").is_none());
+    assert!(s.get("/f/1").await.expect("get").is_some());
+    s.put_fenced("/f/2", b("v"), Precondition::None, Some(&second))
+        .await
+        .expect("a write of the new term");
+    s.delete_fenced("/f/1", Precondition::None, Some(&second))
+        .await
+        .expect("a delete of the new term");
+    // A precondition that fails is still reported as itself.
+    assert!(matches!(
+        s.put_fenced("/f/2", b("v"), Precondition::MustNotExist, Some(&second))
+            .await,
+        Err(StoreError::AlreadyExists(_))
+    ));
+}
+
 /// A watch or a read at a revision the store no longer keeps fails as
 /// compacted; `compact` makes the backend forget revisions up to the one given.
 async fn compacted_revisions_are_refused<F, Fut>(s: &dyn Store, compact: F)
@@ -214,6 +251,7 @@ async fn redb_backend() {
     crud_with_preconditions(&s).await;
     pages_read_at_one_revision(&s).await;
     watches_resume_from_a_revision(&s).await;
+    fenced_writes_fail_after_a_new_term(&s).await;
     // redb keeps `history` changes; writing more forgets the oldest.
     compacted_revisions_are_refused(&s, |_| async {}).await;
 }
@@ -239,6 +277,7 @@ async fn etcd_backend() {
     crud_with_preconditions(&*s).await;
     pages_read_at_one_revision(&*s).await;
     watches_resume_from_a_revision(&*s).await;
+    fenced_writes_fail_after_a_new_term(&*s).await;
     let c = s.clone();
     compacted_revisions_are_refused(&*s, |rev| async move {
         c.compact(rev).await.expect("compact");

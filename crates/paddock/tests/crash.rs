@@ -40,7 +40,8 @@ impl Drop for Server {
     }
 }
 
-async fn spawn(data: &std::path::Path) -> Server {
+/// A server on `data`, its store in `etcd` when the suite runs on etcd.
+async fn spawn(data: &std::path::Path, etcd: Option<&paddock_etcd::LocalCluster>) -> Server {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
         .args([
@@ -50,6 +51,7 @@ async fn spawn(data: &std::path::Path) -> Server {
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
+        .args(etcd.map(etcd_flags).unwrap_or_default())
         .env("PADDOCK_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -82,10 +84,14 @@ async fn spawn(data: &std::path::Path) -> Server {
 async fn sigkill_mid_write_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
+    let etcd = match test_store_is_etcd() {
+        true => Some(test_etcd(dir.path()).await),
+        false => None,
+    };
     let acked: Arc<Mutex<Vec<String>>> = Arc::default();
     let mut counter_acked = 0u64;
     for round in 0..3 {
-        let mut server = spawn(&data).await;
+        let mut server = spawn(&data, etcd.as_ref()).await;
         let api: Api<Secret> = Api::namespaced(server.client(), "default");
         // Everything acknowledged in earlier rounds is there.
         let present: std::collections::HashSet<String> = api
@@ -198,7 +204,7 @@ async fn sigkill_mid_write_loses_nothing_acknowledged() {
         }
         counter_acked = updates.await.expect("updater");
     }
-    let server = spawn(&data).await;
+    let server = spawn(&data, etcd.as_ref()).await;
     let api: Api<Secret> = Api::namespaced(server.client(), "default");
     let n = api
         .list(&ListParams::default())

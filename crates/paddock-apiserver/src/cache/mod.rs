@@ -299,7 +299,10 @@ impl WatchCache {
     }
 
     async fn follow(&self, store: &DynStore) -> StoreError {
-        let at = store.revision();
+        let at = match store.current_revision().await {
+            Ok(at) => at,
+            Err(e) => return e,
+        };
         let mut fresh = Vec::with_capacity(resources::RESOURCES.len());
         for res in resources::RESOURCES.iter() {
             match load(store, res, at).await {

@@ -14,6 +14,51 @@ pub struct TestServer {
     pub dir: tempfile::TempDir,
     pub running: Option<paddock_apiserver::Running>,
     pub client: kube::Client,
+    /// The etcd cluster the server keeps its objects in, when the suite
+    /// runs on etcd ([`test_store_is_etcd`]).
+    pub etcd: Option<paddock_etcd::LocalCluster>,
+}
+
+/// Whether the API suites run on etcd instead of the embedded store:
+/// `PADDOCK_TEST_STORE=etcd` (scripts/test.sh runs them both ways).
+pub fn test_store_is_etcd() -> bool {
+    match std::env::var("PADDOCK_TEST_STORE").as_deref() {
+        Ok("etcd") => true,
+        Ok("" | "embedded") | Err(_) => false,
+        Ok(other) => panic!("PADDOCK_TEST_STORE={other:?}: embedded or etcd"),
+    }
+}
+
+/// A one-member etcd under `dir` for a server of the test suite.
+pub async fn test_etcd(dir: &Path) -> paddock_etcd::LocalCluster {
+    paddock_etcd::LocalCluster::start(&dir.join("etcd"), 1)
+        .await
+        .expect("etcd starts")
+}
+
+/// The server's etcd options for `cluster`.
+pub fn etcd_options(cluster: &paddock_etcd::LocalCluster) -> paddock_store::EtcdOptions {
+    let mut opts = paddock_store::EtcdOptions::new(cluster.endpoints());
+    opts.ca_pem = Some(cluster.pki.ca_pem.clone().into_bytes());
+    opts.client_cert_pem = Some((
+        cluster.pki.client.cert_pem.clone().into_bytes(),
+        cluster.pki.client.key_pem.clone().into_bytes(),
+    ));
+    opts
+}
+
+/// The `paddock server` flags that put its store on `cluster`.
+pub fn etcd_flags(cluster: &paddock_etcd::LocalCluster) -> Vec<String> {
+    vec![
+        "--store=etcd".into(),
+        format!("--etcd-endpoints={}", cluster.endpoints().join(",")),
+        format!("--etcd-ca-file={}", cluster.pki.ca_file.display()),
+        format!(
+            "--etcd-cert-file={}",
+            cluster.pki.client_cert_file.display()
+        ),
+        format!("--etcd-key-file={}", cluster.pki.client_key_file.display()),
+    ]
 }
 
 impl TestServer {
@@ -28,6 +73,13 @@ impl TestServer {
             "127.0.0.1:0".parse().expect("addr"),
         );
         cfg.gc_resync = Duration::from_secs(2);
+        let etcd = if test_store_is_etcd() {
+            let cluster = test_etcd(dir.path()).await;
+            cfg.store = paddock_apiserver::StoreConfig::Etcd(etcd_options(&cluster));
+            Some(cluster)
+        } else {
+            None
+        };
         tweak(&mut cfg);
         let running = paddock_apiserver::start(cfg).await.expect("server starts");
         let client = client_for(&running.data.admin_kubeconfig()).await;
@@ -36,17 +88,17 @@ impl TestServer {
             dir,
             running: Some(running),
             client,
+            etcd,
         }
     }
 
     /// Also runs the controllers, in-process and supervised, as `paddock
     /// server` does.
     pub fn with_controllers(self, cfg: paddock_controllers::Config) -> Self {
-        let tasks = &self.running.as_ref().expect("running").tasks;
-        let client = self.running.as_ref().expect("running").loopback.clone();
-        for (name, l) in paddock_controllers::loops(client, cfg) {
-            tasks.spawn_loop(name, l);
-        }
+        let running = self.running.as_ref().expect("running");
+        let client = running.controllers.clone();
+        running
+            .spawn_leader_loops(move |_| paddock_controllers::loops(client.clone(), cfg.clone()));
         self
     }
 
