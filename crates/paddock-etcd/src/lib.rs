@@ -82,6 +82,11 @@ pub struct Member {
 }
 
 impl Member {
+    /// Where the member keeps its data (its database and write-ahead log).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }

@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the management plane: API server, store and controllers.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Run the host agent: this host's Machines as QEMU VMs on VXLAN overlays.
     Agent(AgentArgs),
     /// A whole lab on this machine (root): server, hosts in network namespaces, dev image.
@@ -540,7 +540,7 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Server(args) => match server(args).await {
+        Command::Server(args) => match server(*args).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");

@@ -14,8 +14,8 @@ use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, PostParams};
-use paddock_apiserver::leader::{ElectionConfig, LEASE_NAME, LEASE_NAMESPACE};
 use paddock_api::Machine;
+use paddock_apiserver::leader::{ElectionConfig, LEASE_NAME, LEASE_NAMESPACE};
 
 /// Short timings, so that the test waits seconds rather than minutes.
 fn election(identity: &str) -> ElectionConfig {
@@ -145,15 +145,19 @@ async fn replicas_serve_one_leader_runs_the_controllers_and_a_deposed_leader_is_
         .expect("cluster through the follower");
     for r in [leader, follower] {
         let machines: Api<Machine> = Api::namespaced(r.client.clone(), "acme");
-        eventually(30, "the leader's controllers make demo's Machines", || async {
-            let n = machines
-                .list(&ListParams::default().labels("paddock.io/cluster=demo"))
-                .await
-                .ok()?
-                .items
-                .len();
-            (n == 3).then_some(())
-        })
+        eventually(
+            30,
+            "the leader's controllers make demo's Machines",
+            || async {
+                let n = machines
+                    .list(&ListParams::default().labels("paddock.io/cluster=demo"))
+                    .await
+                    .ok()?
+                    .items
+                    .len();
+                (n == 3).then_some(())
+            },
+        )
         .await;
     }
 
@@ -162,7 +166,10 @@ async fn replicas_serve_one_leader_runs_the_controllers_and_a_deposed_leader_is_
         .create(&PostParams::default(), &secret("from-follower"))
         .await
         .expect_err("a follower's controllers are refused");
-    assert!(matches!(&refused, kube::Error::Api(s) if s.code == 503), "{refused:?}");
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.code == 503),
+        "{refused:?}"
+    );
 
     // The leader stops renewing (its election stops) but still believes it
     // leads: the other takes over after a lease, and the old leader's
@@ -223,7 +230,11 @@ async fn replicas_serve_one_leader_runs_the_controllers_and_a_deposed_leader_is_
         .into_iter()
         .filter_map(|c| c.metadata.name)
         .collect();
-    for want in ["from-new-leader", "after-member-loss-0", "after-member-loss-1"] {
+    for want in [
+        "from-new-leader",
+        "after-member-loss-0",
+        "after-member-loss-1",
+    ] {
         assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
     }
 }

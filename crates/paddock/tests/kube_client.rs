@@ -374,6 +374,19 @@ async fn watch_events_bookmarks_and_gone() {
             .await
             .expect("create");
     }
+    // etcd keeps its history until it is compacted (the server does so
+    // every 5 minutes): compact it now.
+    if let Some(etcd) = &s.etcd {
+        let mut c = etcd.client().await.expect("etcd client");
+        let rev = c
+            .get("/", None)
+            .await
+            .expect("read")
+            .header()
+            .expect("header")
+            .revision();
+        c.compact(rev, None).await.expect("compact");
+    }
     let mut old = api
         .watch(&WatchParams::default(), &start)
         .await

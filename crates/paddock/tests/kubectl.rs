@@ -437,13 +437,14 @@ async fn typed_kubectl_commands_send_protobuf() {
         "jsonpath={.type} {.data.user}",
     ]);
     assert_eq!(got, "Opaque b3Bz");
-    // Encrypted at rest: the value appears nowhere in the store's files,
-    // while other objects' contents do.
+    // Encrypted at rest: the value appears nowhere in the store's files
+    // (the embedded store's, or etcd's database and log), while other
+    // objects' contents do.
     let key = std::fs::read(s.data_dir().join("secrets.key")).unwrap();
     assert_eq!(key.len(), 32);
     let mut raw = Vec::new();
-    for e in std::fs::read_dir(s.data_dir().join("store")).unwrap() {
-        raw.extend(std::fs::read(e.unwrap().path()).unwrap());
+    for f in s.store_files() {
+        raw.extend(std::fs::read(f).unwrap());
     }
     let has = |needle: &[u8]| raw.windows(needle.len()).any(|w| w == needle);
     assert!(

@@ -127,6 +127,28 @@ impl TestServer {
         path
     }
 
+    /// Every file the store keeps its objects in: the embedded store's, or
+    /// those of the etcd members (database and write-ahead log).
+    pub fn store_files(&self) -> Vec<PathBuf> {
+        let roots = match &self.etcd {
+            Some(etcd) => etcd.members().iter().map(|m| m.data_dir()).collect(),
+            None => vec![self.data_dir().join("store")],
+        };
+        let mut files = Vec::new();
+        let mut dirs = roots;
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).expect("read store dir").flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    dirs.push(p);
+                } else {
+                    files.push(p);
+                }
+            }
+        }
+        files
+    }
+
     pub fn url(&self) -> String {
         self.running.as_ref().expect("running").data.url.clone()
     }
