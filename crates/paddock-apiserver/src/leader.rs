@@ -49,12 +49,19 @@ pub struct ElectionConfig {
 }
 
 impl ElectionConfig {
+    /// The default timings: a 6 s lease.
     pub fn new(identity: String) -> Self {
+        Self::with_lease(identity, Duration::from_secs(6))
+    }
+
+    /// Timings for a lease of `lease`: a leader steps down after two
+    /// thirds of it without renewing, and looks six times per lease.
+    pub fn with_lease(identity: String, lease: Duration) -> Self {
         Self {
             identity,
-            lease_duration: Duration::from_secs(6),
-            renew_deadline: Duration::from_secs(4),
-            retry_period: Duration::from_secs(1),
+            lease_duration: lease,
+            renew_deadline: lease * 2 / 3,
+            retry_period: (lease / 6).max(Duration::from_millis(200)),
         }
     }
 }

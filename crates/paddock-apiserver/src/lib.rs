@@ -278,7 +278,7 @@ impl Running {
 }
 
 /// This process's name in the leader election: host name and a random part.
-fn default_identity() -> String {
+pub fn default_identity() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "paddock".into());

@@ -186,6 +186,14 @@ struct ServerArgs {
     /// Every key Paddock writes to etcd starts with this.
     #[arg(long, default_value = "/paddock")]
     etcd_prefix: String,
+    /// This server's name in the leader election on etcd (default: the
+    /// host name and a random part; unique per server).
+    #[arg(long)]
+    leader_identity: Option<String>,
+    /// Seconds a leader's Lease lasts unrenewed: how long a dead leader's
+    /// loops go unrun before another server takes over.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=300))]
+    leader_lease_seconds: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -351,6 +359,12 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.unwrap_or_else(paddock_cli::default_data_dir);
     let mut config = paddock_apiserver::ServerConfig::new(data_dir, args.listen);
     config.store = store;
+    config.election = Some(paddock_apiserver::leader::ElectionConfig::with_lease(
+        args.leader_identity
+            .clone()
+            .unwrap_or_else(paddock_apiserver::default_identity),
+        Duration::from_secs(args.leader_lease_seconds),
+    ));
     config.sans = args.sans.clone();
     let management_name = format!("api.{}", args.base_domain);
     config.sans.push(management_name.clone());
