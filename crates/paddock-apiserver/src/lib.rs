@@ -7,6 +7,7 @@ pub mod api;
 pub mod apply;
 pub mod auth;
 pub mod authz;
+pub mod backup;
 pub mod binding;
 pub mod bootstrap;
 pub mod cache;
@@ -52,6 +53,8 @@ pub struct AppState {
     pub clusters: Arc<kubeconfig::ClusterAccess>,
     pub tasks: tasks::Tasks,
     pub leadership: leader::Leadership,
+    /// The store as it holds values (Secrets sealed), for backups.
+    pub raw_store: DynStore,
 }
 
 /// Where the server keeps its objects.
@@ -154,6 +157,7 @@ pub fn router(state: AppState) -> Router {
             "/apis/authentication.k8s.io/v1/selfsubjectreviews",
             any(review::self_subject_review),
         )
+        .route("/paddock/v1/backup", get(backup::get))
         .route("/api/v1/{*rest}", any(http::resource))
         .route("/apis/{group}/{version}/{*rest}", any(http::resource))
         .fallback(|| async { error::ApiError::NoRoute })
@@ -363,7 +367,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     }
     let key = bootstrap::sealing_key(&key_file)
         .map_err(|e| ServerError::DataDir(config.data_dir.display().to_string(), e))?;
-    let store: DynStore = Arc::new(EncryptedStore::new(raw, key, secrets));
+    let store: DynStore = Arc::new(EncryptedStore::new(raw.clone(), key, secrets));
     let mut api = Api::new(store.clone());
     api.bookmark_every = config.bookmark_every;
     let cache = config.watch_cache.clone().map(cache::WatchCache::new);
@@ -380,6 +384,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         clusters: Arc::new(config.clusters.clone()),
         tasks: tasks.clone(),
         leadership: leadership.clone(),
+        raw_store: raw.clone(),
     };
     let tls = tls::server_config(&data.serving.cert_pem, &data.serving.key_pem)?;
     let app = router(state);

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-pub use client::default_data_dir;
+pub use client::{connect, default_data_dir};
 use output::Format;
 
 /// Options every user verb takes.

@@ -70,6 +70,11 @@ impl SealingKey {
         Ok(Bytes::from(out))
     }
 
+    /// Whether `stored`, the value of `key`, is plain or opens with this key.
+    pub fn opens(&self, key: &str, stored: &Bytes) -> bool {
+        self.open(key, stored).is_ok()
+    }
+
     fn open(&self, key: &str, stored: &Bytes) -> Result<Bytes> {
         let Some(rest) = stored.strip_prefix(MAGIC) else {
             return Ok(stored.clone());

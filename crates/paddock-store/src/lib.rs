@@ -7,6 +7,7 @@
 //! [`EtcdStore`] implements the same trait on an etcd cluster, with etcd's
 //! revisions, for several server replicas.
 
+pub mod backup;
 mod codec;
 pub mod encrypted;
 mod etcd_store;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod admin;
 mod dev;
+mod store_args;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -43,6 +45,9 @@ enum Command {
     /// print its kubeconfig: it may act only for that host (its Host, Lease,
     /// Machines' status and their bootstrap Secrets).
     AddHost(AddHostArgs),
+    /// Backups of the management plane and their restore (administrators).
+    #[command(subcommand)]
+    Admin(admin::AdminCommand),
     #[command(flatten)]
     User(paddock_cli::Command),
 }
@@ -166,26 +171,8 @@ struct ServerArgs {
     /// `<data-dir>/secrets.key`, made on first start).
     #[arg(long)]
     encryption_key_file: Option<PathBuf>,
-    /// Where objects are kept: `embedded` (a store in the data directory,
-    /// one server) or `etcd` (an etcd cluster that several servers share).
-    #[arg(long, value_enum, default_value_t = StoreKind::Embedded)]
-    store: StoreKind,
-    /// Client URLs of the etcd members, comma-separated
-    /// (`https://10.0.0.1:2379,https://10.0.0.2:2379`).
-    #[arg(long, value_delimiter = ',', required_if_eq("store", "etcd"))]
-    etcd_endpoints: Vec<String>,
-    /// CA that signed the etcd members' certificates (PEM).
-    #[arg(long)]
-    etcd_ca_file: Option<PathBuf>,
-    /// Client certificate presented to etcd (PEM).
-    #[arg(long, requires = "etcd_key_file")]
-    etcd_cert_file: Option<PathBuf>,
-    /// Key of --etcd-cert-file (PEM).
-    #[arg(long, requires = "etcd_cert_file")]
-    etcd_key_file: Option<PathBuf>,
-    /// Every key Paddock writes to etcd starts with this.
-    #[arg(long, default_value = "/paddock")]
-    etcd_prefix: String,
+    #[command(flatten)]
+    store: store_args::StoreArgs,
     /// This server's name in the leader election on etcd (default: the
     /// host name and a random part; unique per server).
     #[arg(long)]
@@ -194,49 +181,6 @@ struct ServerArgs {
     /// loops go unrun before another server takes over.
     #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u64).range(1..=300))]
     leader_lease_seconds: u64,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum StoreKind {
-    Embedded,
-    Etcd,
-}
-
-/// The etcd connection the flags describe; every file is read here, so that
-/// a wrong path is named before anything starts.
-fn etcd_options(args: &ServerArgs) -> anyhow::Result<paddock_store::EtcdOptions> {
-    let read = |flag: &str, p: &PathBuf| {
-        std::fs::read(p).with_context(|| format!("{flag} {}: cannot read it", p.display()))
-    };
-    for e in &args.etcd_endpoints {
-        if !(e.starts_with("https://") || e.starts_with("http://")) {
-            anyhow::bail!("--etcd-endpoints {e:?}: not a URL such as https://10.0.0.1:2379");
-        }
-    }
-    let tls = args
-        .etcd_endpoints
-        .iter()
-        .any(|e| e.starts_with("https://"));
-    if tls && args.etcd_ca_file.is_none() {
-        anyhow::bail!("--etcd-ca-file is required for https:// etcd endpoints");
-    }
-    if !args.etcd_prefix.starts_with('/') || args.etcd_prefix.len() < 2 {
-        anyhow::bail!(
-            "--etcd-prefix {:?}: must start with / and name something (such as /paddock)",
-            args.etcd_prefix
-        );
-    }
-    let mut opts = paddock_store::EtcdOptions::new(args.etcd_endpoints.clone());
-    opts.root = args.etcd_prefix.clone();
-    opts.ca_pem = args
-        .etcd_ca_file
-        .as_ref()
-        .map(|p| read("--etcd-ca-file", p))
-        .transpose()?;
-    if let (Some(c), Some(k)) = (&args.etcd_cert_file, &args.etcd_key_file) {
-        opts.client_cert_pem = Some((read("--etcd-cert-file", c)?, read("--etcd-key-file", k)?));
-    }
-    Ok(opts)
 }
 
 #[derive(clap::Args)]
@@ -352,10 +296,7 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             args.vni_count
         );
     }
-    let store = match args.store {
-        StoreKind::Embedded => paddock_apiserver::StoreConfig::Embedded,
-        StoreKind::Etcd => paddock_apiserver::StoreConfig::Etcd(etcd_options(&args)?),
-    };
+    let store = args.store.config()?;
     let data_dir = args.data_dir.unwrap_or_else(paddock_cli::default_data_dir);
     let mut config = paddock_apiserver::ServerConfig::new(data_dir, args.listen);
     config.store = store;
@@ -614,6 +555,13 @@ async fn main() -> ExitCode {
             }
         }
         Command::AddHost(a) => match add_host(a) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Admin(cmd) => match admin::run(cmd, cli.global.kubeconfig.as_deref()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e:#}");
