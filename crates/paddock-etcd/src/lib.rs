@@ -71,14 +71,13 @@ pub struct EtcdPki {
     pub client_key_file: PathBuf,
 }
 
-/// One member: its name, URLs, data directory and (while it runs) process.
-#[derive(Debug)]
+/// One member: its name, URLs and directory.
+#[derive(Debug, Clone)]
 pub struct Member {
     pub name: String,
     pub client_url: String,
     pub peer_url: String,
     dir: PathBuf,
-    child: Option<Child>,
 }
 
 impl Member {
@@ -87,23 +86,221 @@ impl Member {
         self.dir.join("data")
     }
 
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    fn log(&self) -> PathBuf {
+    /// Where its output goes when [`LocalCluster`] runs it.
+    pub fn log(&self) -> PathBuf {
         self.dir.join("etcd.log")
     }
 }
 
-/// A cluster of etcd members on 127.0.0.1, TLS between members and to
-/// clients, client certificates required. Dropping it kills the members.
+/// The plan of a local cluster: its PKI and members, written in its
+/// directory so that a later run (the lab's next `dev up`) finds the same
+/// one. [`LocalCluster`] runs it as child processes; the lab runs each
+/// member detached with [`Layout::args`].
+#[derive(Debug, Clone)]
+pub struct Layout {
+    pub pki: EtcdPki,
+    pub members: Vec<Member>,
+    initial: String,
+}
+
+/// The file that lists the members: `name client-url peer-url` per line.
+const MEMBERS_FILE: &str = "members";
+
+impl Layout {
+    /// The layout in `dir`: the one written there before, or a new one of
+    /// `size` members (a new CA, certificates and free ports).
+    pub fn create_or_load(dir: &Path, size: usize) -> Result<Self> {
+        if dir.join(MEMBERS_FILE).exists() {
+            return Self::load(dir);
+        }
+        std::fs::create_dir_all(dir).map_err(|e| EtcdError::Io(dir.display().to_string(), e))?;
+        let ca = Ca::generate("paddock-etcd-ca")?;
+        let validity = Duration::from_secs(365 * 24 * 3600);
+        let client = ca.issue_client("paddock-server", &[], validity)?;
+        let pki = EtcdPki {
+            ca_pem: ca.cert_pem().to_owned(),
+            client: client.clone(),
+            ca_file: dir.join("ca.crt"),
+            client_cert_file: dir.join("client.crt"),
+            client_key_file: dir.join("client.key"),
+        };
+        write(&pki.ca_file, &pki.ca_pem)?;
+        write(&pki.client_cert_file, &client.cert_pem)?;
+        write(&pki.client_key_file, &client.key_pem)?;
+        let sans = ["127.0.0.1".to_owned(), "localhost".to_owned()];
+        let mut members = Vec::with_capacity(size);
+        let mut list = String::new();
+        for i in 0..size {
+            let name = format!("etcd-{i}");
+            let mdir = dir.join(&name);
+            std::fs::create_dir_all(&mdir)
+                .map_err(|e| EtcdError::Io(mdir.display().to_string(), e))?;
+            let peer = ca.issue_peer(&name, &sans, validity)?;
+            write(&mdir.join("peer.crt"), &peer.cert_pem)?;
+            write(&mdir.join("peer.key"), &peer.key_pem)?;
+            let m = Member {
+                client_url: format!("https://127.0.0.1:{}", free_port()?),
+                peer_url: format!("https://127.0.0.1:{}", free_port()?),
+                name,
+                dir: mdir,
+            };
+            list.push_str(&format!("{} {} {}\n", m.name, m.client_url, m.peer_url));
+            members.push(m);
+        }
+        // Written last: a layout cut short is made again, not loaded.
+        write(&dir.join(MEMBERS_FILE), &list)?;
+        Ok(Self::new(pki, members))
+    }
+
+    fn load(dir: &Path) -> Result<Self> {
+        let read = |f: &str| {
+            let p = dir.join(f);
+            std::fs::read_to_string(&p).map_err(|e| EtcdError::Io(p.display().to_string(), e))
+        };
+        let pki = EtcdPki {
+            ca_pem: read("ca.crt")?,
+            client: CertPair {
+                cert_pem: read("client.crt")?,
+                key_pem: read("client.key")?,
+            },
+            ca_file: dir.join("ca.crt"),
+            client_cert_file: dir.join("client.crt"),
+            client_key_file: dir.join("client.key"),
+        };
+        let members = read(MEMBERS_FILE)?
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split_whitespace();
+                let (name, client_url, peer_url) = (f.next()?, f.next()?, f.next()?);
+                Some(Member {
+                    name: name.to_owned(),
+                    client_url: client_url.to_owned(),
+                    peer_url: peer_url.to_owned(),
+                    dir: dir.join(name),
+                })
+            })
+            .collect();
+        Ok(Self::new(pki, members))
+    }
+
+    fn new(pki: EtcdPki, members: Vec<Member>) -> Self {
+        let initial = members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url))
+            .collect::<Vec<_>>()
+            .join(",");
+        Self {
+            pki,
+            members,
+            initial,
+        }
+    }
+
+    /// The command line of member `i`, the binary first.
+    pub fn args(&self, i: usize, binary: &Path) -> Result<Vec<String>> {
+        let m = self.members.get(i).ok_or(EtcdError::NoMember(i))?;
+        let data = m.data_dir();
+        // A member that has data rejoins; a new one joins the initial cluster.
+        let state = if data.exists() { "existing" } else { "new" };
+        let (cert, key) = (m.dir.join("peer.crt"), m.dir.join("peer.key"));
+        let ca = &self.pki.ca_file;
+        Ok(vec![
+            binary.display().to_string(),
+            format!("--name={}", m.name),
+            format!("--data-dir={}", data.display()),
+            format!("--listen-client-urls={}", m.client_url),
+            format!("--advertise-client-urls={}", m.client_url),
+            format!("--listen-peer-urls={}", m.peer_url),
+            format!("--initial-advertise-peer-urls={}", m.peer_url),
+            format!("--initial-cluster={}", self.initial),
+            format!("--initial-cluster-state={state}"),
+            "--initial-cluster-token=paddock".into(),
+            format!("--cert-file={}", cert.display()),
+            format!("--key-file={}", key.display()),
+            format!("--trusted-ca-file={}", ca.display()),
+            "--client-cert-auth".into(),
+            format!("--peer-cert-file={}", cert.display()),
+            format!("--peer-key-file={}", key.display()),
+            format!("--peer-trusted-ca-file={}", ca.display()),
+            "--peer-client-cert-auth".into(),
+            // Objects up to the API's 3 MiB request limit, sealed.
+            "--max-request-bytes=4194304".into(),
+            "--log-level=warn".into(),
+        ])
+    }
+
+    /// The members' client URLs.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client_url.clone()).collect()
+    }
+
+    fn tls(&self) -> TlsOptions {
+        TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
+            .identity(Identity::from_pem(
+                &self.pki.client.cert_pem,
+                &self.pki.client.key_pem,
+            ))
+    }
+
+    /// A client of the whole cluster with Paddock's certificate.
+    pub async fn client(&self) -> Result<Client, etcd_client::Error> {
+        Client::connect(
+            self.endpoints(),
+            Some(
+                ConnectOptions::new()
+                    .with_tls(self.tls())
+                    .with_connect_timeout(Duration::from_secs(2))
+                    .with_timeout(Duration::from_secs(5))
+                    .with_require_leader(true),
+            ),
+        )
+        .await
+    }
+
+    /// Waits until each of `members` answers a linearizable read.
+    pub async fn wait_healthy(&self, members: &[usize], within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        for &i in members {
+            let m = self.members.get(i).ok_or(EtcdError::NoMember(i))?;
+            loop {
+                if self.member_answers(m).await {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    let log = std::fs::read_to_string(m.log()).unwrap_or_default();
+                    let lines: Vec<&str> = log.lines().collect();
+                    let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+                    return Err(EtcdError::NotHealthy(m.name.clone(), within, tail));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn member_answers(&self, m: &Member) -> bool {
+        let opts = ConnectOptions::new()
+            .with_tls(self.tls())
+            .with_connect_timeout(Duration::from_millis(500))
+            .with_timeout(Duration::from_secs(2))
+            .with_require_leader(true);
+        let Ok(mut c) = Client::connect([m.client_url.as_str()], Some(opts)).await else {
+            return false;
+        };
+        c.get("/health", None).await.is_ok()
+    }
+}
+
+/// A cluster of etcd members on 127.0.0.1 run as child processes, TLS
+/// between members and to clients, client certificates required. Dropping
+/// it kills the members.
 #[derive(Debug)]
 pub struct LocalCluster {
     binary: PathBuf,
     pub pki: EtcdPki,
-    members: Vec<Member>,
-    initial: String,
+    layout: Layout,
+    children: Vec<Option<Child>>,
 }
 
 fn free_port() -> Result<u16> {
@@ -123,63 +320,27 @@ impl LocalCluster {
     /// the cluster has a leader and answers.
     pub async fn start(dir: &Path, size: usize) -> Result<Self> {
         let binary = find_binary()?;
-        std::fs::create_dir_all(dir).map_err(|e| EtcdError::Io(dir.display().to_string(), e))?;
-        let ca = Ca::generate("paddock-etcd-ca")?;
-        let validity = Duration::from_secs(365 * 24 * 3600);
-        let client = ca.issue_client("paddock-server", &[], validity)?;
-        let pki = EtcdPki {
-            ca_pem: ca.cert_pem().to_owned(),
-            client: client.clone(),
-            ca_file: dir.join("ca.crt"),
-            client_cert_file: dir.join("client.crt"),
-            client_key_file: dir.join("client.key"),
-        };
-        write(&pki.ca_file, &pki.ca_pem)?;
-        write(&pki.client_cert_file, &client.cert_pem)?;
-        write(&pki.client_key_file, &client.key_pem)?;
-        let sans = ["127.0.0.1".to_owned(), "localhost".to_owned()];
-        let mut members = Vec::with_capacity(size);
-        for i in 0..size {
-            let name = format!("etcd-{i}");
-            let mdir = dir.join(&name);
-            std::fs::create_dir_all(&mdir)
-                .map_err(|e| EtcdError::Io(mdir.display().to_string(), e))?;
-            let peer = ca.issue_peer(&name, &sans, validity)?;
-            write(&mdir.join("peer.crt"), &peer.cert_pem)?;
-            write(&mdir.join("peer.key"), &peer.key_pem)?;
-            members.push(Member {
-                client_url: format!("https://127.0.0.1:{}", free_port()?),
-                peer_url: format!("https://127.0.0.1:{}", free_port()?),
-                name,
-                dir: mdir,
-                child: None,
-            });
-        }
-        let initial = members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url))
-            .collect::<Vec<_>>()
-            .join(",");
+        let layout = Layout::create_or_load(dir, size)?;
         let mut cluster = Self {
             binary,
-            pki,
-            members,
-            initial,
+            pki: layout.pki.clone(),
+            children: (0..layout.members.len()).map(|_| None).collect(),
+            layout,
         };
         for i in 0..size {
             cluster.spawn(i)?;
         }
-        cluster.wait_healthy(Duration::from_secs(60)).await?;
+        let all: Vec<usize> = (0..size).collect();
+        cluster
+            .layout
+            .wait_healthy(&all, Duration::from_secs(60))
+            .await?;
         Ok(cluster)
     }
 
     fn spawn(&mut self, i: usize) -> Result<()> {
-        let (ca, initial, binary) = (
-            self.pki.ca_file.clone(),
-            self.initial.clone(),
-            self.binary.clone(),
-        );
-        let m = self.members.get_mut(i).ok_or(EtcdError::NoMember(i))?;
+        let args = self.layout.args(i, &self.binary)?;
+        let m = &self.layout.members[i];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -188,128 +349,46 @@ impl LocalCluster {
         let err = log
             .try_clone()
             .map_err(|e| EtcdError::Io(m.log().display().to_string(), e))?;
-        let data = m.dir.join("data");
-        // A member that has data rejoins; a new one joins the initial cluster.
-        let state = if data.exists() { "existing" } else { "new" };
-        let (cert, key) = (m.dir.join("peer.crt"), m.dir.join("peer.key"));
-        let child = Command::new(&binary)
-            .arg(format!("--name={}", m.name))
-            .arg(format!("--data-dir={}", data.display()))
-            .arg(format!("--listen-client-urls={}", m.client_url))
-            .arg(format!("--advertise-client-urls={}", m.client_url))
-            .arg(format!("--listen-peer-urls={}", m.peer_url))
-            .arg(format!("--initial-advertise-peer-urls={}", m.peer_url))
-            .arg(format!("--initial-cluster={initial}"))
-            .arg(format!("--initial-cluster-state={state}"))
-            .arg("--initial-cluster-token=paddock")
-            .arg(format!("--cert-file={}", cert.display()))
-            .arg(format!("--key-file={}", key.display()))
-            .arg(format!("--trusted-ca-file={}", ca.display()))
-            .arg("--client-cert-auth")
-            .arg(format!("--peer-cert-file={}", cert.display()))
-            .arg(format!("--peer-key-file={}", key.display()))
-            .arg(format!("--peer-trusted-ca-file={}", ca.display()))
-            .arg("--peer-client-cert-auth")
-            // Objects up to the API's 3 MiB request limit, sealed.
-            .arg("--max-request-bytes=4194304")
-            .arg("--log-level=warn")
+        let child = Command::new(&args[0])
+            .args(&args[1..])
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err)
             .spawn()
-            .map_err(|e| EtcdError::Io(binary.display().to_string(), e))?;
+            .map_err(|e| EtcdError::Io(self.binary.display().to_string(), e))?;
         tracing::debug!(member = m.name, pid = child.id(), "etcd member started");
-        m.child = Some(child);
+        self.children[i] = Some(child);
         Ok(())
     }
 
     /// The members' client URLs.
     pub fn endpoints(&self) -> Vec<String> {
-        self.members.iter().map(|m| m.client_url.clone()).collect()
+        self.layout.endpoints()
     }
 
     pub fn members(&self) -> &[Member] {
-        &self.members
+        &self.layout.members
     }
 
     /// A client of the whole cluster with Paddock's certificate.
     pub async fn client(&self) -> Result<Client, etcd_client::Error> {
-        let tls = TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
-            .identity(Identity::from_pem(
-                &self.pki.client.cert_pem,
-                &self.pki.client.key_pem,
-            ));
-        Client::connect(
-            self.endpoints(),
-            Some(
-                ConnectOptions::new()
-                    .with_tls(tls)
-                    .with_connect_timeout(Duration::from_secs(2))
-                    .with_timeout(Duration::from_secs(5))
-                    .with_require_leader(true),
-            ),
-        )
-        .await
-    }
-
-    /// Waits until every running member answers a linearizable read.
-    pub async fn wait_healthy(&self, within: Duration) -> Result<()> {
-        let deadline = Instant::now() + within;
-        for m in self.members.iter().filter(|m| m.child.is_some()) {
-            loop {
-                if self.member_answers(m).await {
-                    break;
-                }
-                if Instant::now() > deadline {
-                    let log = std::fs::read_to_string(m.log()).unwrap_or_default();
-                    let tail: String = log
-                        .lines()
-                        .rev()
-                        .take(20)
-                        .collect::<Vec<_>>()
-                        .into_iter()
-                        .rev()
-                        .collect::<Vec<_>>()
-                        .join("\n");
-                    return Err(EtcdError::NotHealthy(m.name.clone(), within, tail));
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-        Ok(())
-    }
-
-    async fn member_answers(&self, m: &Member) -> bool {
-        let tls = TlsOptions::new()
-            .ca_certificate(Certificate::from_pem(&self.pki.ca_pem))
-            .identity(Identity::from_pem(
-                &self.pki.client.cert_pem,
-                &self.pki.client.key_pem,
-            ));
-        let opts = ConnectOptions::new()
-            .with_tls(tls)
-            .with_connect_timeout(Duration::from_millis(500))
-            .with_timeout(Duration::from_secs(2))
-            .with_require_leader(true);
-        let Ok(mut c) = Client::connect([m.client_url.as_str()], Some(opts)).await else {
-            return false;
-        };
-        c.get("/health", None).await.is_ok()
+        self.layout.client().await
     }
 
     fn signal(&self, i: usize, sig: Signal) -> Result<()> {
-        let m = self.members.get(i).ok_or(EtcdError::NoMember(i))?;
-        let Some(pid) = m.pid() else { return Ok(()) };
+        let child = self.children.get(i).ok_or(EtcdError::NoMember(i))?;
+        let Some(pid) = child.as_ref().map(Child::id) else {
+            return Ok(());
+        };
         let pid = i32::try_from(pid).map_err(|_| EtcdError::NoMember(i))?;
-        kill(Pid::from_raw(pid), sig).map_err(|e| EtcdError::Signal(m.name.clone(), e))
+        kill(Pid::from_raw(pid), sig)
+            .map_err(|e| EtcdError::Signal(self.layout.members[i].name.clone(), e))
     }
 
     /// SIGKILLs member `i` and reaps it.
     pub fn kill(&mut self, i: usize) -> Result<()> {
         self.signal(i, Signal::SIGCONT)?;
-        let m = self.members.get_mut(i).ok_or(EtcdError::NoMember(i))?;
-        if let Some(mut c) = m.child.take() {
+        if let Some(mut c) = self.children.get_mut(i).and_then(Option::take) {
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -335,7 +414,7 @@ impl LocalCluster {
 
 impl Drop for LocalCluster {
     fn drop(&mut self) {
-        for i in 0..self.members.len() {
+        for i in 0..self.children.len() {
             let _ = self.kill(i);
         }
     }

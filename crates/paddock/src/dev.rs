@@ -38,8 +38,7 @@ fn sh(cmd: &str) -> anyhow::Result<()> {
 fn alive(pidfile: &Path) -> bool {
     std::fs::read_to_string(pidfile)
         .ok()
-        .and_then(|p| p.trim().parse::<u32>().ok())
-        .is_some_and(|p| Path::new(&format!("/proc/{p}")).exists())
+        .is_some_and(|p| running(p.trim()))
 }
 
 /// Starts `args` detached from this process (own session), logging to `log`.
@@ -60,6 +59,17 @@ fn spawn_detached(args: &[String], log: &Path, pidfile: &Path) -> anyhow::Result
     Ok(())
 }
 
+/// Whether process `pid` runs (a zombie waiting for its parent does not).
+fn running(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next().map(str::to_owned))
+        })
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
 fn netns_exists(name: &str) -> bool {
     Path::new("/run/netns").join(name).exists()
 }
@@ -69,6 +79,170 @@ pub struct Up {
     pub data_dir: PathBuf,
     pub image_dir: PathBuf,
     pub kube_image: Option<PathBuf>,
+    /// Three servers on a three-member etcd behind HAProxy, instead of one
+    /// server on the embedded store.
+    pub ha: bool,
+}
+
+/// Servers of the HA lab: each listens on its own port; HAProxy listens on
+/// the one server's usual places (127.0.0.1:6443 and `api.sock`).
+const HA_SERVERS: usize = 3;
+const HA_FIRST_PORT: u16 = 16450;
+const HA_PORT: u16 = 6443;
+
+/// The data directory of server `i` of the lab (the first is where the
+/// single-server lab keeps its own).
+fn server_dir(d: &Path, i: usize) -> PathBuf {
+    if i == 0 {
+        d.join("server")
+    } else {
+        d.join(format!("server-{i}"))
+    }
+}
+
+/// HAProxy in front of the lab's servers: TLS passes through (each server
+/// has a certificate from the same CA for 127.0.0.1), and a server leaves
+/// the rotation when its `/readyz` fails, checked over TLS against that CA.
+pub fn haproxy_api_config(d: &Path, ca: &Path, servers: &[u16]) -> String {
+    let mut cfg = format!(
+        "global\n  maxconn 4096\n\ndefaults\n  mode tcp\n  timeout connect 2s\n  timeout client 1h\n  timeout server 1h\n\n\
+         frontend paddock-api\n  bind 127.0.0.1:{HA_PORT}\n  bind unix@{sock} mode 666\n  default_backend paddock-servers\n\n\
+         backend paddock-servers\n  option httpchk GET /readyz\n  http-check expect status 200\n\
+         \x20 default-server check check-ssl verify required ca-file {ca} inter 1s fall 2 rise 1\n",
+        sock = d.join("api.sock").display(),
+        ca = ca.display(),
+    );
+    for (i, port) in servers.iter().enumerate() {
+        cfg.push_str(&format!("  server s{i} 127.0.0.1:{port}\n"));
+    }
+    cfg
+}
+
+/// The lab's etcd (three members, detached) and servers on it, with
+/// HAProxy in front. Returns the server args shared by all.
+async fn up_ha(exe: &str, d: &Path, gateway_args: &[String]) -> anyhow::Result<()> {
+    let etcd_dir = d.join("etcd");
+    let layout = paddock_etcd::Layout::create_or_load(&etcd_dir, 3)?;
+    let binary = paddock_etcd::find_binary()?;
+    for i in 0..layout.members.len() {
+        let pidfile = d.join(format!("etcd-{i}.pid"));
+        if !alive(&pidfile) {
+            spawn_detached(
+                &layout.args(i, &binary)?,
+                &layout.members[i].log(),
+                &pidfile,
+            )?;
+        }
+    }
+    let all: Vec<usize> = (0..layout.members.len()).collect();
+    layout.wait_healthy(&all, Duration::from_secs(60)).await?;
+    let store = vec![
+        "--store=etcd".to_owned(),
+        format!("--etcd-endpoints={}", layout.endpoints().join(",")),
+        format!("--etcd-ca-file={}", layout.pki.ca_file.display()),
+        format!("--etcd-cert-file={}", layout.pki.client_cert_file.display()),
+        format!("--etcd-key-file={}", layout.pki.client_key_file.display()),
+    ];
+    let ports: Vec<u16> = (0..HA_SERVERS)
+        .map(|i| HA_FIRST_PORT + u16::try_from(i).unwrap_or(0))
+        .collect();
+    for (i, port) in ports.iter().enumerate() {
+        let dir = server_dir(d, i);
+        if i > 0 && !dir.join("tokens.json").exists() {
+            // Every replica shares the first one's CA, tokens and sealing key.
+            let first = server_dir(d, 0);
+            std::fs::create_dir_all(dir.join("pki"))?;
+            for f in [
+                "pki/ca.crt",
+                "pki/ca.key",
+                "tokens.json",
+                "secrets.key",
+                "admin.kubeconfig",
+            ] {
+                std::fs::copy(first.join(f), dir.join(f))
+                    .with_context(|| format!("sharing {f} with server {i}"))?;
+            }
+        }
+        let pidfile = d.join(format!("server-{i}.pid"));
+        if !alive(&pidfile) {
+            let mut args: Vec<String> = vec![
+                exe.to_owned(),
+                "server".into(),
+                "--data-dir".into(),
+                dir.display().to_string(),
+                "--listen".into(),
+                format!("127.0.0.1:{port}"),
+                "--leader-identity".into(),
+                format!("server-{i}"),
+                "--host-grace-seconds".into(),
+                "30".into(),
+            ];
+            args.extend(store.iter().cloned());
+            // The gateway binds fixed ports and namespaces: on the first only.
+            if i == 0 {
+                args.extend(gateway_args.iter().cloned());
+            }
+            spawn_detached(&args, &d.join(format!("server-{i}.log")), &pidfile)?;
+        }
+        if i == 0 {
+            wait_for_file(&dir.join("tokens.json"), d, "server-0.log").await?;
+        }
+    }
+    let cfg = haproxy_api_config(d, &server_dir(d, 0).join("pki/ca.crt"), &ports);
+    std::fs::write(d.join("haproxy-api.cfg"), cfg)?;
+    let pidfile = d.join("haproxy-api.pid");
+    if !alive(&pidfile) {
+        if Command::new("haproxy").arg("-v").output().is_err() {
+            bail!(
+                "`paddock dev up --ha` runs HAProxy in front of the servers: install it (apt-get install haproxy)"
+            );
+        }
+        let _ = std::fs::remove_file(d.join("api.sock"));
+        let args = vec![
+            "haproxy".to_owned(),
+            "-db".into(),
+            "-f".into(),
+            d.join("haproxy-api.cfg").display().to_string(),
+        ];
+        spawn_detached(&args, &d.join("haproxy-api.log"), &pidfile)?;
+    }
+    // The admin kubeconfig names HAProxy's address, not one server's.
+    let first = std::fs::read_to_string(server_dir(d, 0).join("admin.kubeconfig"))?;
+    let through = first.replace(
+        &format!("https://127.0.0.1:{}", ports[0]),
+        &format!("https://127.0.0.1:{HA_PORT}"),
+    );
+    paddock_apiserver::bootstrap::write_private(&d.join("admin.kubeconfig"), through.as_bytes())?;
+    Ok(())
+}
+
+/// Gives every server of the HA lab the first one's token file (each
+/// re-reads its own when it changes), after a credential was added there.
+fn share_tokens(d: &Path) -> anyhow::Result<()> {
+    let tokens = std::fs::read(server_dir(d, 0).join("tokens.json"))?;
+    for i in 1..HA_SERVERS {
+        // Written aside and renamed: a server never reads half a file.
+        paddock_apiserver::bootstrap::write_private(
+            &server_dir(d, i).join("tokens.json"),
+            &tokens,
+        )?;
+    }
+    Ok(())
+}
+
+async fn wait_for_file(path: &Path, d: &Path, log: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "{} was not written; see {}",
+                path.display(),
+                d.join(log).display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
 }
 
 /// The MachineImage of a Kubernetes node image directory (kernel, initrd,
@@ -100,7 +274,11 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
     let d = &u.data_dir;
     std::fs::create_dir_all(d)?;
     let socket = d.join("api.sock");
-    let kubeconfig = d.join("server/admin.kubeconfig");
+    let kubeconfig = if u.ha {
+        d.join("admin.kubeconfig")
+    } else {
+        d.join("server/admin.kubeconfig")
+    };
 
     eprintln!("• dev node image");
     let script = d.join("build-dev-image.sh");
@@ -130,8 +308,26 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
     }
 
     eprintln!("• management plane");
-    if !alive(&d.join("server.pid")) {
-        let args: Vec<String> = vec![
+    let gateway_args: Vec<String> = vec![
+        "--gateway-listen".into(),
+        format!("127.0.0.1:{GATEWAY_PORT}"),
+        "--gateway-vtep".into(),
+        MGMT_IP.into(),
+        "--gateway-underlay-netns".into(),
+        MGMT.into(),
+        "--ingress-bind".into(),
+        "127.0.0.1".into(),
+        "--haproxy-config".into(),
+        d.join("haproxy.cfg").display().to_string(),
+        // Beside the gateway's ports on 127.0.0.1, not on top of them.
+        "--haproxy-bind".into(),
+        "127.0.0.2".into(),
+    ];
+    if u.ha {
+        eprintln!("• etcd (3 members), 3 servers, HAProxy in front");
+        up_ha(&exe, d, &gateway_args).await?;
+    } else if !alive(&d.join("server.pid")) {
+        let mut args: Vec<String> = vec![
             exe.clone(),
             "server".into(),
             "--data-dir".into(),
@@ -140,20 +336,8 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
             socket.display().to_string(),
             "--host-grace-seconds".into(),
             "30".into(),
-            "--gateway-listen".into(),
-            format!("127.0.0.1:{GATEWAY_PORT}"),
-            "--gateway-vtep".into(),
-            MGMT_IP.into(),
-            "--gateway-underlay-netns".into(),
-            MGMT.into(),
-            "--ingress-bind".into(),
-            "127.0.0.1".into(),
-            "--haproxy-config".into(),
-            d.join("haproxy.cfg").display().to_string(),
-            // Beside the gateway's ports on 127.0.0.1, not on top of them.
-            "--haproxy-bind".into(),
-            "127.0.0.2".into(),
         ];
+        args.extend(gateway_args);
         spawn_detached(&args, &d.join("server.log"), &d.join("server.pid"))?;
     }
     let client = {
@@ -211,6 +395,9 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
                 paddock_apiserver::bootstrap::add_host(&d.join("server"), &format!("host-{n}"))
                     .context("issuing the host's credential")?;
             paddock_apiserver::bootstrap::write_private(&host_kubeconfig, kc.as_bytes())?;
+            if u.ha {
+                share_tokens(d)?;
+            }
         }
         let pidfile = d.join(format!("agent-{n}.pid"));
         if !alive(&pidfile) {
@@ -274,14 +461,23 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
 }
 
 pub fn down(data_dir: &Path) -> anyhow::Result<()> {
+    // SIGTERM, then wait for the process to be gone (SIGKILL after a grace
+    // period): `down` returns only once nothing of the lab runs.
     let kill = |pidfile: &Path| {
         if let Some(pid) = std::fs::read_to_string(pidfile)
             .ok()
             .and_then(|p| p.trim().parse::<u32>().ok())
         {
-            let _ = Command::new("kill")
-                .args(["-TERM", &pid.to_string()])
-                .status();
+            let pid = pid.to_string();
+            let gone = || !running(&pid);
+            let _ = Command::new("kill").args(["-TERM", &pid]).status();
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !gone() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if !gone() {
+                let _ = Command::new("kill").args(["-KILL", &pid]).status();
+            }
         }
         let _ = std::fs::remove_file(pidfile);
     };
@@ -306,7 +502,14 @@ pub fn down(data_dir: &Path) -> anyhow::Result<()> {
                 .status();
         }
     }
-    kill(&data_dir.join("server.pid"));
+    // The servers, HAProxy and etcd members (of the HA lab): every pid file left.
+    if let Ok(rd) = std::fs::read_dir(data_dir) {
+        for e in rd.flatten() {
+            if e.file_name().to_string_lossy().ends_with(".pid") {
+                kill(&e.path());
+            }
+        }
+    }
     for e in std::fs::read_dir("/run/netns")
         .into_iter()
         .flatten()

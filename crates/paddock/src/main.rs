@@ -70,6 +70,11 @@ enum DevCommand {
         /// version then run it.
         #[arg(long)]
         kube_image: Option<PathBuf>,
+        /// A highly available management plane: three servers on a
+        /// three-member etcd, HAProxy in front (needs the etcd binary:
+        /// scripts/build-node-binaries.sh /var/cache/paddock/node-bin etcd).
+        #[arg(long)]
+        ha: bool,
     },
     /// Stop and remove all of the lab (idempotent).
     Down {
@@ -516,12 +521,14 @@ async fn main() -> ExitCode {
                     data_dir,
                     image_dir,
                     kube_image,
+                    ha,
                 } => {
                     dev::up(dev::Up {
                         hosts,
                         data_dir,
                         image_dir,
                         kube_image,
+                        ha,
                     })
                     .await
                 }
