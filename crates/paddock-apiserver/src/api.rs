@@ -1255,21 +1255,48 @@ impl Api {
             .map_err(|e| ApiError::Internal(format!("Cluster {name}: {e}")))?;
         let images_res = resources::find(paddock_api::GROUP, paddock_api::VERSION, "machineimages")
             .ok_or_else(|| ApiError::Internal("MachineImage is not served".into()))?;
-        // Read from the store, not the watch cache: exact (an image
-        // registered a moment ago counts) without waiting for the cache to
-        // catch up with every write before this one, as an exact list of
-        // the cache would; there are a handful of images.
-        let images = self
-            .store
-            .list(&images_res.prefix(None), None, None, None)
-            .await?
-            .items
-            .iter()
-            .filter_map(|kv| serde_json::from_slice::<paddock_api::MachineImage>(&kv.value).ok())
-            .collect::<Vec<_>>();
-        let errs = paddock_api::version::admit_cluster(&mut c.spec, old_spec.as_ref(), &images);
-        if !errs.is_empty() {
-            return Err(invalid(res, name, errs));
+        let decode = |v: &[u8]| serde_json::from_slice::<paddock_api::MachineImage>(v).ok();
+        // The watch cache's images first (no store read per create: on etcd
+        // that is a round trip); only when they do not admit the spec, the
+        // store's, exact: an image registered a moment ago counts, without
+        // waiting for the cache to catch up with every write before it.
+        let cached: Option<Vec<paddock_api::MachineImage>> = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.snapshot(images_res))
+            .map(|snap| {
+                let any = ListOptions::default();
+                let (entries, _) = snap.objects.select(
+                    &images_res.prefix(None),
+                    None,
+                    &any.labels,
+                    &any.fields,
+                    None,
+                );
+                entries.iter().filter_map(|e| decode(&e.json)).collect()
+            });
+        let mut admitted = false;
+        if let Some(images) = cached {
+            let mut spec = c.spec.clone();
+            if paddock_api::version::admit_cluster(&mut spec, old_spec.as_ref(), &images).is_empty()
+            {
+                c.spec = spec;
+                admitted = true;
+            }
+        }
+        if !admitted {
+            let images = self
+                .store
+                .list(&images_res.prefix(None), None, None, None)
+                .await?
+                .items
+                .iter()
+                .filter_map(|kv| decode(&kv.value))
+                .collect::<Vec<_>>();
+            let errs = paddock_api::version::admit_cluster(&mut c.spec, old_spec.as_ref(), &images);
+            if !errs.is_empty() {
+                return Err(invalid(res, name, errs));
+            }
         }
         normal["spec"] = serde_json::to_value(&c.spec)
             .map_err(|e| ApiError::Internal(format!("Cluster {name}: {e}")))?;

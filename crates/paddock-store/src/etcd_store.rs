@@ -99,6 +99,19 @@ fn etcd_error(e: etcd_client::Error, requested: Option<Revision>, current: Revis
     backend(e)
 }
 
+/// Whether a failed request may go again: the connection failed, or the
+/// member had no leader or was unavailable (not an answer about the data).
+fn retryable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+        ),
+        _ => false,
+    }
+}
+
 /// The key just past every key that starts with `prefix` (etcd's range end).
 fn prefix_end(prefix: &str) -> Vec<u8> {
     let mut end = prefix.as_bytes().to_vec();
@@ -176,16 +189,41 @@ impl EtcdStore {
 
     /// etcd's current revision, by a linearizable read.
     async fn current(&self) -> Result<Revision> {
+        let key = self.full("/health");
         let resp = self
-            .client
-            .kv_client()
-            .get(
-                self.full("/health"),
-                Some(GetOptions::new().with_count_only()),
-            )
+            .read(|mut kv| {
+                let key = key.clone();
+                async move { kv.get(key, Some(GetOptions::new().with_count_only())).await }
+            })
             .await
             .map_err(backend)?;
         Ok(self.saw(resp.header()))
+    }
+
+    /// Runs a read, again on another connection when the one it went to
+    /// failed (a member that died): a read changes nothing, so it is always
+    /// safe to repeat. Writes are not repeated: one that failed in flight
+    /// may have been applied.
+    async fn read<T, F, Fut>(&self, f: F) -> Result<T, etcd_client::Error>
+    where
+        F: Fn(etcd_client::KvClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let mut attempt = 0u64;
+        loop {
+            let kv = self
+                .client
+                .kv_client()
+                .max_decoding_message_size(MAX_MESSAGE);
+            match f(kv).await {
+                Err(e) if attempt < 3 && retryable(&e) => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "etcd read failed; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs a compare-and-write transaction; on a failed compare reads the
@@ -406,10 +444,12 @@ impl Follower {
 #[async_trait]
 impl Store for EtcdStore {
     async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let full = self.full(key);
         let resp = self
-            .client
-            .kv_client()
-            .get(self.full(key), None)
+            .read(|mut kv| {
+                let full = full.clone();
+                async move { kv.get(full, None).await }
+            })
             .await
             .map_err(backend)?;
         self.saw(resp.header());
@@ -441,10 +481,10 @@ impl Store for EtcdStore {
             opts = opts.with_revision(i64::try_from(r).unwrap_or(i64::MAX));
         }
         let resp = self
-            .client
-            .kv_client()
-            .max_decoding_message_size(MAX_MESSAGE)
-            .get(start, Some(opts))
+            .read(|mut kv| {
+                let (start, opts) = (start.clone(), opts.clone());
+                async move { kv.get(start, Some(opts)).await }
+            })
             .await
             .map_err(|e| etcd_error(e, at, self.revision()))?;
         let current = self.saw(resp.header());
