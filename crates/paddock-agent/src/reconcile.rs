@@ -50,6 +50,9 @@ struct Backoff {
     failures: u32,
     next: Option<Instant>,
     started: Option<Instant>,
+    /// When this agent last started the VM's QEMU (what `startedAt` says;
+    /// a VM adopted from an agent before keeps the time it had).
+    started_at: Option<Timestamp>,
     last_error: Option<String>,
 }
 
@@ -719,6 +722,9 @@ impl Reconciler {
                     tracing::info!(machine = %spec.name, pid, accel = %spec.accel, "started VM");
                 }
                 e.started = Some(now);
+                // Whole seconds, as the API keeps a Time: the status read
+                // back compares equal and is not written again.
+                e.started_at = Timestamp::from_second(Timestamp::now().as_second()).ok();
                 e.next = Some(now + Duration::from_secs(1 << e.failures.min(5)));
                 e.last_error = None;
                 Ok(pid)
@@ -815,10 +821,16 @@ impl Reconciler {
                 "the guest agent does not answer yet".into(),
             )
         };
-        let started_at = match (&outcome, old.started_at.clone()) {
-            (Ok(_), Some(t)) => Some(t),
-            (Ok(_), None) => Some(Time(Timestamp::now())),
-            (Err(_), _) => None,
+        let started_here = self.backoff.lock().ok().and_then(|b| {
+            b.get(&m.uid().unwrap_or_default())
+                .and_then(|e| e.started_at)
+        });
+        let started_at = match (&outcome, started_here, old.started_at.clone()) {
+            // A QEMU this agent started (again, after a crash): its time.
+            (Ok(_), Some(t), _) => Some(Time(t)),
+            (Ok(_), None, Some(t)) => Some(t),
+            (Ok(_), None, None) => Some(Time(Timestamp::now())),
+            (Err(_), _, _) => None,
         };
         // Conditions other controllers own (Scheduled) stay as they are.
         let mut conditions: Vec<Condition> = old
@@ -840,7 +852,7 @@ impl Reconciler {
         let same = old.phase == new.phase
             && old.observed_generation == new.observed_generation
             && old.console_log == new.console_log
-            && old.started_at.is_some() == new.started_at.is_some()
+            && old.started_at == new.started_at
             && old.conditions.len() == new.conditions.len()
             && old.conditions.iter().zip(&new.conditions).all(|(a, b)| {
                 a.type_ == b.type_

@@ -9,6 +9,7 @@ use hyper_util::server::conn::auto;
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, UnixListener};
+use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
@@ -44,11 +45,18 @@ pub fn server_config(cert_pem: &str, key_pem: &str) -> Result<ServerConfig, TlsE
 }
 
 /// Serves one accepted connection: TLS handshake, then HTTP/1.1 or HTTP/2.
-fn serve_conn<S>(acceptor: TlsAcceptor, stream: S, app: Router, peer: String)
-where
+/// Spawned into `conns`: when the listener's task ends, so do its
+/// connections (a server that stops serves no watch it had open).
+fn serve_conn<S>(
+    conns: &mut JoinSet<()>,
+    acceptor: TlsAcceptor,
+    stream: S,
+    app: Router,
+    peer: String,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    tokio::spawn(async move {
+    conns.spawn(async move {
         let stream = match acceptor.accept(stream).await {
             Ok(s) => s,
             Err(e) => {
@@ -69,16 +77,21 @@ where
 /// Accepts TCP connections until the task is dropped.
 pub async fn serve(listener: TcpListener, tls: ServerConfig, app: Router) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let mut conns = JoinSet::new();
     loop {
-        match listener.accept().await {
-            Ok((tcp, peer)) => {
-                let _ = tcp.set_nodelay(true);
-                serve_conn(acceptor.clone(), tcp, app.clone(), peer.to_string());
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    serve_conn(&mut conns, acceptor.clone(), tcp, app.clone(), peer.to_string());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            // Reap the connections that ended.
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
 }
@@ -86,13 +99,17 @@ pub async fn serve(listener: TcpListener, tls: ServerConfig, app: Router) {
 /// Accepts connections on a unix socket (the same TLS and authentication).
 pub async fn serve_unix(listener: UnixListener, tls: ServerConfig, app: Router) {
     let acceptor = TlsAcceptor::from(Arc::new(tls));
+    let mut conns = JoinSet::new();
     loop {
-        match listener.accept().await {
-            Ok((s, _)) => serve_conn(acceptor.clone(), s, app.clone(), "unix".into()),
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((s, _)) => serve_conn(&mut conns, acceptor.clone(), s, app.clone(), "unix".into()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = conns.join_next(), if !conns.is_empty() => {}
         }
     }
 }
