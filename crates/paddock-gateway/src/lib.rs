@@ -44,6 +44,7 @@ pub use forward::{Health, Pool};
 pub const API_PORT: u16 = 6443;
 
 /// How the gateway runs.
+#[derive(Clone)]
 pub struct GatewayConfig {
     /// The TLS port that routes by SNI.
     pub listen: SocketAddr,

@@ -178,10 +178,9 @@ async fn up_ha(exe: &str, d: &Path, gateway_args: &[String]) -> anyhow::Result<(
                 "30".into(),
             ];
             args.extend(store.iter().cloned());
-            // The gateway binds fixed ports and namespaces: on the first only.
-            if i == 0 {
-                args.extend(gateway_args.iter().cloned());
-            }
+            // The gateway runs on the leader, whichever it is: on one
+            // machine every server can take the same addresses.
+            args.extend(gateway_args.iter().cloned());
             spawn_detached(&args, &d.join(format!("server-{i}.log")), &pidfile)?;
         }
         if i == 0 {

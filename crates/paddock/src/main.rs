@@ -420,11 +420,20 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             resync: Duration::from_secs(5),
             load_balancer,
         };
-        let client = running.loopback.clone();
-        running.tasks.spawn("gateway", async move {
-            paddock_gateway::run(client, gw)
-                .await
-                .map_err(|e| format!("{e:#}"))
+        // On the leader only: with several servers the clusters' APIs move
+        // with the leader (its listen address and VTEP must move with it,
+        // as a floating address does); with one server it always runs.
+        let client = running.controllers.clone();
+        running.spawn_leader_loops(move |_| {
+            let (client, gw) = (client.clone(), gw.clone());
+            vec![(
+                "gateway",
+                Box::pin(async move {
+                    if let Err(e) = paddock_gateway::run(client, gw).await {
+                        tracing::error!(error = format!("{e:#}"), "the gateway failed");
+                    }
+                }) as paddock_apiserver::leader::LeaderLoop,
+            )]
         });
     }
     eprintln!(

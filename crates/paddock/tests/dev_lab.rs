@@ -121,6 +121,38 @@ async fn the_ha_lab_survives_its_leader_and_leaves_nothing() {
         ],
     );
 
+    // The cluster's API through the gateway (the dev image's stand-in API
+    // server answers), run by the leader.
+    let cluster_kc = d.join("demo.kubeconfig");
+    paddock_ok(
+        &kc,
+        &[
+            "cluster",
+            "kubeconfig",
+            "demo",
+            "-n",
+            "acme",
+            "--ttl",
+            "1h",
+            "--group",
+            "kubeadm:cluster-admins",
+            "--output-file",
+            cluster_kc.to_str().expect("path"),
+        ],
+    );
+    let through_gateway = || {
+        Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(&cluster_kc)
+            .args(["get", "--raw", "/", "--request-timeout=5s"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    eventually(60, "the cluster's API through the gateway", || async {
+        through_gateway().then_some(())
+    })
+    .await;
+
     // SIGKILL the leader: HAProxy sends clients to the others, another leads.
     let i: usize = first
         .trim_start_matches("server-")
@@ -137,6 +169,18 @@ async fn the_ha_lab_survives_its_leader_and_leaves_nothing() {
     })
     .await;
     eprintln!("dev_lab: {first} SIGKILLed, {second} leads");
+    // The gateway moved with the leadership.
+    let moved = std::time::Instant::now();
+    eventually(
+        60,
+        "the cluster's API through the new leader's gateway",
+        || async { through_gateway().then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "dev_lab: the gateway answered again {:.1?} after the new leader was seen",
+        moved.elapsed()
+    );
     // Brought back by running up again (idempotent).
     let out = up();
     assert!(out.status.success(), "dev up --ha again: {}", stderr(&out));
