@@ -181,6 +181,32 @@ impl DataDir {
     }
 }
 
+/// What the servers of one management plane share, under each one's data
+/// directory: the CA, the token file, the sealing key and the admin
+/// kubeconfig (which each server points at itself).
+pub const SHARED_FILES: [&str; 5] = [
+    "pki/ca.crt",
+    "pki/ca.key",
+    "tokens.json",
+    "secrets.key",
+    "admin.kubeconfig",
+];
+
+/// Gives the server of data directory `to` what the one of `from` has of
+/// [`SHARED_FILES`] (before it first starts: it then issues its own
+/// serving certificate from the shared CA).
+pub fn share(from: &Path, to: &Path) -> Result<(), BootstrapError> {
+    for f in SHARED_FILES {
+        let (src, dst) = (from.join(f), to.join(f));
+        if let Some(dir) = dst.parent() {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        let data = std::fs::read(&src).map_err(io(&src))?;
+        write_private(&dst, &data)?;
+    }
+    Ok(())
+}
+
 /// Adds a user with a new token to the data directory's token file (a
 /// running server picks it up) and returns a kubeconfig for that user.
 pub fn add_user(root: &Path, user: &str, groups: &[String]) -> Result<String, BootstrapError> {

@@ -185,17 +185,8 @@ async fn main() {
             let id = format!("{name}{round}");
             let data = dir.path().join(&id);
             if name == "y" {
-                std::fs::create_dir_all(data.join("pki")).expect("dir");
-                for f in [
-                    "pki/ca.crt",
-                    "pki/ca.key",
-                    "tokens.json",
-                    "secrets.key",
-                    "admin.kubeconfig",
-                ] {
-                    let from = dir.path().join(format!("x{round}")).join(f);
-                    std::fs::copy(&from, data.join(f)).expect("share");
-                }
+                let first = dir.path().join(format!("x{round}"));
+                paddock_apiserver::bootstrap::share(&first, &data).expect("share");
             }
             let mut cfg =
                 paddock_apiserver::ServerConfig::new(data, "127.0.0.1:0".parse().expect("addr"));

@@ -136,7 +136,7 @@ async fn up_ha(exe: &str, d: &Path, gateway_args: &[String]) -> anyhow::Result<(
     }
     let all: Vec<usize> = (0..layout.members.len()).collect();
     layout.wait_healthy(&all, Duration::from_secs(60)).await?;
-    let store = vec![
+    let store = [
         "--store=etcd".to_owned(),
         format!("--etcd-endpoints={}", layout.endpoints().join(",")),
         format!("--etcd-ca-file={}", layout.pki.ca_file.display()),
@@ -150,18 +150,8 @@ async fn up_ha(exe: &str, d: &Path, gateway_args: &[String]) -> anyhow::Result<(
         let dir = server_dir(d, i);
         if i > 0 && !dir.join("tokens.json").exists() {
             // Every replica shares the first one's CA, tokens and sealing key.
-            let first = server_dir(d, 0);
-            std::fs::create_dir_all(dir.join("pki"))?;
-            for f in [
-                "pki/ca.crt",
-                "pki/ca.key",
-                "tokens.json",
-                "secrets.key",
-                "admin.kubeconfig",
-            ] {
-                std::fs::copy(first.join(f), dir.join(f))
-                    .with_context(|| format!("sharing {f} with server {i}"))?;
-            }
+            paddock_apiserver::bootstrap::share(&server_dir(d, 0), &dir)
+                .with_context(|| format!("sharing the first server's files with server {i}"))?;
         }
         let pidfile = d.join(format!("server-{i}.pid"));
         if !alive(&pidfile) {

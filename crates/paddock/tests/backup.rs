@@ -37,13 +37,6 @@ impl Drop for Server {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// `paddock server` on `data` without controllers (nothing but the
 /// clients writes), with the store flags given.
 async fn spawn(data: &Path, store: &[String]) -> Server {
@@ -93,19 +86,6 @@ fn admin(kubeconfig: Option<&Path>, args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("paddock admin runs")
-}
-
-fn shared_files(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("pki")).expect("pki dir");
-    for f in [
-        "pki/ca.crt",
-        "pki/ca.key",
-        "tokens.json",
-        "secrets.key",
-        "admin.kubeconfig",
-    ] {
-        std::fs::copy(from.join(f), to.join(f)).unwrap_or_else(|e| panic!("copy {f}: {e}"));
-    }
 }
 
 const LISTS: [&str; 4] = [
@@ -247,7 +227,7 @@ async fn a_backup_under_load_restores_into_etcd_and_back() {
         .await
         .expect("etcd");
     let second = dir.path().join("second");
-    shared_files(&first, &second);
+    paddock_apiserver::bootstrap::share(&first, &second).expect("share");
     let etcd_flags = etcd_args(&etcd, "/restored");
     let mut args = vec![
         "restore",
@@ -277,7 +257,7 @@ async fn a_backup_under_load_restores_into_etcd_and_back() {
     );
     assert!(out.status.success(), "backup from etcd: {}", stderr(&out));
     let third = dir.path().join("third");
-    shared_files(&first, &third);
+    paddock_apiserver::bootstrap::share(&first, &third).expect("share");
     let out = admin(
         None,
         &[

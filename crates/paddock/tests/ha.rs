@@ -27,23 +27,6 @@ fn election(identity: &str) -> ElectionConfig {
     }
 }
 
-/// Copies what every replica shares (the CA, the tokens, the sealing key,
-/// the admin kubeconfig that each rewrites with its own address)
-/// from one server's data directory to another's, as an operator does
-/// when adding a replica.
-fn share(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("pki")).expect("pki dir");
-    for f in [
-        "pki/ca.crt",
-        "pki/ca.key",
-        "tokens.json",
-        "secrets.key",
-        "admin.kubeconfig",
-    ] {
-        std::fs::copy(from.join(f), to.join(f)).unwrap_or_else(|e| panic!("copy {f}: {e}"));
-    }
-}
-
 struct Replica {
     running: Option<paddock_apiserver::Running>,
     client: kube::Client,
@@ -104,7 +87,8 @@ async fn replicas_serve_one_leader_runs_the_controllers_and_a_deposed_leader_is_
         .await
         .expect("three etcd members");
     let a = replica(dir.path(), &etcd, "a").await;
-    share(&dir.path().join("a"), &dir.path().join("b"));
+    paddock_apiserver::bootstrap::share(&dir.path().join("a"), &dir.path().join("b"))
+        .expect("share");
     let b = replica(dir.path(), &etcd, "b").await;
     register_stand_in_image(&a.client).await;
 

@@ -49,13 +49,6 @@ fn signal(pid: u32, sig: &str) -> std::io::Result<std::process::ExitStatus> {
         .status()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 async fn spawn(
     dir: &Path,
     name: &str,
@@ -99,19 +92,6 @@ async fn spawn(
     })
     .await;
     (server, client)
-}
-
-fn share(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to.join("pki")).expect("pki dir");
-    for f in [
-        "pki/ca.crt",
-        "pki/ca.key",
-        "tokens.json",
-        "secrets.key",
-        "admin.kubeconfig",
-    ] {
-        std::fs::copy(from.join(f), to.join(f)).unwrap_or_else(|e| panic!("copy {f}: {e}"));
-    }
 }
 
 /// The Lease's holder and transitions, read through `client`.
@@ -186,8 +166,8 @@ async fn leader_and_member_faults_lose_nothing_and_double_nothing() {
         .await
         .expect("three etcd members");
     let (s0, c0) = spawn(dir.path(), "s0", &etcd).await;
-    share(&s0.data, &dir.path().join("s1"));
-    share(&s0.data, &dir.path().join("s2"));
+    paddock_apiserver::bootstrap::share(&s0.data, &dir.path().join("s1")).expect("share");
+    paddock_apiserver::bootstrap::share(&s0.data, &dir.path().join("s2")).expect("share");
     let (s1, c1) = spawn(dir.path(), "s1", &etcd).await;
     let (s2, c2) = spawn(dir.path(), "s2", &etcd).await;
     let mut servers = vec![s0, s1, s2];

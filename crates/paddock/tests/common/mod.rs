@@ -19,6 +19,14 @@ pub struct TestServer {
     pub etcd: Option<paddock_etcd::LocalCluster>,
 }
 
+/// A port free on 127.0.0.1 now (for a server process to listen on).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// Whether the API suites run on etcd instead of the embedded store:
 /// `PADDOCK_TEST_STORE=etcd` (scripts/test.sh runs them both ways).
 pub fn test_store_is_etcd() -> bool {
