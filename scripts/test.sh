@@ -35,5 +35,5 @@ cargo build --workspace --all-targets --locked "${features[@]}"
 cargo test --workspace --locked "${features[@]}" -- --test-threads=2
 # The API suites again with the server's store on etcd (the node image's
 # etcd, built above): the same tests, the other backend.
-PADDOCK_TEST_STORE=etcd cargo test -p paddock --locked "${features[@]}" \
+PADDOCK_TEST_STORE=etcd cargo test -p paddock --locked --features root-tests \
   --test api_conformance --test cli --test crash --test kube_client --test kubectl -- --test-threads=2
