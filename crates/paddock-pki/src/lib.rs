@@ -111,18 +111,12 @@ impl Ca {
         sans: &[String],
         ttl: Duration,
     ) -> Result<CertPair, PkiError> {
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        validity(&mut params, ttl);
-        self.sign(params)
+        self.issue_leaf(
+            common_name,
+            sans,
+            ttl,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+        )
     }
 
     /// A certificate that both serves and authenticates as a client, for
@@ -134,6 +128,24 @@ impl Ca {
         sans: &[String],
         ttl: Duration,
     ) -> Result<CertPair, PkiError> {
+        self.issue_leaf(
+            common_name,
+            sans,
+            ttl,
+            &[
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    fn issue_leaf(
+        &self,
+        common_name: &str,
+        sans: &[String],
+        ttl: Duration,
+        usages: &[ExtendedKeyUsagePurpose],
+    ) -> Result<CertPair, PkiError> {
         let mut params = CertificateParams::default();
         params
             .distinguished_name
@@ -143,10 +155,7 @@ impl Ca {
             KeyUsagePurpose::DigitalSignature,
             KeyUsagePurpose::KeyEncipherment,
         ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = usages.to_vec();
         validity(&mut params, ttl);
         self.sign(params)
     }

@@ -7,8 +7,8 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,63 +18,12 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use serde_json::{Value, json};
 
-struct Server {
-    child: Child,
-    client: Option<kube::Client>,
-    kubeconfig: PathBuf,
-}
-
-impl Server {
-    fn client(&self) -> kube::Client {
-        self.client.clone().expect("connected")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `paddock server` on `data` without controllers (nothing but the
 /// clients writes), with the store flags given.
-async fn spawn(data: &Path, store: &[String]) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("server")
-        .arg("--data-dir")
-        .arg(data)
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--no-controllers"])
-        .args(store)
-        .env("PADDOCK_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("paddock server starts");
-    let kubeconfig = data.join("admin.kubeconfig");
-    // Owned by the guard from here on: a panic below still kills it.
-    let mut server = Server {
-        child,
-        client: None,
-        kubeconfig: kubeconfig.clone(),
-    };
-    server.client = Some(
-        eventually(30, "the server to answer", || {
-            let kc = kubeconfig.clone();
-            async move {
-                let text = std::fs::read_to_string(&kc).ok()?;
-                if !text.contains(&format!(":{port}\n")) {
-                    return None;
-                }
-                let c = client_for(&kc).await;
-                c.apiserver_version().await.ok()?;
-                Some(c)
-            }
-        })
-        .await,
-    );
-    server
+async fn spawn(data: &Path, store: &[String]) -> ServerProcess {
+    let mut args = vec!["--no-controllers".to_owned()];
+    args.extend(store.iter().cloned());
+    ServerProcess::spawn(data, &args, None).await
 }
 
 fn admin(kubeconfig: Option<&Path>, args: &[&str]) -> Output {

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,63 +12,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
-struct Server {
-    child: Child,
-    client: Option<kube::Client>,
-}
-
-impl Server {
-    fn client(&self) -> kube::Client {
-        self.client.clone().expect("connected")
-    }
-}
-
-impl Drop for Server {
-    // A failing assertion must not leave a server running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A server on `data`, its store in `etcd` when the suite runs on etcd.
-async fn spawn(data: &std::path::Path, etcd: Option<&paddock_etcd::LocalCluster>) -> Server {
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .args([
-            "server",
-            "--data-dir",
-            data.to_str().expect("path"),
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(etcd.map(etcd_flags).unwrap_or_default())
-        .env("PADDOCK_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("paddock server starts");
-    let kc = data.join("admin.kubeconfig");
-    // Owned by the guard from here on: a panic below still kills it.
-    let mut server = Server {
-        child,
-        client: None,
-    };
-    let client = eventually(20, "server to answer", || {
-        let kc = kc.clone();
-        async move {
-            let text = std::fs::read_to_string(&kc).ok()?;
-            if !text.contains(&format!(":{port}\n")) {
-                return None;
-            }
-            let c = client_for(&kc).await;
-            c.apiserver_version().await.ok()?;
-            Some(c)
-        }
-    })
-    .await;
-    server.client = Some(client);
-    server
+async fn spawn(data: &std::path::Path, etcd: Option<&paddock_etcd::LocalCluster>) -> ServerProcess {
+    ServerProcess::spawn(data, &etcd.map(etcd_flags).unwrap_or_default(), None).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -189,8 +134,7 @@ async fn sigkill_mid_write_loses_nothing_acknowledged() {
             async move { (acked.lock().expect("lock").len() >= before + 150).then_some(()) }
         })
         .await;
-        server.child.kill().expect("SIGKILL");
-        server.child.wait().expect("reaped");
+        server.kill();
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
         }

@@ -11,7 +11,6 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,24 +28,8 @@ const LEASE_SECONDS: u64 = 3;
 
 struct Server {
     name: String,
-    child: Child,
-    data: PathBuf,
+    process: ServerProcess,
     log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = signal(self.child.id(), "CONT");
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn signal(pid: u32, sig: &str) -> std::io::Result<std::process::ExitStatus> {
-    Command::new("kill")
-        .args([format!("-{sig}"), pid.to_string()])
-        .stderr(Stdio::null())
-        .status()
 }
 
 async fn spawn(
@@ -54,43 +37,23 @@ async fn spawn(
     name: &str,
     etcd: &paddock_etcd::LocalCluster,
 ) -> (Server, kube::Client) {
-    let data = dir.join(name);
     let log = dir.join(format!("{name}.log"));
-    let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("server")
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .args(["--leader-identity", name])
-        .args(["--leader-lease-seconds", &LEASE_SECONDS.to_string()])
-        .args(["--host-grace-seconds", "3600"])
-        .args(etcd_flags(etcd))
-        .env("PADDOCK_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .spawn()
-        .expect("paddock server starts");
+    let mut args = vec![
+        "--leader-identity".to_owned(),
+        name.to_owned(),
+        "--leader-lease-seconds".into(),
+        LEASE_SECONDS.to_string(),
+        "--host-grace-seconds".into(),
+        "3600".into(),
+    ];
+    args.extend(etcd_flags(etcd));
+    let process = ServerProcess::spawn(&dir.join(name), &args, Some(&log)).await;
+    let client = process.client();
     let server = Server {
         name: name.into(),
-        child,
-        data: data.clone(),
+        process,
         log,
     };
-    let kc = data.join("admin.kubeconfig");
-    let client = eventually(30, "the server to answer", || {
-        let kc = kc.clone();
-        async move {
-            let text = std::fs::read_to_string(&kc).ok()?;
-            if !text.contains(&format!(":{port}\n")) {
-                return None;
-            }
-            let c = client_for(&kc).await;
-            c.apiserver_version().await.ok()?;
-            Some(c)
-        }
-    })
-    .await;
     (server, client)
 }
 
@@ -166,8 +129,8 @@ async fn leader_and_member_faults_lose_nothing_and_double_nothing() {
         .await
         .expect("three etcd members");
     let (s0, c0) = spawn(dir.path(), "s0", &etcd).await;
-    paddock_apiserver::bootstrap::share(&s0.data, &dir.path().join("s1")).expect("share");
-    paddock_apiserver::bootstrap::share(&s0.data, &dir.path().join("s2")).expect("share");
+    paddock_apiserver::bootstrap::share(&s0.process.data, &dir.path().join("s1")).expect("share");
+    paddock_apiserver::bootstrap::share(&s0.process.data, &dir.path().join("s2")).expect("share");
     let (s1, c1) = spawn(dir.path(), "s1", &etcd).await;
     let (s2, c2) = spawn(dir.path(), "s2", &etcd).await;
     let mut servers = vec![s0, s1, s2];
@@ -306,8 +269,7 @@ async fn leader_and_member_faults_lose_nothing_and_double_nothing() {
     // 1. SIGKILL the leader: another takes over.
     let l1 = index(&first);
     let killed = Instant::now();
-    let _ = servers[l1].child.kill();
-    let _ = servers[l1].child.wait();
+    servers[l1].process.kill();
     let rest = others(&[l1]);
     let second = eventually(30, "a new leader after the kill", || async {
         let (h, _) = lease(&rest[0]).await?;
@@ -323,8 +285,7 @@ async fn leader_and_member_faults_lose_nothing_and_double_nothing() {
 
     // 3. SIGSTOP the new leader for longer than its lease; the third takes over.
     let l2 = index(&second);
-    let pid = servers[l2].child.id();
-    signal(pid, "STOP").expect("SIGSTOP");
+    assert!(servers[l2].process.signal("STOP"), "SIGSTOP");
     let stopped = Instant::now();
     let third_client = others(&[l1, l2]);
     let third = eventually(30, "a third leader while the second is stopped", || async {
@@ -334,7 +295,7 @@ async fn leader_and_member_faults_lose_nothing_and_double_nothing() {
     .await;
     let after_stop = stopped.elapsed();
     tokio::time::sleep(Duration::from_secs(LEASE_SECONDS * 2)).await;
-    signal(pid, "CONT").expect("SIGCONT");
+    assert!(servers[l2].process.signal("CONT"), "SIGCONT");
     tokio::time::sleep(Duration::from_secs(3)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {

@@ -19,6 +19,89 @@ pub struct TestServer {
     pub etcd: Option<paddock_etcd::LocalCluster>,
 }
 
+/// A `paddock server` of its own process (for the tests that kill, stop
+/// and restart it); killed when dropped, also when the test fails.
+pub struct ServerProcess {
+    pub child: std::process::Child,
+    pub data: PathBuf,
+    pub kubeconfig: PathBuf,
+    client: Option<kube::Client>,
+}
+
+impl ServerProcess {
+    /// Starts `paddock server` on `data` and 127.0.0.1:<free port> with
+    /// the `extra` flags, its log to `log` (else this test's stderr), and
+    /// waits until it answers.
+    pub async fn spawn(data: &Path, extra: &[String], log: Option<&Path>) -> Self {
+        let port = free_port();
+        let stderr = match log {
+            Some(l) => std::process::Stdio::from(std::fs::File::create(l).expect("log file")),
+            None => std::process::Stdio::inherit(),
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_paddock"))
+            .arg("server")
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(extra)
+            .env("PADDOCK_LOG", if log.is_some() { "info" } else { "warn" })
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("paddock server starts");
+        let kubeconfig = data.join("admin.kubeconfig");
+        // Owned by the guard from here on: a panic below still kills it.
+        let mut server = Self {
+            child,
+            data: data.to_owned(),
+            kubeconfig: kubeconfig.clone(),
+            client: None,
+        };
+        let client = eventually(30, "the server to answer", || {
+            let kc = kubeconfig.clone();
+            async move {
+                // Its own kubeconfig, rewritten for this port at start.
+                let text = std::fs::read_to_string(&kc).ok()?;
+                if !text.contains(&format!(":{port}\n")) {
+                    return None;
+                }
+                let c = client_for(&kc).await;
+                c.apiserver_version().await.ok()?;
+                Some(c)
+            }
+        })
+        .await;
+        server.client = Some(client);
+        server
+    }
+
+    pub fn client(&self) -> kube::Client {
+        self.client.clone().expect("connected")
+    }
+
+    /// Sends `sig` (`STOP`, `CONT`, ...) to the process.
+    pub fn signal(&self, sig: &str) -> bool {
+        Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        self.signal("CONT");
+        self.kill();
+    }
+}
+
 /// A port free on 127.0.0.1 now (for a server process to listen on).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
