@@ -8,12 +8,14 @@
 //! PADDOCK_BENCH_OBJECTS, PADDOCK_BENCH_WATCHERS, PADDOCK_BENCH_WATCH_RATE,
 //! PADDOCK_BENCH_WATCH_EVENTS to tune).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, ListParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use paddock_api::{Cluster, ClusterSpec};
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -39,16 +41,6 @@ impl Lat {
         );
         rate
     }
-}
-
-async fn client(kc: &std::path::Path) -> kube::Client {
-    let cfg = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::read_from(kc).expect("kubeconfig"),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .expect("config");
-    kube::Client::try_from(cfg).expect("client")
 }
 
 fn spec() -> ClusterSpec {
@@ -110,28 +102,13 @@ async fn main() {
     let kc = server.data.admin_kubeconfig();
     let mut cs = Vec::new();
     for _ in 0..clients {
-        cs.push(client(&kc).await);
+        cs.push(common::client_for(&kc).await);
     }
     println!(
         "paddock API benchmark: {clients} concurrent clients over TLS, {objects} Clusters, embedded store (fsync per commit)"
     );
     // Clusters default their version from a registered MachineImage.
-    let mi: paddock_api::MachineImage = serde_json::from_value(serde_json::json!({
-        "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": "bench"},
-        "spec": {"kernel": {"url": "file:///nonexistent/vmlinuz"},
-                 "kubernetesVersion": paddock_api::version::DEV_IMAGE_VERSION, "standIn": true}
-    }))
-    .expect("image");
-    Api::<paddock_api::MachineImage>::all(cs[0].clone())
-        .create(&PostParams::default(), &mi)
-        .await
-        .expect("MachineImage");
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some("bench".into());
-    Api::<Namespace>::all(cs[0].clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("ns");
+    common::bench_namespace(&cs[0]).await;
 
     let start = Instant::now();
     let mut tasks = Vec::new();

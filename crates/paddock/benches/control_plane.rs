@@ -20,13 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
-use paddock_api::{Cluster, Host, HostSpec, Machine};
+use paddock_api::{Cluster, Machine};
 use serde_json::json;
 
 /// Per Machine uid: when it was first seen, when it was seen bound, and its cluster.
@@ -34,34 +32,8 @@ type Seen = HashMap<String, (Instant, Option<Instant>, String)>;
 
 /// A simulated agent: registers its Host as Ready with room, holds its Lease. Runs no VMs.
 async fn simulated_agent(client: kube::Client, n: usize) {
-    let name = format!("sim-host-{n:04}");
-    let hosts: Api<Host> = Api::all(client.clone());
-    hosts
-        .create(
-            &PostParams::default(),
-            &Host::new(&name, HostSpec::default()),
-        )
-        .await
-        .expect("host");
-    // The Lease before the Ready report, as the agent takes them.
-    let mut lease = Lease::default();
-    lease.metadata.name = Some(format!("host-{name}"));
-    lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
-        holder_identity: Some(name.clone()),
-        lease_duration_seconds: Some(3600),
-        renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
-        ..Default::default()
-    });
-    Api::<Lease>::namespaced(client.clone(), "paddock-system")
-        .create(&PostParams::default(), &lease)
-        .await
-        .expect("lease");
-    let st = json!({"status": {"phase": "Ready", "underlayIp": format!("10.200.{}.{}", n / 250, n % 250 + 1),
-        "capacity": {"cpu": 64, "memory": "256Gi"}, "allocatable": {"cpu": 64, "memory": "256Gi"}}});
-    hosts
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
-        .await
-        .expect("host status");
+    let underlay = format!("10.200.{}.{}", n / 250, n % 250 + 1);
+    common::simulated_host(&client, &format!("sim-host-{n:04}"), &underlay, 64, "256Gi").await;
 }
 
 /// A `paddock server` of its own: API, store, watch cache and controllers.

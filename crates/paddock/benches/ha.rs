@@ -7,12 +7,13 @@
 //! PADDOCK_BENCH_OBJECTS, PADDOCK_BENCH_HANDOVERS to tune). Needs the etcd
 //! binary (`scripts/build-node-binaries.sh /var/cache/paddock/node-bin etcd`).
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use paddock_api::{Cluster, ClusterSpec};
 use paddock_apiserver::leader::ElectionConfig;
 
@@ -47,23 +48,9 @@ fn spec() -> ClusterSpec {
         .expect("spec")
 }
 
-async fn client(kc: &std::path::Path) -> kube::Client {
-    let cfg = kube::Config::from_custom_kubeconfig(
-        Kubeconfig::read_from(kc).expect("kubeconfig"),
-        &KubeConfigOptions::default(),
-    )
-    .await
-    .expect("config");
-    kube::Client::try_from(cfg).expect("client")
-}
-
+/// The store options for `etcd`, every key under `root`.
 fn etcd_options(etcd: &paddock_etcd::LocalCluster, root: &str) -> paddock_store::EtcdOptions {
-    let mut o = paddock_store::EtcdOptions::new(etcd.endpoints());
-    o.ca_pem = Some(etcd.pki.ca_pem.clone().into_bytes());
-    o.client_cert_pem = Some((
-        etcd.pki.client.cert_pem.clone().into_bytes(),
-        etcd.pki.client.key_pem.clone().into_bytes(),
-    ));
+    let mut o = common::etcd_options(etcd);
     o.root = root.into();
     o
 }
@@ -125,24 +112,9 @@ async fn main() {
     let kc = server.data.admin_kubeconfig();
     let mut cs = Vec::new();
     for _ in 0..clients {
-        cs.push(client(&kc).await);
+        cs.push(common::client_for(&kc).await);
     }
-    let mi: paddock_api::MachineImage = serde_json::from_value(serde_json::json!({
-        "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": "bench"},
-        "spec": {"kernel": {"url": "file:///nonexistent/vmlinuz"},
-                 "kubernetesVersion": paddock_api::version::DEV_IMAGE_VERSION, "standIn": true}
-    }))
-    .expect("image");
-    Api::<paddock_api::MachineImage>::all(cs[0].clone())
-        .create(&PostParams::default(), &mi)
-        .await
-        .expect("MachineImage");
-    let mut ns = Namespace::default();
-    ns.metadata.name = Some("bench".into());
-    Api::<Namespace>::all(cs[0].clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("ns");
+    common::bench_namespace(&cs[0]).await;
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (i, c) in cs.iter().enumerate() {

@@ -18,10 +18,9 @@ use common::*;
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use paddock_api::{Cluster, Host, HostSpec, Machine};
+use paddock_api::{Cluster, Machine};
 use serde_json::json;
 
 const LEASE_SECONDS: u64 = 3;
@@ -65,38 +64,6 @@ async fn lease(client: &kube::Client) -> Option<(String, i32)> {
         .ok()??;
     let s = l.spec?;
     Some((s.holder_identity?, s.lease_transitions.unwrap_or(0)))
-}
-
-/// A Host with room, Ready, with a Lease that outlasts the test (a
-/// simulated agent: nothing runs on it).
-async fn host(client: &kube::Client, n: usize) {
-    let name = format!("h{n}");
-    let hosts: Api<Host> = Api::all(client.clone());
-    hosts
-        .create(
-            &PostParams::default(),
-            &Host::new(&name, HostSpec::default()),
-        )
-        .await
-        .expect("host");
-    let mut lease = Lease::default();
-    lease.metadata.name = Some(format!("host-{name}"));
-    lease.spec = Some(k8s_openapi::api::coordination::v1::LeaseSpec {
-        holder_identity: Some(name.clone()),
-        lease_duration_seconds: Some(3600),
-        renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
-        ..Default::default()
-    });
-    Api::<Lease>::namespaced(client.clone(), "paddock-system")
-        .create(&PostParams::default(), &lease)
-        .await
-        .expect("host lease");
-    let st = json!({"status": {"phase": "Ready", "underlayIp": format!("10.200.0.{}", n + 1),
-        "capacity": {"cpu": 256, "memory": "1024Gi"}, "allocatable": {"cpu": 256, "memory": "1024Gi"}}});
-    hosts
-        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
-        .await
-        .expect("host status");
 }
 
 /// The first of `clients` (from `start`) that answers `f`.
@@ -144,7 +111,14 @@ async fn leader_and_member_faults_lose_nothing_and_double_nothing() {
         .await
         .expect("namespace");
     for n in 0..4 {
-        host(&clients[0], n).await;
+        simulated_host(
+            &clients[0],
+            &format!("h{n}"),
+            &format!("10.200.0.{}", n + 1),
+            256,
+            "1024Gi",
+        )
+        .await;
     }
     let (first, _) = eventually(20, "a leader", || lease(&clients[0])).await;
 

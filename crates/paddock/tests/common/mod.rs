@@ -102,6 +102,71 @@ impl Drop for ServerProcess {
     }
 }
 
+/// A simulated agent's host: registered, its Lease taken for an hour, and
+/// reported Ready with `cpu` and `memory` of room at `underlay`. Nothing
+/// runs on it (benchmarks and control-plane tests).
+pub async fn simulated_host(
+    client: &kube::Client,
+    name: &str,
+    underlay: &str,
+    cpu: u32,
+    memory: &str,
+) {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let hosts: Api<paddock_api::Host> = Api::all(client.clone());
+    hosts
+        .create(
+            &PostParams::default(),
+            &paddock_api::Host::new(name, paddock_api::HostSpec::default()),
+        )
+        .await
+        .expect("host");
+    // The Lease before the Ready report, as the agent takes them.
+    let mut lease = Lease::default();
+    lease.metadata.name = Some(format!("host-{name}"));
+    lease.spec = Some(LeaseSpec {
+        holder_identity: Some(name.to_owned()),
+        lease_duration_seconds: Some(3600),
+        renew_time: Some(MicroTime(k8s_openapi::jiff::Timestamp::now())),
+        ..Default::default()
+    });
+    Api::<Lease>::namespaced(client.clone(), "paddock-system")
+        .create(&PostParams::default(), &lease)
+        .await
+        .expect("host lease");
+    let room = serde_json::json!({"cpu": cpu, "memory": memory});
+    let st = serde_json::json!({"status": {"phase": "Ready", "underlayIp": underlay,
+        "capacity": room, "allocatable": room}});
+    hosts
+        .patch_status(name, &PatchParams::default(), &Patch::Merge(&st))
+        .await
+        .expect("host status");
+}
+
+/// What the benchmarks create Clusters in: namespace `bench`, and the
+/// MachineImage `bench` that their version defaults from.
+pub async fn bench_namespace(client: &kube::Client) {
+    use kube::api::{Api, PostParams};
+    let mi: paddock_api::MachineImage = serde_json::from_value(serde_json::json!({
+        "apiVersion": "paddock.io/v1alpha1", "kind": "MachineImage", "metadata": {"name": "bench"},
+        "spec": {"kernel": {"url": "file:///nonexistent/vmlinuz"},
+                 "kubernetesVersion": paddock_api::version::DEV_IMAGE_VERSION, "standIn": true}
+    }))
+    .expect("image");
+    Api::<paddock_api::MachineImage>::all(client.clone())
+        .create(&PostParams::default(), &mi)
+        .await
+        .expect("MachineImage");
+    let mut ns = k8s_openapi::api::core::v1::Namespace::default();
+    ns.metadata.name = Some("bench".into());
+    Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone())
+        .create(&PostParams::default(), &ns)
+        .await
+        .expect("ns");
+}
+
 /// A port free on 127.0.0.1 now (for a server process to listen on).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
