@@ -273,6 +273,32 @@ fn continue_token(
     }
 }
 
+/// One page of a list from a cache snapshot, read as of revision `rv`
+/// (the snapshot's objects are those of `rv`), after the key `after`.
+fn page_of(
+    snap: &crate::cache::Snapshot,
+    prefix: &str,
+    after: Option<&str>,
+    opts: &ListOptions,
+    rv: u64,
+    unselected: bool,
+) -> ApiResult<EntryPage> {
+    let (items, more) = snap
+        .objects
+        .select(prefix, after, &opts.labels, &opts.fields, opts.limit);
+    let last = items.last().map(|e| e.key.to_string());
+    let remaining = match &last {
+        Some(k) if more && unselected => Some(snap.objects.count_after(prefix, k)),
+        _ => None,
+    };
+    Ok(EntryPage {
+        continue_token: continue_token(more, opts.limit, last, rv)?,
+        items,
+        resource_version: rv.to_string(),
+        remaining,
+    })
+}
+
 /// Parses a stored record into an object, with its resourceVersion.
 pub fn decode(kv: &KeyValue) -> ApiResult<Value> {
     let mut obj: Value = serde_json::from_slice(&kv.value)
@@ -452,6 +478,15 @@ impl Api {
         };
         let at = ReadAt::of(opts)?;
         let unselected = opts.labels.is_empty() && opts.fields.is_empty();
+        // A later page of a list whose resource has not changed since its
+        // first page: the cache holds that same snapshot.
+        if let (Some(t), Some(cache)) = (&token, &self.cache)
+            && let Some(snap) = cache.snapshot(res)
+            && snap.changed_at <= t.rv
+            && t.rv <= snap.revision
+        {
+            return page_of(&snap, &prefix, Some(&t.k), opts, t.rv, unselected);
+        }
         if token.is_none()
             && let Some(cache) = &self.cache
         {
@@ -468,20 +503,7 @@ impl Api {
                 && let Some(snap) = cache.snapshot(res)
                 && snap.revision >= min
             {
-                let (items, more) =
-                    snap.objects
-                        .select(&prefix, None, &opts.labels, &opts.fields, opts.limit);
-                let last = items.last().map(|e| e.key.to_string());
-                let remaining = match &last {
-                    Some(k) if more && unselected => Some(snap.objects.count_after(&prefix, k)),
-                    _ => None,
-                };
-                return Ok(EntryPage {
-                    continue_token: continue_token(more, opts.limit, last, snap.revision)?,
-                    items,
-                    resource_version: snap.revision.to_string(),
-                    remaining,
-                });
+                return page_of(&snap, &prefix, None, opts, snap.revision, unselected);
             }
         }
         let current = self.store.current_revision().await?;
@@ -543,13 +565,9 @@ impl Api {
         }
         let rv = revision.unwrap_or_default();
         let remaining = match &last_key {
-            Some(k) if more && unselected && opts.limit.is_some() => Some(
-                self.store
-                    .list(&prefix, Some(k), None, Some(rv))
-                    .await?
-                    .items
-                    .len(),
-            ),
+            Some(k) if more && unselected && opts.limit.is_some() => {
+                Some(self.store.count(&prefix, Some(k), Some(rv)).await?)
+            }
             _ => None,
         };
         Ok(EntryPage {

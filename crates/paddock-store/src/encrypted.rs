@@ -157,6 +157,15 @@ impl Store for EncryptedStore {
             .transpose()
     }
 
+    async fn count(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        at: Option<Revision>,
+    ) -> Result<usize> {
+        self.inner.count(prefix, start_after, at).await
+    }
+
     async fn list(
         &self,
         prefix: &str,

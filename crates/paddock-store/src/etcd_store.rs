@@ -164,6 +164,22 @@ impl EtcdStore {
         format!("{}{key}", self.root)
     }
 
+    /// The etcd prefix of `prefix`, and the first etcd key a read of it
+    /// after `start_after` starts at.
+    fn range_of(&self, prefix: &str, start_after: Option<&str>) -> (String, String) {
+        let full_prefix = if prefix.is_empty() {
+            self.full("/")
+        } else {
+            self.full(prefix)
+        };
+        let start = match start_after {
+            // The first key after `s`: `s` followed by the smallest byte.
+            Some(s) if self.full(s) >= full_prefix => format!("{}\0", self.full(s)),
+            _ => full_prefix.clone(),
+        };
+        (full_prefix, start)
+    }
+
     /// The store key of an etcd key under the root.
     fn short<'a>(&self, key: &'a [u8]) -> Result<&'a str> {
         std::str::from_utf8(key)
@@ -463,16 +479,7 @@ impl Store for EtcdStore {
         limit: Option<usize>,
         at: Option<Revision>,
     ) -> Result<Page> {
-        let full_prefix = if prefix.is_empty() {
-            self.full("/")
-        } else {
-            self.full(prefix)
-        };
-        let start = match start_after {
-            // The first key after `s`: `s` followed by the smallest byte.
-            Some(s) if self.full(s) >= full_prefix => format!("{}\0", self.full(s)),
-            _ => full_prefix.clone(),
-        };
+        let (full_prefix, start) = self.range_of(prefix, start_after);
         let mut opts = GetOptions::new().with_range(prefix_end(&full_prefix));
         if let Some(l) = limit {
             opts = opts.with_limit(i64::try_from(l).unwrap_or(i64::MAX));
@@ -498,6 +505,30 @@ impl Store for EtcdStore {
             revision: at.unwrap_or(current),
             more: resp.more(),
         })
+    }
+
+    async fn count(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        at: Option<Revision>,
+    ) -> Result<usize> {
+        let (full_prefix, start) = self.range_of(prefix, start_after);
+        let mut opts = GetOptions::new()
+            .with_range(prefix_end(&full_prefix))
+            .with_count_only();
+        if let Some(r) = at {
+            opts = opts.with_revision(i64::try_from(r).unwrap_or(i64::MAX));
+        }
+        let resp = self
+            .read(|mut kv| {
+                let (start, opts) = (start.clone(), opts.clone());
+                async move { kv.get(start, Some(opts)).await }
+            })
+            .await
+            .map_err(|e| etcd_error(e, at, self.revision()))?;
+        self.saw(resp.header());
+        Ok(usize::try_from(resp.count()).unwrap_or_default())
     }
 
     async fn put_fenced(

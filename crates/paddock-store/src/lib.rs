@@ -145,6 +145,16 @@ pub trait Store: Send + Sync + 'static {
         limit: Option<usize>,
         at: Option<Revision>,
     ) -> Result<Page>;
+    /// How many keys under `prefix`, after `start_after`, there were at
+    /// revision `at` (the newest when `None`), without reading their values.
+    async fn count(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        at: Option<Revision>,
+    ) -> Result<usize> {
+        Ok(self.list(prefix, start_after, None, at).await?.items.len())
+    }
     /// Writes `value` at `key` if `pre` and `fence` hold; returns the stored record.
     async fn put_fenced(
         &self,

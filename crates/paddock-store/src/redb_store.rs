@@ -315,13 +315,18 @@ fn apply_batch(db: &Database, hub: &Hub, ops: Vec<Op>, keep: u64) {
 /// The current table gives every key not written since `at`; for the keys
 /// written since, the first change after `at` in the history holds the value
 /// they had at `at` (its `prev`), or says they did not exist yet.
-fn list_at(
+/// Keys written after a read's revision: their value then, or `None` if
+/// they had none.
+type Then = std::collections::BTreeMap<String, Option<KeyValue>>;
+
+/// The revision a read at `at` is served at, and the keys under `prefix`
+/// (after `start`) written since.
+fn as_of(
     r: &redb::ReadTransaction,
     prefix: &str,
     start: Option<&str>,
-    limit: Option<usize>,
     at: Option<Revision>,
-) -> Result<Page> {
+) -> Result<(Revision, Then)> {
     let current = r
         .open_table(META)
         .map_err(backend)?
@@ -337,7 +342,7 @@ fn list_at(
     }
     let after_start = |key: &str| start.is_none_or(|s| key > s);
     // Keys written after `at`: their value at `at`, or None if they had none.
-    let mut then: std::collections::BTreeMap<String, Option<KeyValue>> = Default::default();
+    let mut then = Then::default();
     if at < current {
         let hist = r.open_table(HISTORY).map_err(backend)?;
         let oldest = hist
@@ -370,6 +375,48 @@ fn list_at(
             then.insert(key, was);
         }
     }
+    Ok((at, then))
+}
+
+/// How many keys under `prefix`, after `start`, there were at `at`; values
+/// are not decoded.
+fn count_at(
+    r: &redb::ReadTransaction,
+    prefix: &str,
+    start: Option<&str>,
+    at: Option<Revision>,
+) -> Result<usize> {
+    let (_, then) = as_of(r, prefix, start, at)?;
+    let t = r.open_table(KV).map_err(backend)?;
+    let lower = match start {
+        Some(s) if s >= prefix => Bound::Excluded(s),
+        _ => Bound::Included(prefix),
+    };
+    let mut n = then.values().filter(|v| v.is_some()).count();
+    for entry in t
+        .range::<&str>((lower, Bound::Unbounded))
+        .map_err(backend)?
+    {
+        let (k, _) = entry.map_err(backend)?;
+        let key = k.value();
+        if !key.starts_with(prefix) {
+            break;
+        }
+        if !then.contains_key(key) {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+fn list_at(
+    r: &redb::ReadTransaction,
+    prefix: &str,
+    start: Option<&str>,
+    limit: Option<usize>,
+    at: Option<Revision>,
+) -> Result<Page> {
+    let (at, then) = as_of(r, prefix, start, at)?;
     let t = r.open_table(KV).map_err(backend)?;
     let lower = match start {
         Some(s) if s >= prefix => Bound::Excluded(s),
@@ -450,6 +497,21 @@ impl Store for RedbStore {
         self.blocking(move |db| {
             let r = db.begin_read().map_err(backend)?;
             list_at(&r, &prefix, start.as_deref(), limit, at)
+        })
+        .await
+    }
+
+    async fn count(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        at: Option<Revision>,
+    ) -> Result<usize> {
+        let prefix = prefix.to_owned();
+        let start = start_after.map(str::to_owned);
+        self.blocking(move |db| {
+            let r = db.begin_read().map_err(backend)?;
+            count_at(&r, &prefix, start.as_deref(), at)
         })
         .await
     }

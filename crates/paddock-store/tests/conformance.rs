@@ -122,6 +122,12 @@ async fn pages_read_at_one_revision(s: &dyn Store) {
             .expect("page at the first page's revision");
         assert_eq!(p.revision, at);
         assert!(p.items.iter().all(|kv| kv.mod_revision <= at));
+        // What is left after the page before, counted without reading it.
+        let left = s
+            .count("/k/", cursor.as_deref(), Some(at))
+            .await
+            .expect("count at the first page's revision");
+        assert_eq!(left, 6 - seen.len(), "keys left after {cursor:?} at {at}");
         seen.extend(p.items.iter().map(|kv| (kv.key.clone(), kv.value.clone())));
         cursor = p.items.last().map(|kv| kv.key.clone());
         if !p.more {
@@ -138,6 +144,8 @@ async fn pages_read_at_one_revision(s: &dyn Store) {
         keys,
         ["/k/0", "/k/0a", "/k/1", "/k/2", "/k/3", "/k/5", "/k/9"]
     );
+    assert_eq!(s.count("/k/", None, None).await.expect("count now"), 7);
+    assert_eq!(s.count("/k/", Some("/k/2"), None).await.expect("count"), 3);
     let future = s.current_revision().await.expect("current") + 1000;
     assert!(matches!(
         s.list("/k/", None, None, Some(future)).await,

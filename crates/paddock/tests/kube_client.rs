@@ -602,6 +602,71 @@ async fn paged_lists_are_one_snapshot() {
     assert_eq!(events, changes);
 }
 
+/// Pages of a list whose objects do not change between pages: each counts
+/// what is left; a write elsewhere between pages changes nothing; a write
+/// to the listed objects after that still leaves the pages at the first
+/// page's revision.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_paged_lists_count_what_is_left() {
+    let s = TestServer::start().await;
+    org(&s.client, "acme").await;
+    let api: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
+    for i in 0..12 {
+        api.create(
+            &PostParams::default(),
+            &machine(&format!("m{i:02}"), None, "one"),
+        )
+        .await
+        .expect("create");
+    }
+    let first = api
+        .list(&ListParams::default().limit(5))
+        .await
+        .expect("first page");
+    let rv = first.metadata.resource_version.clone().expect("rv");
+    assert_eq!(first.metadata.remaining_item_count, Some(7));
+    // Another resource changes: the Machines' pages are unaffected.
+    org(&s.client, "other").await;
+    let second = api
+        .list(
+            &ListParams::default()
+                .limit(5)
+                .continue_token(first.metadata.continue_.as_deref().expect("token")),
+        )
+        .await
+        .expect("second page");
+    assert_eq!(
+        second.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+    assert_eq!(second.metadata.remaining_item_count, Some(2));
+    // A Machine changes: the last page is still read at the first's revision.
+    api.delete("m11", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let third = api
+        .list(
+            &ListParams::default()
+                .limit(5)
+                .continue_token(second.metadata.continue_.as_deref().expect("token")),
+        )
+        .await
+        .expect("third page");
+    assert_eq!(
+        third.metadata.resource_version.as_deref(),
+        Some(rv.as_str())
+    );
+    assert_eq!(third.metadata.continue_.as_deref().unwrap_or(""), "");
+    let names: Vec<String> = [&first, &second, &third]
+        .iter()
+        .flat_map(|p| p.items.iter().map(ResourceExt::name_any))
+        .collect();
+    assert_eq!(
+        names,
+        (0..12).map(|i| format!("m{i:02}")).collect::<Vec<_>>()
+    );
+}
+
 /// `/readyz` fails, naming the task, once a background task is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_fails_when_the_controllers_die() {

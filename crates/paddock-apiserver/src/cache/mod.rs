@@ -68,6 +68,8 @@ struct ResourceState {
     changes: VecDeque<Arc<Change>>,
     /// Every change after this revision is in `changes`.
     complete_after: Revision,
+    /// No object of this resource changed after this revision.
+    changed_at: Revision,
     watchers: Vec<Subscriber>,
 }
 
@@ -78,6 +80,7 @@ impl ResourceState {
             objects,
             changes: VecDeque::new(),
             complete_after: at,
+            changed_at: at,
             watchers: Vec::new(),
         }
     }
@@ -143,6 +146,9 @@ impl CacheWatch {
 pub struct Snapshot {
     pub objects: Objects,
     pub revision: Revision,
+    /// No object of the resource changed after this revision: the
+    /// objects are also those of every revision from here to `revision`.
+    pub changed_at: Revision,
 }
 
 impl WatchCache {
@@ -207,6 +213,7 @@ impl WatchCache {
         Some(Snapshot {
             objects: r.objects.clone(),
             revision: g.revision,
+            changed_at: r.changed_at,
         })
     }
 
@@ -352,6 +359,7 @@ impl WatchCache {
         if let Some((i, entry)) = decoded {
             let history = self.opts.history;
             let r = &mut g.resources[i];
+            r.changed_at = r.changed_at.max(rev);
             let change = match (ev, entry) {
                 (Event::Put { .. }, Ok(e)) => {
                     let e = Arc::new(e);
