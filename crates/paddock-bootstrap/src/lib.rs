@@ -260,8 +260,36 @@ systemctl enable --now containerd kubelet
 /// bootstrap token, checks it against the pinned hash, and refuses to run
 /// where a `ca.crt` is already in place.
 pub fn render(n: &Node, pki: &ClusterPki) -> Result<BootstrapData, BootstrapError> {
-    let ca = pki.cluster_ca()?;
-    let ca_hash = ca.spki_sha256()?;
+    Renderer::new(pki)?.render(n)
+}
+
+/// Renders the bootstrap data of many nodes of one cluster: its CA is read
+/// and hashed once, not once per node.
+pub struct Renderer<'a> {
+    pki: &'a ClusterPki,
+    ca: paddock_pki::Ca,
+    ca_hash: String,
+}
+
+impl<'a> Renderer<'a> {
+    pub fn new(pki: &'a ClusterPki) -> Result<Self, BootstrapError> {
+        let ca = pki.cluster_ca()?;
+        let ca_hash = ca.spki_sha256()?;
+        Ok(Self { pki, ca, ca_hash })
+    }
+
+    /// One node's bootstrap data (see [`render`]).
+    pub fn render(&self, n: &Node) -> Result<BootstrapData, BootstrapError> {
+        render_with(n, self.pki, &self.ca, &self.ca_hash)
+    }
+}
+
+fn render_with(
+    n: &Node,
+    pki: &ClusterPki,
+    ca: &paddock_pki::Ca,
+    ca_hash: &str,
+) -> Result<BootstrapData, BootstrapError> {
     let mut files = Vec::new();
     let control_plane = n.role != Role::Worker;
     if control_plane {
@@ -319,7 +347,7 @@ pub fn render(n: &Node, pki: &ClusterPki) -> Result<BootstrapData, BootstrapErro
         files.push(file(
             path,
             "0600",
-            &kubeadm::config(n, &pki.join_token, &ca_hash, pace)?,
+            &kubeadm::config(n, &pki.join_token, ca_hash, pace)?,
         ));
     }
     if control_plane {
@@ -384,6 +412,33 @@ mod tests {
 
     pub(crate) fn node(role: Role) -> Node {
         Node::sample(role, "1.31.2")
+    }
+
+    #[test]
+    fn one_renderer_for_many_nodes_renders_what_render_does() {
+        let pki = ClusterPki::generate("demo").unwrap();
+        let r = Renderer::new(&pki).unwrap();
+        for role in [Role::Worker, Role::JoinControlPlane] {
+            let (a, b) = (
+                r.render(&node(role)).unwrap(),
+                render(&node(role), &pki).unwrap(),
+            );
+            assert_eq!(a.network_config, b.network_config);
+            if role == Role::Worker {
+                // Workers get no certificate of their own: byte for byte.
+                assert_eq!(a.user_data, b.user_data);
+            } else {
+                // Each API server certificate is issued afresh; the files are the same.
+                for f in [
+                    "apiserver.crt",
+                    "ca.key",
+                    "kubeadm.yaml",
+                    "paddock-bootstrap",
+                ] {
+                    assert!(a.user_data.contains(f) && b.user_data.contains(f), "{f}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -260,6 +260,7 @@ pub async fn ensure_bootstrap(
         .and_then(|s| s.overlay.clone())
         .ok_or_else(|| anyhow::anyhow!("no overlay yet"))?;
     let gateway = overlay.gateway.parse()?;
+    let renderer = paddock_bootstrap::Renderer::new(&pki)?;
     let mut secrets = Vec::new();
     for m in missing {
         if choice.hold_control_planes && m.spec.role == MachineRole::ControlPlane {
@@ -294,7 +295,7 @@ pub async fn ensure_bootstrap(
             service_cidr: c.spec.network.service_cidr.clone(),
             api_name: api_name(cfg, c),
         };
-        let data = paddock_bootstrap::render(&node, &pki)?;
+        let data = renderer.render(&node)?;
         let s = secret(
             secret_name.clone(),
             &cluster,
