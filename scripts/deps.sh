@@ -13,9 +13,10 @@ want=(curl openssl ca-certificates iproute2 nftables iptables containerd qemu-sy
 # the user-data Paddock renders), HAProxy (the external load balancer in
 # front of the ingress ports), debootstrap (the Debian node image), Python
 # with venv (the official Kubernetes client and the OpenAPI checkers, from
-# PyPI: scripts/python-tools.sh).
+# PyPI: scripts/python-tools.sh), and ipmitool (the reference IPMI client
+# the IPMI driver is checked against).
 if [ "${1:-runtime}" = test ]; then
-  want+=(cloud-init haproxy debootstrap e2fsprogs python3 python3-venv)
+  want+=(cloud-init haproxy debootstrap e2fsprogs python3 python3-venv ipmitool)
 fi
 
 missing=()
