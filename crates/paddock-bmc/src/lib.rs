@@ -3,6 +3,7 @@
 //!
 //! - [`redfish`]: Redfish over HTTPS (sessions, the Systems collection,
 //!   `ComputerSystem.Reset`, a one-time boot override).
+//! - [`ipmi`]: IPMI 2.0 over LAN (RMCP+: chassis power, boot flags).
 //! - [`fake`]: an in-memory BMC, named as a fake, for the controllers'
 //!   unit tests.
 //!
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 
 pub mod address;
 pub mod fake;
+pub mod ipmi;
 pub mod redfish;
 mod tls;
 
@@ -219,10 +221,8 @@ pub fn connect(
         BmcAddress::Redfish { base, system } => {
             Box::new(redfish::Redfish::new(base, system, credentials, &opts)?)
         }
-        BmcAddress::Ipmi { .. } => {
-            return Err(ConnectError::Driver(BmcError::Unsupported(
-                "IPMI in this build".into(),
-            )));
+        BmcAddress::Ipmi { host, port } => {
+            Box::new(ipmi::Ipmi::new(host, port, credentials, &opts))
         }
     };
     Ok(Box::new(Timed { inner, timeout }))
