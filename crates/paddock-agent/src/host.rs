@@ -67,6 +67,8 @@ pub async fn report(client: &kube::Client, r: &HostReport) -> kube::Result<()> {
         last_heartbeat: Some(Time(Timestamp::now())),
         agent_endpoint: Some(r.endpoint.clone()),
         accelerator: Some(r.accel.clone()),
+        // The BMC controller's; a merge keeps it.
+        power_state: None,
     };
     api.patch_status(
         &r.name,

@@ -23,8 +23,12 @@ pub struct HostSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bmc: Option<Bmc>,
     /// MAC address the host PXE-boots from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, rename = "bootMAC", skip_serializing_if = "Option::is_none")]
     pub boot_mac: Option<String>,
+    /// Whether the machine should be powered on, through its BMC (a host
+    /// without one is never powered by Paddock). Unset means on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub online: Option<bool>,
     /// When true the scheduler places no new machines here.
     #[serde(default)]
     pub unschedulable: bool,
@@ -44,10 +48,52 @@ pub fn lease_name(host: &str) -> String {
 #[serde(rename_all = "camelCase")]
 pub struct Bmc {
     pub driver: BmcDriver,
-    /// Address of the BMC, `host[:port]`.
+    /// Address of the BMC: `redfish://host[:port][/redfish/v1/Systems/ID]`
+    /// (HTTPS; `redfish+http://` for plain HTTP) or `ipmi://host[:port]`.
     pub address: String,
     /// Name of the Secret (namespace `paddock-system`) holding `username` and `password`.
     pub credentials_secret: String,
+    /// Name of a Secret (namespace `paddock-system`) whose `ca.crt` is the
+    /// CA the BMC's TLS certificate is checked against; without it, the
+    /// system's trusted roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret: Option<String>,
+    /// Do not check the BMC's TLS certificate at all (self-signed BMCs on
+    /// an isolated management network).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub insecure_skip_verify: bool,
+}
+
+impl BmcDriver {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Redfish => "redfish",
+            Self::Ipmi => "ipmi",
+        }
+    }
+
+    /// Whether an address's scheme is this driver's.
+    fn takes(self, address: &str) -> bool {
+        let scheme = address.split_once("://").map_or("", |(s, _)| s);
+        match self {
+            Self::Redfish => matches!(scheme, "redfish" | "redfish+https" | "redfish+http"),
+            Self::Ipmi => scheme == "ipmi",
+        }
+    }
+}
+
+/// The condition a host's BMC controller keeps: whether the BMC answers
+/// and accepts the credentials.
+pub const BMC_CONDITION: &str = "BMCReachable";
+
+/// Whether `mac` is a MAC address written as six pairs of hex digits
+/// separated by colons.
+pub fn valid_mac(mac: &str) -> bool {
+    let parts: Vec<&str> = mac.split(':').collect();
+    parts.len() == 6
+        && parts
+            .iter()
+            .all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -116,6 +162,10 @@ pub struct HostStatus {
     /// How VMs run here: `kvm` or `tcg` (software emulation).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator: Option<String>,
+    /// The machine's power as its BMC last reported it (`On`, `Off`,
+    /// `PoweringOn`, `PoweringOff`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_state: Option<String>,
 }
 
 impl Validate for Host {
@@ -124,11 +174,108 @@ impl Validate for Host {
         if let Some(bmc) = &self.spec.bmc {
             if bmc.address.is_empty() {
                 errs.push(FieldError::required("spec.bmc.address"));
+            } else if !bmc.driver.takes(&bmc.address) {
+                let form = match bmc.driver {
+                    BmcDriver::Redfish => {
+                        "redfish://host[:port][/redfish/v1/Systems/ID] (or redfish+http://)"
+                    }
+                    BmcDriver::Ipmi => "ipmi://host[:port]",
+                };
+                errs.push(FieldError::invalid(
+                    "spec.bmc.address",
+                    format!(
+                        "{:?}: a {} BMC's address is {form}",
+                        bmc.address,
+                        bmc.driver.as_str()
+                    ),
+                ));
             }
             if bmc.credentials_secret.is_empty() {
                 errs.push(FieldError::required("spec.bmc.credentialsSecret"));
             }
+            if bmc.insecure_skip_verify && bmc.ca_secret.is_some() {
+                errs.push(FieldError::invalid(
+                    "spec.bmc.insecureSkipVerify",
+                    "true: a CA to check against and no check at all; set one of caSecret and insecureSkipVerify",
+                ));
+            }
+        }
+        if let Some(mac) = &self.spec.boot_mac
+            && !valid_mac(mac)
+        {
+            errs.push(FieldError::invalid(
+                "spec.bootMAC",
+                format!("{mac:?}: a MAC address is six pairs of hex digits separated by colons"),
+            ));
         }
         errs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_bmc(driver: BmcDriver, address: &str) -> Host {
+        Host::new(
+            "h",
+            HostSpec {
+                bmc: Some(Bmc {
+                    driver,
+                    address: address.into(),
+                    credentials_secret: "bmc-h".into(),
+                    ca_secret: None,
+                    insecure_skip_verify: false,
+                }),
+                boot_mac: Some("52:54:00:AB:cd:01".into()),
+                ..Default::default()
+            },
+        )
+    }
+
+    #[test]
+    fn a_bmc_address_matches_its_driver() {
+        assert!(
+            with_bmc(BmcDriver::Redfish, "redfish://10.0.0.5")
+                .validate()
+                .is_empty()
+        );
+        assert!(
+            with_bmc(BmcDriver::Ipmi, "ipmi://10.0.0.5:623")
+                .validate()
+                .is_empty()
+        );
+        let errs = with_bmc(BmcDriver::Ipmi, "redfish://10.0.0.5").validate();
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].field, "spec.bmc.address");
+        assert!(
+            errs[0].message.contains("ipmi://host"),
+            "{}",
+            errs[0].message
+        );
+        let errs = with_bmc(BmcDriver::Redfish, "10.0.0.5").validate();
+        assert_eq!(errs[0].field, "spec.bmc.address");
+    }
+
+    #[test]
+    fn boot_macs_are_checked() {
+        let mut h = with_bmc(BmcDriver::Redfish, "redfish://10.0.0.5");
+        h.spec.boot_mac = Some("52:54:00:ab:cd".into());
+        let errs = h.validate();
+        assert_eq!(errs[0].field, "spec.bootMAC");
+        // The field's name on the wire is the issue's: bootMAC.
+        let v = serde_json::to_value(with_bmc(BmcDriver::Redfish, "redfish://x").spec).unwrap();
+        assert_eq!(v["bootMAC"], "52:54:00:AB:cd:01");
+    }
+
+    #[test]
+    fn a_ca_and_no_check_at_all_are_refused_together() {
+        let mut h = with_bmc(BmcDriver::Redfish, "redfish://10.0.0.5");
+        if let Some(b) = h.spec.bmc.as_mut() {
+            b.ca_secret = Some("bmc-ca".into());
+            b.insecure_skip_verify = true;
+        }
+        let errs = h.validate();
+        assert_eq!(errs[0].field, "spec.bmc.insecureSkipVerify");
     }
 }

@@ -190,11 +190,28 @@ async fn mark_not_ready(client: &kube::Client, h: &Host, now: Timestamp) -> anyh
         last_transition_time: Time(now),
         observed_generation: None,
     };
+    // Other writers' conditions (the BMC's) are kept; the resourceVersion
+    // makes a concurrent write a conflict, tried again next pass.
+    let mut conditions: Vec<Condition> = h
+        .status
+        .as_ref()
+        .map(|s| {
+            s.conditions
+                .iter()
+                .filter(|c| c.type_ != "Ready")
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    conditions.push(c);
     Api::<Host>::all(client.clone())
         .patch_status(
             &name,
             &PatchParams::default(),
-            &Patch::Merge(json!({"status": {"phase": "NotReady", "conditions": [c]}})),
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": h.resource_version()},
+                "status": {"phase": "NotReady", "conditions": conditions},
+            })),
         )
         .await?;
     crate::events::record(

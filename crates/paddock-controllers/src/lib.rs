@@ -1,10 +1,11 @@
 //! Paddock's controllers, run inside `paddock server`: the cluster
 //! controller (overlay, Machines, scaling, status), the scheduler (binds
-//! Machines to Hosts), host health (leases, NotReady, replacement) and the
-//! workload loop (Nodes as the workload clusters report them, drains). Each
+//! Machines to Hosts), host health (leases, NotReady, replacement), BMC
+//! power (hosts powered as `spec.online` says) and the workload loop (Nodes as the workload clusters report them, drains). Each
 //! is level-triggered: it reads the world through the API and takes the
 //! next step; any of them can be killed at any line.
 
+pub mod bmc;
 pub mod bootstrap;
 pub mod cluster;
 pub mod events;
@@ -60,6 +61,8 @@ pub struct Config {
     /// told apart from a lost member of a running control plane, and be
     /// replaced by a new init; without it the init Machine is named once.
     pub initialization_recorded: bool,
+    /// The most one call to a host's BMC may take.
+    pub bmc_timeout: Duration,
 }
 
 impl Default for Config {
@@ -82,6 +85,7 @@ impl Default for Config {
             gateway_url: None,
             drain_timeout: Duration::from_secs(300),
             node_status_every: Duration::from_secs(10),
+            bmc_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -105,6 +109,14 @@ pub fn loops(client: kube::Client, cfg: Config) -> Vec<(&'static str, Loop)> {
         (
             "host-health",
             Box::pin(health::run(client.clone(), cfg.clone())),
+        ),
+        (
+            "host-bmc",
+            Box::pin(bmc::run(
+                client.clone(),
+                std::sync::Arc::new(bmc::Drivers),
+                cfg.bmc_timeout,
+            )),
         ),
         ("workload", Box::pin(workload::run(client, cfg))),
     ]

@@ -1,0 +1,552 @@
+//! BMC power: every Host with a BMC is powered as its `spec.online` asks
+//! (on unless it says otherwise), through its BMC, and its power is shown
+//! in `status.powerState` with the `BMCReachable` condition.
+//!
+//! Level-triggered per host, on its own schedule: a host is looked at
+//! again 30 s after a good answer (5 s after a power action, to see it
+//! land), after a backoff of 5 s doubling to 5 min when the BMC did not
+//! answer, and after 10 min when the answer will not change by waiting
+//! (wrong credentials, an untrusted certificate, a bad address) — unless
+//! its spec or its Secrets change, which makes it due at once. Status is
+//! written only when it changes, and an Event only on a change too, so a
+//! BMC that refuses the credentials gives one Warning, not a loop.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::reflector::Store;
+use paddock_api::Host;
+use paddock_api::host::{BMC_CONDITION, SYSTEM_NAMESPACE};
+use paddock_bmc::{Bmc, BmcError, Credentials, Options, PowerAction, PowerState, TlsVerify};
+use serde_json::json;
+use tokio::time::Instant;
+
+/// Makes a driver for a BMC address: the real drivers in the server, a
+/// fake in unit tests.
+pub trait Connector: Send + Sync + 'static {
+    fn connect(
+        &self,
+        address: &str,
+        credentials: Credentials,
+        opts: Options,
+    ) -> Result<Box<dyn Bmc>, paddock_bmc::ConnectError>;
+}
+
+/// The Redfish and IPMI drivers of `paddock_bmc`.
+pub struct Drivers;
+
+impl Connector for Drivers {
+    fn connect(
+        &self,
+        address: &str,
+        credentials: Credentials,
+        opts: Options,
+    ) -> Result<Box<dyn Bmc>, paddock_bmc::ConnectError> {
+        paddock_bmc::connect(address, credentials, opts)
+    }
+}
+
+const SETTLED: Duration = Duration::from_secs(30);
+const AFTER_ACTION: Duration = Duration::from_secs(5);
+const FIRST_RETRY: Duration = Duration::from_secs(5);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+const WONT_CHANGE: Duration = Duration::from_secs(600);
+/// How many BMCs are talked to at once.
+const IN_FLIGHT: usize = 16;
+
+/// What one look at a host found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The BMC answered; `acted` when a power action was taken.
+    Answered { power: PowerState, acted: bool },
+    /// It failed; `retryable` when waiting may help.
+    Failed {
+        reason: String,
+        message: String,
+        retryable: bool,
+    },
+}
+
+/// When a host is looked at next, after `outcome` and `failures` failures
+/// in a row before it.
+pub fn next_look(outcome: &Outcome, failures: u32) -> Duration {
+    match outcome {
+        Outcome::Answered { acted: true, .. } => AFTER_ACTION,
+        Outcome::Answered { acted: false, .. } => SETTLED,
+        Outcome::Failed {
+            retryable: false, ..
+        } => WONT_CHANGE,
+        Outcome::Failed {
+            retryable: true, ..
+        } => FIRST_RETRY
+            .saturating_mul(1 << failures.min(10))
+            .min(MAX_RETRY),
+    }
+}
+
+/// The power action that brings a machine in `state` to `online`, if any.
+pub fn action_for(online: bool, state: PowerState) -> Option<PowerAction> {
+    match (online, state) {
+        (true, PowerState::Off) => Some(PowerAction::On),
+        (false, PowerState::On | PowerState::PoweringOn) => Some(PowerAction::Off),
+        _ => None,
+    }
+}
+
+fn failed(e: &BmcError) -> Outcome {
+    Outcome::Failed {
+        reason: e.reason().into(),
+        message: e.to_string(),
+        retryable: e.is_retryable(),
+    }
+}
+
+fn secret_value(s: &Secret, key: &str) -> Option<String> {
+    let from_data = s
+        .data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .map(|ByteString(b)| String::from_utf8_lossy(b).into_owned());
+    from_data.or_else(|| s.string_data.as_ref().and_then(|d| d.get(key)).cloned())
+}
+
+/// Looks at one host's BMC and takes the one step its power needs.
+pub async fn look(
+    connector: &dyn Connector,
+    h: &Host,
+    secret: impl Fn(&str) -> Option<Arc<Secret>>,
+    timeout: Duration,
+) -> Outcome {
+    let Some(bmc) = &h.spec.bmc else {
+        return Outcome::Failed {
+            reason: "NoBMC".into(),
+            message: "the host has no BMC".into(),
+            retryable: false,
+        };
+    };
+    let missing = |what: String| Outcome::Failed {
+        reason: "CredentialsMissing".into(),
+        message: what,
+        retryable: false,
+    };
+    let Some(creds) = secret(&bmc.credentials_secret) else {
+        return missing(format!(
+            "Secret {SYSTEM_NAMESPACE}/{} does not exist",
+            bmc.credentials_secret
+        ));
+    };
+    let (Some(username), Some(password)) = (
+        secret_value(&creds, "username"),
+        secret_value(&creds, "password"),
+    ) else {
+        return missing(format!(
+            "Secret {SYSTEM_NAMESPACE}/{} needs both username and password",
+            bmc.credentials_secret
+        ));
+    };
+    let tls = match (&bmc.ca_secret, bmc.insecure_skip_verify) {
+        (_, true) => TlsVerify::Insecure,
+        (Some(ca), false) => match secret(ca).and_then(|s| secret_value(&s, "ca.crt")) {
+            Some(pem) => TlsVerify::Ca(pem.into_bytes()),
+            None => {
+                return missing(format!(
+                    "Secret {SYSTEM_NAMESPACE}/{ca} with ca.crt does not exist"
+                ));
+            }
+        },
+        (None, false) => TlsVerify::SystemRoots,
+    };
+    let driver = match connector.connect(
+        &bmc.address,
+        Credentials { username, password },
+        Options { timeout, tls },
+    ) {
+        Ok(d) => d,
+        Err(paddock_bmc::ConnectError::Address(e)) => {
+            return Outcome::Failed {
+                reason: "InvalidAddress".into(),
+                message: e.to_string(),
+                retryable: false,
+            };
+        }
+        Err(paddock_bmc::ConnectError::Driver(e)) => return failed(&e),
+    };
+    let out = async {
+        let power = driver.power_state().await.map_err(|e| failed(&e))?;
+        let online = h.spec.online.unwrap_or(true);
+        match action_for(online, power) {
+            None => Ok(Outcome::Answered {
+                power,
+                acted: false,
+            }),
+            Some(a) => {
+                driver.power(a).await.map_err(|e| failed(&e))?;
+                Ok(Outcome::Answered { power, acted: true })
+            }
+        }
+    }
+    .await;
+    driver.close().await;
+    out.unwrap_or_else(|e| e)
+}
+
+/// The condition an outcome shows, keeping the transition time when its
+/// status did not change.
+fn condition(outcome: &Outcome, prev: Option<&Condition>, now: Timestamp) -> Condition {
+    let (status, reason, message) = match outcome {
+        Outcome::Answered { .. } => (
+            "True",
+            "Answered".to_owned(),
+            "the BMC answers and accepts the credentials".to_owned(),
+        ),
+        Outcome::Failed {
+            reason, message, ..
+        } => ("False", reason.clone(), message.clone()),
+    };
+    let since = match prev {
+        Some(p) if p.status == status => p.last_transition_time.clone(),
+        _ => Time(now),
+    };
+    Condition {
+        type_: BMC_CONDITION.into(),
+        status: status.into(),
+        reason,
+        message,
+        last_transition_time: since,
+        observed_generation: None,
+    }
+}
+
+/// Writes what `outcome` shows of `h`, if that changes anything, with
+/// Events for what changed. Other writers' conditions are kept.
+async fn record(client: &kube::Client, h: &Host, outcome: &Outcome) -> anyhow::Result<()> {
+    let st = h.status.clone().unwrap_or_default();
+    let prev = st.conditions.iter().find(|c| c.type_ == BMC_CONDITION);
+    let cond = condition(outcome, prev, Timestamp::now());
+    let power = match outcome {
+        Outcome::Answered { power, .. } => Some(power.as_str().to_owned()),
+        Outcome::Failed { .. } => st.power_state.clone(),
+    };
+    let same_condition = prev.is_some_and(|p| {
+        p.status == cond.status && p.reason == cond.reason && p.message == cond.message
+    });
+    if same_condition && power == st.power_state {
+        return Ok(());
+    }
+    let mut conditions: Vec<Condition> = st
+        .conditions
+        .iter()
+        .filter(|c| c.type_ != BMC_CONDITION)
+        .cloned()
+        .collect();
+    conditions.push(cond.clone());
+    Api::<Host>::all(client.clone())
+        .patch_status(
+            &h.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": h.resource_version()},
+                "status": {"powerState": power, "conditions": conditions},
+            })),
+        )
+        .await?;
+    if !same_condition {
+        crate::events::record(
+            client,
+            h,
+            cond.status != "True",
+            &cond.reason,
+            format!("BMC {}: {}", h.name_any(), cond.message),
+        )
+        .await;
+    }
+    Ok(())
+}
+
+/// A host's place in the schedule.
+struct Track {
+    next: Instant,
+    failures: u32,
+    fingerprint: u64,
+}
+
+/// What, when it changes, makes a host due at once: its BMC settings, its
+/// wanted power, and the Secrets they name.
+fn fingerprint(h: &Host, secret: impl Fn(&str) -> Option<Arc<Secret>>) -> u64 {
+    let mut s = std::collections::hash_map::DefaultHasher::new();
+    if let Some(b) = &h.spec.bmc {
+        b.address.hash(&mut s);
+        b.credentials_secret.hash(&mut s);
+        b.ca_secret.hash(&mut s);
+        b.insecure_skip_verify.hash(&mut s);
+        for name in std::iter::once(&b.credentials_secret).chain(b.ca_secret.as_ref()) {
+            secret(name).and_then(|x| x.resource_version()).hash(&mut s);
+        }
+    }
+    h.spec.online.hash(&mut s);
+    s.finish()
+}
+
+/// Runs the BMC power loop until dropped.
+pub async fn run(client: kube::Client, connector: Arc<dyn Connector>, timeout: Duration) {
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let mut watchers = paddock_watch::Watchers::default();
+    let hosts = watchers.store::<Host>(Api::all(client.clone()), wake.clone());
+    let secrets: Store<Secret> = watchers.store::<Secret>(
+        Api::namespaced(client.clone(), SYSTEM_NAMESPACE),
+        wake.clone(),
+    );
+    let _ = hosts.wait_until_ready().await;
+    let _ = secrets.wait_until_ready().await;
+    let mut tracks: HashMap<String, Track> = HashMap::new();
+    loop {
+        let now = Instant::now();
+        let secret = |name: &str| {
+            secrets.get(&kube::runtime::reflector::ObjectRef::new(name).within(SYSTEM_NAMESPACE))
+        };
+        let all = hosts.state();
+        tracks.retain(|name, _| all.iter().any(|h| h.name_any() == *name));
+        let due: Vec<(Arc<Host>, u64)> = all
+            .iter()
+            .filter(|h| h.spec.bmc.is_some() && h.metadata.deletion_timestamp.is_none())
+            .filter_map(|h| {
+                let f = fingerprint(h, secret);
+                match tracks.get(&h.name_any()) {
+                    Some(t) if t.fingerprint == f && t.next > now => None,
+                    _ => Some((h.clone(), f)),
+                }
+            })
+            .collect();
+        let looked: Vec<(Arc<Host>, u64, Outcome)> = futures::stream::iter(due)
+            .map(|(h, f)| {
+                let connector = connector.clone();
+                let secrets = secrets.clone();
+                async move {
+                    let secret = |name: &str| {
+                        secrets.get(
+                            &kube::runtime::reflector::ObjectRef::new(name)
+                                .within(SYSTEM_NAMESPACE),
+                        )
+                    };
+                    let out = look(connector.as_ref(), &h, secret, timeout).await;
+                    (h, f, out)
+                }
+            })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (h, f, out) in looked {
+            let name = h.name_any();
+            let failures = match (&out, tracks.get(&name)) {
+                (Outcome::Failed { .. }, Some(t)) => t.failures + 1,
+                (Outcome::Failed { .. }, None) => 1,
+                _ => 0,
+            };
+            if let Outcome::Failed {
+                reason, message, ..
+            } = &out
+            {
+                tracing::warn!(host = %name, reason, message, "BMC");
+            }
+            if let Err(e) = record(&client, &h, &out).await {
+                // A conflict or a lost write: looked at again soon.
+                tracing::debug!(host = %name, error = format!("{e:#}"), "BMC status not written");
+                tracks.remove(&name);
+                continue;
+            }
+            let wait = next_look(&out, failures.saturating_sub(1));
+            tracks.insert(
+                name,
+                Track {
+                    next: Instant::now() + wait,
+                    failures,
+                    fingerprint: f,
+                },
+            );
+        }
+        // Woken by a change (a spec or Secret edited), or each second for
+        // what fell due.
+        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use paddock_api::host::{Bmc as BmcSpec, BmcDriver, HostSpec};
+    use paddock_bmc::fake::FakeBmc;
+    use std::collections::BTreeMap;
+
+    /// Connects every address to one FakeBmc.
+    struct ToFake(FakeBmc);
+
+    impl Connector for ToFake {
+        fn connect(
+            &self,
+            address: &str,
+            _: Credentials,
+            _: Options,
+        ) -> Result<Box<dyn Bmc>, paddock_bmc::ConnectError> {
+            address.parse::<paddock_bmc::BmcAddress>()?;
+            Ok(Box::new(self.0.clone()))
+        }
+    }
+
+    fn host(online: Option<bool>, address: &str) -> Host {
+        Host::new(
+            "h1",
+            HostSpec {
+                bmc: Some(BmcSpec {
+                    driver: BmcDriver::Redfish,
+                    address: address.into(),
+                    credentials_secret: "bmc-h1".into(),
+                    ca_secret: None,
+                    insecure_skip_verify: false,
+                }),
+                online,
+                ..Default::default()
+            },
+        )
+    }
+
+    fn creds(name: &str) -> Option<Arc<Secret>> {
+        (name == "bmc-h1").then(|| {
+            Arc::new(Secret {
+                data: Some(BTreeMap::from([
+                    ("username".into(), ByteString(b"admin".to_vec())),
+                    ("password".into(), ByteString(b"pw".to_vec())),
+                ])),
+                ..Default::default()
+            })
+        })
+    }
+
+    const T: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn powers_on_what_should_be_online_once() {
+        let bmc = FakeBmc::new(PowerState::Off);
+        let c = ToFake(bmc.clone());
+        let h = host(None, "redfish://10.0.0.5");
+        let out = look(&c, &h, creds, T).await;
+        assert_eq!(
+            out,
+            Outcome::Answered {
+                power: PowerState::Off,
+                acted: true
+            }
+        );
+        assert_eq!(next_look(&out, 0), AFTER_ACTION);
+        let out = look(&c, &h, creds, T).await;
+        assert_eq!(
+            out,
+            Outcome::Answered {
+                power: PowerState::On,
+                acted: false
+            }
+        );
+        assert_eq!(next_look(&out, 0), SETTLED);
+        assert_eq!(bmc.calls(), ["power on"]);
+    }
+
+    #[tokio::test]
+    async fn powers_off_what_should_be_offline() {
+        let bmc = FakeBmc::new(PowerState::On);
+        let c = ToFake(bmc.clone());
+        look(&c, &host(Some(false), "redfish://10.0.0.5"), creds, T).await;
+        assert_eq!(bmc.calls(), ["power off"]);
+    }
+
+    #[tokio::test]
+    async fn wrong_credentials_are_reported_and_not_retried_soon() {
+        let bmc = FakeBmc::new(PowerState::Off);
+        bmc.0.lock().unwrap().fail = Some(|| BmcError::Unauthorized {
+            user: "admin".into(),
+        });
+        let out = look(
+            &ToFake(bmc.clone()),
+            &host(None, "redfish://10.0.0.5"),
+            creds,
+            T,
+        )
+        .await;
+        let Outcome::Failed {
+            reason, retryable, ..
+        } = &out
+        else {
+            panic!("{out:?}")
+        };
+        assert_eq!(reason, "BMCUnauthorized");
+        assert!(!retryable);
+        assert_eq!(next_look(&out, 5), WONT_CHANGE);
+        assert!(bmc.calls().is_empty());
+    }
+
+    #[tokio::test]
+    async fn missing_secrets_and_bad_addresses_say_so() {
+        let c = ToFake(FakeBmc::new(PowerState::Off));
+        let out = look(&c, &host(None, "redfish://10.0.0.5"), |_| None, T).await;
+        assert!(
+            matches!(&out, Outcome::Failed { reason, message, .. } if reason == "CredentialsMissing" && message.contains("bmc-h1")),
+            "{out:?}"
+        );
+        let out = look(&c, &host(None, "redfish://10.0.0.5/x"), creds, T).await;
+        assert!(
+            matches!(&out, Outcome::Failed { reason, retryable: false, .. } if reason == "InvalidAddress"),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn unanswered_bmcs_back_off_to_five_minutes() {
+        let out = Outcome::Failed {
+            reason: "BMCUnreachable".into(),
+            message: String::new(),
+            retryable: true,
+        };
+        assert_eq!(next_look(&out, 0), Duration::from_secs(5));
+        assert_eq!(next_look(&out, 1), Duration::from_secs(10));
+        assert_eq!(next_look(&out, 3), Duration::from_secs(40));
+        assert_eq!(next_look(&out, 20), MAX_RETRY);
+    }
+
+    #[test]
+    fn a_condition_keeps_its_transition_time_while_its_status_holds() {
+        let t0 = Timestamp::from_second(1_800_000_000).expect("t");
+        let t1 = Timestamp::from_second(1_800_000_100).expect("t");
+        let ok = Outcome::Answered {
+            power: PowerState::On,
+            acted: false,
+        };
+        let c0 = condition(&ok, None, t0);
+        let c1 = condition(&ok, Some(&c0), t1);
+        assert_eq!(c1.last_transition_time, Time(t0));
+        let bad = Outcome::Failed {
+            reason: "BMCTimeout".into(),
+            message: "m".into(),
+            retryable: true,
+        };
+        let c2 = condition(&bad, Some(&c1), t1);
+        assert_eq!(
+            (c2.status.as_str(), c2.last_transition_time),
+            ("False", Time(t1))
+        );
+    }
+
+    #[test]
+    fn power_actions_follow_online() {
+        assert_eq!(action_for(true, PowerState::Off), Some(PowerAction::On));
+        assert_eq!(action_for(true, PowerState::PoweringOn), None);
+        assert_eq!(action_for(false, PowerState::On), Some(PowerAction::Off));
+        assert_eq!(action_for(false, PowerState::PoweringOff), None);
+    }
+}
