@@ -4,9 +4,10 @@
 use std::time::Duration;
 
 use clap::Subcommand;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::{Client, ResourceExt};
+use paddock_api::host::SYSTEM_NAMESPACE;
 use paddock_api::{Host, HostPhase, Machine, MachinePhase};
 
 use crate::output::{Format, age, print_data, table};
@@ -111,6 +112,42 @@ async fn console(client: &Client, org: Option<&str>, name: &str) -> CliResult {
 pub enum HostCommand {
     /// List hosts.
     List,
+    /// Register a machine by its BMC: Paddock keeps it powered on (unless
+    /// --offline) through the BMC. The BMC password is read from
+    /// --password-file or PADDOCK_BMC_PASSWORD, never from the command line.
+    Add {
+        name: String,
+        /// The BMC: redfish://host[:port][/redfish/v1/Systems/ID],
+        /// redfish+http://… or ipmi://host[:port].
+        #[arg(long)]
+        bmc: String,
+        /// The MAC address the machine netboots from.
+        #[arg(long)]
+        mac: String,
+        /// The BMC user.
+        #[arg(long, default_value = "admin")]
+        username: String,
+        /// A file holding the BMC password.
+        #[arg(long)]
+        password_file: Option<std::path::PathBuf>,
+        /// The CA (PEM) the BMC's TLS certificate is checked against
+        /// (default: the system's trusted roots).
+        #[arg(long, conflicts_with = "insecure_skip_verify")]
+        bmc_ca: Option<std::path::PathBuf>,
+        /// Do not check the BMC's TLS certificate.
+        #[arg(long)]
+        insecure_skip_verify: bool,
+        /// Register it powered off.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Power a host on or off through its BMC (kept so: `spec.online`),
+    /// or show its power.
+    Power {
+        #[arg(value_enum)]
+        action: PowerVerb,
+        name: String,
+    },
     /// Mark a host unschedulable: no new machines go there.
     Cordon { name: String },
     /// Make a host schedulable again.
@@ -128,6 +165,162 @@ pub enum HostCommand {
     /// clusters' deletions and overlays). A host whose agent still runs
     /// registers itself again and stops the VMs no Machine wants.
     Delete { name: String },
+}
+
+/// What `paddock host power` does.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum PowerVerb {
+    On,
+    Off,
+    Status,
+}
+
+/// The Secret of a host's BMC credentials, and of its BMC's CA.
+fn bmc_secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    let mut s = Secret::default();
+    s.metadata.name = Some(name.to_owned());
+    s.metadata.namespace = Some(SYSTEM_NAMESPACE.to_owned());
+    s.string_data = Some(
+        data.iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    );
+    s
+}
+
+/// Registers a host by its BMC: the Host first (refused whole if any field
+/// is wrong), then its Secrets; if those fail, the Host goes again.
+#[allow(clippy::too_many_arguments)]
+async fn add_host(
+    client: &Client,
+    name: &str,
+    bmc: &str,
+    mac: &str,
+    username: &str,
+    password_file: Option<&std::path::Path>,
+    bmc_ca: Option<&std::path::Path>,
+    insecure_skip_verify: bool,
+    offline: bool,
+) -> CliResult {
+    let password = match password_file {
+        Some(f) => std::fs::read_to_string(f)
+            .map_err(|e| {
+                CliError::new(
+                    Exit::Failure,
+                    format!("--password-file {}: {e}", f.display()),
+                )
+            })?
+            .trim_end_matches(['\r', '\n'])
+            .to_owned(),
+        None => std::env::var("PADDOCK_BMC_PASSWORD").map_err(|_| {
+            CliError::new(
+                Exit::Failure,
+                "the BMC password: give --password-file or set PADDOCK_BMC_PASSWORD",
+            )
+        })?,
+    };
+    let ca = bmc_ca
+        .map(|f| {
+            std::fs::read_to_string(f)
+                .map_err(|e| CliError::new(Exit::Failure, format!("--bmc-ca {}: {e}", f.display())))
+        })
+        .transpose()?;
+    let driver = if bmc.starts_with("ipmi://") {
+        "ipmi"
+    } else {
+        "redfish"
+    };
+    let creds = format!("bmc-{name}");
+    let ca_secret = ca.as_ref().map(|_| format!("bmc-ca-{name}"));
+    let host: Host = serde_json::from_value(serde_json::json!({
+        "apiVersion": "paddock.io/v1alpha1", "kind": "Host",
+        "metadata": {"name": name},
+        "spec": {
+            "bmc": {"driver": driver, "address": bmc, "credentialsSecret": creds,
+                    "caSecret": ca_secret, "insecureSkipVerify": insecure_skip_verify},
+            "bootMAC": mac,
+            "online": !offline,
+        },
+    }))
+    .map_err(|e| CliError::new(Exit::Failure, e.to_string()))?;
+    let hosts: Api<Host> = Api::all(client.clone());
+    hosts.create(&PostParams::default(), &host).await?;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    let mut made = vec![bmc_secret(
+        &creds,
+        &[("username", username), ("password", &password)],
+    )];
+    if let (Some(n), Some(pem)) = (&ca_secret, &ca) {
+        made.push(bmc_secret(n, &[("ca.crt", pem)]));
+    }
+    for s in &made {
+        if let Err(e) = secrets.create(&PostParams::default(), s).await {
+            let _ = hosts.delete(name, &DeleteParams::default()).await;
+            return Err(e.into());
+        }
+    }
+    println!(
+        "host {name} registered by its BMC ({driver}); {}",
+        if offline {
+            "kept powered off"
+        } else {
+            "powering on"
+        }
+    );
+    Ok(())
+}
+
+async fn power(hosts: &Api<Host>, name: &str, verb: PowerVerb) -> CliResult {
+    let online = match verb {
+        PowerVerb::On => true,
+        PowerVerb::Off => false,
+        PowerVerb::Status => {
+            let h = hosts.get(name).await?;
+            if h.spec.bmc.is_none() {
+                return Err(CliError::new(
+                    Exit::Failure,
+                    format!("host {name} has no BMC: Paddock does not power it"),
+                ));
+            }
+            let st = h.status.unwrap_or_default();
+            let want = if h.spec.online.unwrap_or(true) {
+                "on"
+            } else {
+                "off"
+            };
+            let power = st.power_state.as_deref().unwrap_or("unknown");
+            println!("host {name}: power {power}, wanted {want}");
+            if let Some(c) = st
+                .conditions
+                .iter()
+                .find(|c| c.type_ == paddock_api::host::BMC_CONDITION)
+                .filter(|c| c.status != "True")
+            {
+                println!("BMC: {} ({})", c.message, c.reason);
+            }
+            return Ok(());
+        }
+    };
+    let h = hosts.get(name).await?;
+    if h.spec.bmc.is_none() {
+        return Err(CliError::new(
+            Exit::Failure,
+            format!("host {name} has no BMC: Paddock cannot power it"),
+        ));
+    }
+    let patch = serde_json::json!({"spec": {"online": online}});
+    hosts
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    println!(
+        "host {name} powering {} through its BMC",
+        if online { "on" } else { "off" }
+    );
+    Ok(())
 }
 
 async fn set_unschedulable(api: &Api<Host>, name: &str, on: bool) -> CliResult {
@@ -272,6 +465,30 @@ pub async fn host(cmd: HostCommand, client: &Client, out: Format) -> CliResult {
     let hosts: Api<Host> = Api::all(client.clone());
     match cmd {
         HostCommand::List => {}
+        HostCommand::Add {
+            name,
+            bmc,
+            mac,
+            username,
+            password_file,
+            bmc_ca,
+            insecure_skip_verify,
+            offline,
+        } => {
+            return add_host(
+                client,
+                &name,
+                &bmc,
+                &mac,
+                &username,
+                password_file.as_deref(),
+                bmc_ca.as_deref(),
+                insecure_skip_verify,
+                offline,
+            )
+            .await;
+        }
+        HostCommand::Power { action, name } => return power(&hosts, &name, action).await,
         HostCommand::Cordon { name } => return set_unschedulable(&hosts, &name, true).await,
         HostCommand::Uncordon { name } => return set_unschedulable(&hosts, &name, false).await,
         HostCommand::Delete { name } => {
@@ -330,6 +547,7 @@ pub async fn host(cmd: HostCommand, client: &Client, out: Format) -> CliResult {
                 format!("{}/{}", used.cpu, alloc.cpu),
                 format!("{}/{}", used.memory, alloc.memory),
                 st.underlay_ip.unwrap_or_else(|| "<none>".into()),
+                st.power_state.unwrap_or_else(|| "-".into()),
                 age(h.metadata.creation_timestamp.as_ref()),
             ]
         })
@@ -344,6 +562,7 @@ pub async fn host(cmd: HostCommand, client: &Client, out: Format) -> CliResult {
                 "cpu",
                 "memory",
                 "underlay",
+                "power",
                 "age"
             ],
             rows

@@ -1,10 +1,10 @@
 //! Hosts powered through their BMCs by a real server's host-bmc controller,
 //! against an independent Redfish service (sushy-tools' emulator over
-//! HTTPS, read back with curl).
+//! HTTPS, read back with curl), through the API and the CLI.
 
-mod common;
 #[path = "../../paddock-bmc/tests/support/mod.rs"]
 mod bmc_support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -56,7 +56,10 @@ async fn wait_for(
 ) -> Host {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let h = Api::<Host>::all(client.clone()).get(name).await.expect("host");
+        let h = Api::<Host>::all(client.clone())
+            .get(name)
+            .await
+            .expect("host");
         if f(&h, &sushy.curl_system()) {
             return h;
         }
@@ -90,7 +93,12 @@ async fn hosts_are_powered_through_their_bmc_as_spec_online_says() {
         .await
         .with_controllers(paddock_controllers::Config::default());
     secret(&s.client, "bmc-ca", &[("ca.crt", &sushy.ca)]).await;
-    secret(&s.client, "bmc-n0", &[("username", "admin"), ("password", "r3dfish")]).await;
+    secret(
+        &s.client,
+        "bmc-n0",
+        &[("username", "admin"), ("password", "r3dfish")],
+    )
+    .await;
     bmc_host(&s.client, "n0", &sushy, "bmc-n0").await;
 
     // Online unless it says otherwise: powered on, and shown so.
@@ -122,7 +130,12 @@ async fn a_wrong_bmc_password_is_a_clear_state_not_a_loop() {
         .await
         .with_controllers(paddock_controllers::Config::default());
     secret(&s.client, "bmc-ca", &[("ca.crt", &sushy.ca)]).await;
-    secret(&s.client, "bmc-n1", &[("username", "admin"), ("password", "wrong")]).await;
+    secret(
+        &s.client,
+        "bmc-n1",
+        &[("username", "admin"), ("password", "wrong")],
+    )
+    .await;
     bmc_host(&s.client, "n1", &sushy, "bmc-n1").await;
 
     let h = wait_for(&s.client, "n1", &sushy, "refused", |h, _| {
@@ -137,7 +150,11 @@ async fn a_wrong_bmc_password_is_a_clear_state_not_a_loop() {
     // Nothing more is tried while nothing changes.
     let before = sushy.requests();
     tokio::time::sleep(Duration::from_secs(8)).await;
-    assert_eq!(sushy.requests(), before, "the controller kept calling the BMC");
+    assert_eq!(
+        sushy.requests(),
+        before,
+        "the controller kept calling the BMC"
+    );
     let events: Vec<Event> = Api::<Event>::namespaced(s.client.clone(), "default")
         .list(&ListParams::default())
         .await
@@ -162,10 +179,100 @@ async fn a_wrong_bmc_password_is_a_clear_state_not_a_loop() {
         )
         .await
         .expect("fix the password");
-    wait_for(&s.client, "n1", &sushy, "powered on after the fix", |h, sys| {
-        sys["PowerState"] == "On"
-            && power(h) == Some("On")
-            && bmc_condition(h).is_some_and(|c| c.0 == "True")
+    wait_for(
+        &s.client,
+        "n1",
+        &sushy,
+        "powered on after the fix",
+        |h, sys| {
+            sys["PowerState"] == "On"
+                && power(h) == Some("On")
+                && bmc_condition(h).is_some_and(|c| c.0 == "True")
+        },
+    )
+    .await;
+}
+
+/// `paddock host add` registers a machine by its BMC (its password from a
+/// file, its BMC's CA from a file); `paddock host power` turns it off and
+/// on and shows it; a wrong field is refused whole, leaving nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_registers_and_powers_hosts_by_their_bmc() {
+    let sushy = Sushy::start();
+    let s = TestServer::start()
+        .await
+        .with_controllers(paddock_controllers::Config::default());
+    let kc = s.kubeconfig();
+    let files = tempfile::tempdir().expect("tempdir");
+    let (pw, ca) = (files.path().join("pw"), files.path().join("ca.pem"));
+    std::fs::write(&pw, "r3dfish\n").expect("pw");
+    std::fs::write(&ca, &sushy.ca).expect("ca");
+    let (pw, ca) = (pw.to_string_lossy(), ca.to_string_lossy());
+
+    // A MAC that is not one: refused, and neither Host nor Secret is left.
+    let out = paddock(
+        &kc,
+        &[
+            "host",
+            "add",
+            "n2",
+            "--bmc",
+            &sushy.address(),
+            "--mac",
+            "52:54:00",
+            "--password-file",
+            &pw,
+            "--bmc-ca",
+            &ca,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("spec.bootMAC"), "{}", stderr(&out));
+    assert!(
+        Api::<Host>::all(s.client.clone())
+            .get_opt("n2")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        Api::<Secret>::namespaced(s.client.clone(), SYSTEM_NAMESPACE)
+            .get_opt("bmc-n2")
+            .await
+            .expect("get")
+            .is_none()
+    );
+
+    paddock_ok(
+        &kc,
+        &[
+            "host",
+            "add",
+            "n2",
+            "--bmc",
+            &sushy.address(),
+            "--mac",
+            "52:54:00:aa:00:01",
+            "--password-file",
+            &pw,
+            "--bmc-ca",
+            &ca,
+        ],
+    );
+    wait_for(&s.client, "n2", &sushy, "powered on", |h, sys| {
+        sys["PowerState"] == "On" && power(h) == Some("On")
     })
     .await;
+    let st = paddock_ok(&kc, &["host", "power", "status", "n2"]);
+    assert!(st.contains("power On, wanted on"), "{st}");
+    let list = paddock_ok(&kc, &["host", "list"]);
+    assert!(list.contains("n2") && list.contains("On"), "{list}");
+
+    paddock_ok(&kc, &["host", "power", "off", "n2"]);
+    wait_for(&s.client, "n2", &sushy, "powered off", |h, sys| {
+        sys["PowerState"] == "Off" && power(h) == Some("Off")
+    })
+    .await;
+    let st = paddock_ok(&kc, &["host", "power", "status", "n2"]);
+    assert!(st.contains("power Off, wanted off"), "{st}");
 }
