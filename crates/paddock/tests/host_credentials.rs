@@ -199,7 +199,7 @@ async fn a_host_credential_acts_for_its_own_host_only() {
         &["create", "-f", "-"],
         Some(&host("h1").replace(
             "spec: {}",
-            "spec: {bmc: {driver: redfish, address: \"10.9.9.9\", credentialsSecret: bmc-h2}}",
+            "spec: {bmc: {driver: redfish, address: \"redfish://10.9.9.9\", credentialsSecret: bmc-h2}}",
         )),
         "without BMC settings",
     );
