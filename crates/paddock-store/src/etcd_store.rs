@@ -164,6 +164,28 @@ impl EtcdStore {
         format!("{}{key}", self.root)
     }
 
+    /// A read of the keys under `prefix` after `start_after`, at revision
+    /// `at` (the newest when `None`), with `opts` (a limit, count only).
+    async fn range(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        opts: GetOptions,
+        at: Option<Revision>,
+    ) -> Result<etcd_client::GetResponse> {
+        let (full_prefix, start) = self.range_of(prefix, start_after);
+        let mut opts = opts.with_range(prefix_end(&full_prefix));
+        if let Some(r) = at {
+            opts = opts.with_revision(i64::try_from(r).unwrap_or(i64::MAX));
+        }
+        self.read(|mut kv| {
+            let (start, opts) = (start.clone(), opts.clone());
+            async move { kv.get(start, Some(opts)).await }
+        })
+        .await
+        .map_err(|e| etcd_error(e, at, self.revision()))
+    }
+
     /// The etcd prefix of `prefix`, and the first etcd key a read of it
     /// after `start_after` starts at.
     fn range_of(&self, prefix: &str, start_after: Option<&str>) -> (String, String) {
@@ -479,21 +501,11 @@ impl Store for EtcdStore {
         limit: Option<usize>,
         at: Option<Revision>,
     ) -> Result<Page> {
-        let (full_prefix, start) = self.range_of(prefix, start_after);
-        let mut opts = GetOptions::new().with_range(prefix_end(&full_prefix));
+        let mut opts = GetOptions::new();
         if let Some(l) = limit {
             opts = opts.with_limit(i64::try_from(l).unwrap_or(i64::MAX));
         }
-        if let Some(r) = at {
-            opts = opts.with_revision(i64::try_from(r).unwrap_or(i64::MAX));
-        }
-        let resp = self
-            .read(|mut kv| {
-                let (start, opts) = (start.clone(), opts.clone());
-                async move { kv.get(start, Some(opts)).await }
-            })
-            .await
-            .map_err(|e| etcd_error(e, at, self.revision()))?;
+        let resp = self.range(prefix, start_after, opts, at).await?;
         let current = self.saw(resp.header());
         let items = resp
             .kvs()
@@ -513,20 +525,9 @@ impl Store for EtcdStore {
         start_after: Option<&str>,
         at: Option<Revision>,
     ) -> Result<usize> {
-        let (full_prefix, start) = self.range_of(prefix, start_after);
-        let mut opts = GetOptions::new()
-            .with_range(prefix_end(&full_prefix))
-            .with_count_only();
-        if let Some(r) = at {
-            opts = opts.with_revision(i64::try_from(r).unwrap_or(i64::MAX));
-        }
         let resp = self
-            .read(|mut kv| {
-                let (start, opts) = (start.clone(), opts.clone());
-                async move { kv.get(start, Some(opts)).await }
-            })
-            .await
-            .map_err(|e| etcd_error(e, at, self.revision()))?;
+            .range(prefix, start_after, GetOptions::new().with_count_only(), at)
+            .await?;
         self.saw(resp.header());
         Ok(usize::try_from(resp.count()).unwrap_or_default())
     }

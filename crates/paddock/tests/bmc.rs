@@ -86,20 +86,35 @@ fn power(h: &Host) -> Option<&str> {
     h.status.as_ref()?.power_state.as_deref()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hosts_are_powered_through_their_bmc_as_spec_online_says() {
+/// The emulator, and a server with its controllers that trusts the
+/// emulator's CA (the Secret `bmc-ca`).
+async fn lab() -> (Sushy, TestServer) {
     let sushy = Sushy::start();
     let s = TestServer::start()
         .await
         .with_controllers(paddock_controllers::Config::default());
     secret(&s.client, "bmc-ca", &[("ca.crt", &sushy.ca)]).await;
+    (sushy, s)
+}
+
+/// [`lab`] with the Host `name` registered by its BMC, whose password in
+/// its Secret is `password`.
+async fn lab_with_host(name: &str, password: &str) -> (Sushy, TestServer) {
+    let (sushy, s) = lab().await;
+    let creds = format!("bmc-{name}");
     secret(
         &s.client,
-        "bmc-n0",
-        &[("username", "admin"), ("password", "r3dfish")],
+        &creds,
+        &[("username", "admin"), ("password", password)],
     )
     .await;
-    bmc_host(&s.client, "n0", &sushy, "bmc-n0").await;
+    bmc_host(&s.client, name, &sushy, &creds).await;
+    (sushy, s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_are_powered_through_their_bmc_as_spec_online_says() {
+    let (sushy, s) = lab_with_host("n0", "r3dfish").await;
 
     // Online unless it says otherwise: powered on, and shown so.
     let h = wait_for(&s.client, "n0", &sushy, "powered on", |h, sys| {
@@ -125,18 +140,7 @@ async fn hosts_are_powered_through_their_bmc_as_spec_online_says() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_bmc_password_is_a_clear_state_not_a_loop() {
-    let sushy = Sushy::start();
-    let s = TestServer::start()
-        .await
-        .with_controllers(paddock_controllers::Config::default());
-    secret(&s.client, "bmc-ca", &[("ca.crt", &sushy.ca)]).await;
-    secret(
-        &s.client,
-        "bmc-n1",
-        &[("username", "admin"), ("password", "wrong")],
-    )
-    .await;
-    bmc_host(&s.client, "n1", &sushy, "bmc-n1").await;
+    let (sushy, s) = lab_with_host("n1", "wrong").await;
 
     let h = wait_for(&s.client, "n1", &sushy, "refused", |h, _| {
         bmc_condition(h).is_some_and(|c| c.0 == "False")
@@ -198,10 +202,7 @@ async fn a_wrong_bmc_password_is_a_clear_state_not_a_loop() {
 /// on and shows it; a wrong field is refused whole, leaving nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_registers_and_powers_hosts_by_their_bmc() {
-    let sushy = Sushy::start();
-    let s = TestServer::start()
-        .await
-        .with_controllers(paddock_controllers::Config::default());
+    let (sushy, s) = lab().await;
     let kc = s.kubeconfig();
     let files = tempfile::tempdir().expect("tempdir");
     let (pw, ca) = (files.path().join("pw"), files.path().join("ca.pem"));
