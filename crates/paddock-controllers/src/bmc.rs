@@ -314,7 +314,8 @@ pub async fn run(client: kube::Client, connector: Arc<dyn Connector>, timeout: D
             secrets.get(&kube::runtime::reflector::ObjectRef::new(name).within(SYSTEM_NAMESPACE))
         };
         let all = hosts.state();
-        tracks.retain(|name, _| all.iter().any(|h| h.name_any() == *name));
+        let names: std::collections::HashSet<String> = all.iter().map(|h| h.name_any()).collect();
+        tracks.retain(|name, _| names.contains(name));
         let due: Vec<(Arc<Host>, u64)> = all
             .iter()
             .filter(|h| h.spec.bmc.is_some() && h.metadata.deletion_timestamp.is_none())
