@@ -10,7 +10,8 @@ use common::*;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{
-    Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams,
+    Api, DeleteParams, ListParams, ObjectList, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
 };
 use kube::runtime::watcher;
 use kube::{Error, ResourceExt};
@@ -469,15 +470,13 @@ async fn orphan_and_generate_name() {
     );
 }
 
-/// Writes race a paged list: every page is at the first page's revision
-/// (the objects as they were then, nothing newer), and a watch started from
-/// that revision sees every later change, in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paged_lists_are_one_snapshot() {
+/// A server with the org `acme` holding the Machines m00.. (`n` of them),
+/// and the first page of their list, 5 at a time.
+async fn paged_machines(n: usize) -> (TestServer, Api<Machine>, ObjectList<Machine>) {
     let s = TestServer::start().await;
     org(&s.client, "acme").await;
     let api: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
-    for i in 0..30 {
+    for i in 0..n {
         api.create(
             &PostParams::default(),
             &machine(&format!("m{i:02}"), None, "one"),
@@ -489,6 +488,15 @@ async fn paged_lists_are_one_snapshot() {
         .list(&ListParams::default().limit(5))
         .await
         .expect("first page");
+    (s, api, first)
+}
+
+/// Writes race a paged list: every page is at the first page's revision
+/// (the objects as they were then, nothing newer), and a watch started from
+/// that revision sees every later change, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paged_lists_are_one_snapshot() {
+    let (_s, api, first) = paged_machines(30).await;
     let rv = first.metadata.resource_version.clone().expect("rv");
     let rv_n: u64 = rv.parse().expect("numeric rv");
     let mut seen: Vec<(String, String)> = first
@@ -608,21 +616,7 @@ async fn paged_lists_are_one_snapshot() {
 /// page's revision.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quiet_paged_lists_count_what_is_left() {
-    let s = TestServer::start().await;
-    org(&s.client, "acme").await;
-    let api: Api<Machine> = Api::namespaced(s.client.clone(), "acme");
-    for i in 0..12 {
-        api.create(
-            &PostParams::default(),
-            &machine(&format!("m{i:02}"), None, "one"),
-        )
-        .await
-        .expect("create");
-    }
-    let first = api
-        .list(&ListParams::default().limit(5))
-        .await
-        .expect("first page");
+    let (s, api, first) = paged_machines(12).await;
     let rv = first.metadata.resource_version.clone().expect("rv");
     assert_eq!(first.metadata.remaining_item_count, Some(7));
     // Another resource changes: the Machines' pages are unaffected.
