@@ -143,6 +143,14 @@ struct ServerArgs {
     /// underlay address, when it is not this one.
     #[arg(long, requires = "gateway_listen")]
     gateway_underlay_netns: Option<String>,
+    /// Serve the iPXE binaries over TFTP on this address (the PXE network's
+    /// interface, port 69), to machines that netboot.
+    #[arg(long)]
+    tftp_listen: Option<SocketAddr>,
+    /// The directory TFTP serves, read-only (Debian's `ipxe` package puts
+    /// undionly.kpxe and ipxe.efi here).
+    #[arg(long, default_value = "/usr/lib/ipxe", requires = "tftp_listen")]
+    tftp_root: PathBuf,
     /// How long a drain waits for a deleted Machine's pods to leave (a
     /// PodDisruptionBudget may hold them) before its VM is stopped anyway.
     #[arg(long, default_value_t = 300)]
@@ -436,6 +444,15 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
             )]
         });
     }
+    // Stateless: every server serves it, the leader or not.
+    let _tftp = match args.tftp_listen {
+        Some(listen) => Some(
+            paddock_netboot::tftp::Tftp::start(listen, &args.tftp_root)
+                .await
+                .context("--tftp-listen")?,
+        ),
+        None => None,
+    };
     eprintln!(
         "paddock server listening on {}\nadmin kubeconfig: {}",
         running.data.url,
