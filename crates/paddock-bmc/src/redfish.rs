@@ -284,7 +284,7 @@ impl Redfish {
         Ok(one)
     }
 
-    async fn refused(&self, action: &str, a: &Answer) -> BmcError {
+    fn refused(action: &str, a: &Answer) -> BmcError {
         BmcError::Refused {
             action: action.to_owned(),
             reason: format!("{}: {}", a.status, message(&a.body)),
@@ -336,7 +336,7 @@ impl Bmc for Redfish {
             )
             .await?;
         if !r.status.is_success() {
-            return Err(self.refused(&format!("ResetType {kind}"), &r).await);
+            return Err(Self::refused(&format!("ResetType {kind}"), &r));
         }
         tracing::info!(system = %sys, reset = kind, "BMC power action");
         Ok(())
@@ -367,9 +367,7 @@ impl Bmc for Redfish {
             .call(Method::PATCH, &sys, Some(&body), a.etag.as_deref())
             .await?;
         if !r.status.is_success() {
-            return Err(self
-                .refused(&format!("a one-time boot from {target}"), &r)
-                .await);
+            return Err(Self::refused(&format!("a one-time boot from {target}"), &r));
         }
         Ok(())
     }

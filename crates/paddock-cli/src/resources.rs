@@ -271,17 +271,17 @@ async fn add_host(
 }
 
 async fn power(hosts: &Api<Host>, name: &str, verb: PowerVerb) -> CliResult {
+    let h = hosts.get(name).await?;
+    if h.spec.bmc.is_none() {
+        return Err(CliError::new(
+            Exit::Failure,
+            format!("host {name} has no BMC: Paddock does not power it"),
+        ));
+    }
     let online = match verb {
         PowerVerb::On => true,
         PowerVerb::Off => false,
         PowerVerb::Status => {
-            let h = hosts.get(name).await?;
-            if h.spec.bmc.is_none() {
-                return Err(CliError::new(
-                    Exit::Failure,
-                    format!("host {name} has no BMC: Paddock does not power it"),
-                ));
-            }
             let st = h.status.unwrap_or_default();
             let want = if h.spec.online.unwrap_or(true) {
                 "on"
@@ -301,13 +301,6 @@ async fn power(hosts: &Api<Host>, name: &str, verb: PowerVerb) -> CliResult {
             return Ok(());
         }
     };
-    let h = hosts.get(name).await?;
-    if h.spec.bmc.is_none() {
-        return Err(CliError::new(
-            Exit::Failure,
-            format!("host {name} has no BMC: Paddock cannot power it"),
-        ));
-    }
     let patch = serde_json::json!({"spec": {"online": online}});
     hosts
         .patch(

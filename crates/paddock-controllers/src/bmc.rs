@@ -296,6 +296,11 @@ fn fingerprint(h: &Host, secret: impl Fn(&str) -> Option<Arc<Secret>>) -> u64 {
     s.finish()
 }
 
+/// The Secret `name` of the platform's namespace, as the watch shows it.
+fn system_secret(secrets: &Store<Secret>, name: &str) -> Option<Arc<Secret>> {
+    secrets.get(&kube::runtime::reflector::ObjectRef::new(name).within(SYSTEM_NAMESPACE))
+}
+
 /// Runs the BMC power loop until dropped.
 pub async fn run(client: kube::Client, connector: Arc<dyn Connector>, timeout: Duration) {
     let wake = Arc::new(tokio::sync::Notify::new());
@@ -310,9 +315,7 @@ pub async fn run(client: kube::Client, connector: Arc<dyn Connector>, timeout: D
     let mut tracks: HashMap<String, Track> = HashMap::new();
     loop {
         let now = Instant::now();
-        let secret = |name: &str| {
-            secrets.get(&kube::runtime::reflector::ObjectRef::new(name).within(SYSTEM_NAMESPACE))
-        };
+        let secret = |name: &str| system_secret(&secrets, name);
         let all = hosts.state();
         let names: std::collections::HashSet<String> = all.iter().map(|h| h.name_any()).collect();
         tracks.retain(|name, _| names.contains(name));
@@ -332,12 +335,7 @@ pub async fn run(client: kube::Client, connector: Arc<dyn Connector>, timeout: D
                 let connector = connector.clone();
                 let secrets = secrets.clone();
                 async move {
-                    let secret = |name: &str| {
-                        secrets.get(
-                            &kube::runtime::reflector::ObjectRef::new(name)
-                                .within(SYSTEM_NAMESPACE),
-                        )
-                    };
+                    let secret = |name: &str| system_secret(&secrets, name);
                     let out = look(connector.as_ref(), &h, secret, timeout).await;
                     (h, f, out)
                 }
