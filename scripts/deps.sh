@@ -14,10 +14,11 @@ want=(curl openssl ca-certificates iproute2 nftables iptables containerd qemu-sy
 # front of the ingress ports), debootstrap (the Debian node image), Python
 # with venv (the official Kubernetes client and the OpenAPI checkers, from
 # PyPI: scripts/python-tools.sh), and ipmitool (the reference IPMI client
-# the IPMI driver is checked against), and iPXE (the binaries the TFTP
-# service hands to PXE ROMs).
+# the IPMI driver is checked against), iPXE (the binaries the TFTP
+# service hands to PXE ROMs, and QEMU's NIC ROMs that netboot the lab's
+# machines), and ISC's dhclient (a real client of the DHCP service).
 if [ "${1:-runtime}" = test ]; then
-  want+=(cloud-init haproxy debootstrap e2fsprogs python3 python3-venv ipmitool ipxe)
+  want+=(cloud-init haproxy debootstrap e2fsprogs python3 python3-venv ipmitool ipxe ipxe-qemu isc-dhcp-client)
 fi
 
 missing=()

@@ -30,7 +30,7 @@ export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
 # The root-only end-to-end tests and those that run the node image's
 # kubeadm are behind features: a normal user's `cargo test --workspace`
 # runs the rest.
-features=(--features paddock/root-tests,paddock-net/root-tests,paddock-bootstrap/kube-tests)
+features=(--features paddock/root-tests,paddock-net/root-tests,paddock-netboot/root-tests,paddock-bootstrap/kube-tests)
 cargo build --workspace --all-targets --locked "${features[@]}"
 cargo test --workspace --locked "${features[@]}" -- --test-threads=2
 # The API suites again with the server's store on etcd (the node image's

@@ -1,8 +1,11 @@
 //! Netboot services for bare-metal hosts, run by `paddock server` on the
-//! PXE network's interface. So far: [`tftp`], which serves the iPXE
-//! binaries (Debian's `ipxe` package) read-only to the machines' PXE ROMs.
-//! DHCP and the per-machine iPXE script over HTTP come next.
+//! PXE network's interface: [`dhcp`] (a full server or proxyDHCP) tells a
+//! registered machine's PXE ROM where to boot from, [`tftp`] serves it the
+//! iPXE binaries (Debian's `ipxe` package), and [`http`] gives iPXE the
+//! machine's script and the host image.
 
+pub mod dhcp;
+pub mod http;
 pub mod tftp;
 
 /// Why a netboot service could not start.
