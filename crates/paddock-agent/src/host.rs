@@ -69,6 +69,8 @@ pub async fn report(client: &kube::Client, r: &HostReport) -> kube::Result<()> {
         accelerator: Some(r.accel.clone()),
         // The BMC controller's; a merge keeps it.
         power_state: None,
+        // The BMC controller's and the netboot services'.
+        provisioning: None,
     };
     api.patch_status(
         &r.name,

@@ -7,6 +7,7 @@ pub mod accel;
 pub mod endpoint;
 pub mod host;
 pub mod hypervisor;
+pub mod join;
 pub mod jsonsock;
 pub mod platform;
 pub mod reconcile;

@@ -166,6 +166,72 @@ pub struct HostStatus {
     /// `PoweringOn`, `PoweringOff`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_state: Option<String>,
+    /// Netboot provisioning, for a host with a BMC and a boot MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<Provisioning>,
+}
+
+/// Where a bare-metal host is in being brought up by netboot, and what
+/// the netboot services saw of it. Each part has one writer: the BMC
+/// controller the state, the netboot services the rest.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Provisioning {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<ProvisioningState>,
+    /// Why it is in that state (CamelCase), and in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The address Paddock's DHCP leases its boot NIC (full mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_address: Option<String>,
+    /// When the controller last powered it on to netboot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub powered_on_at: Option<Time>,
+    /// When its iPXE script, with a new join token, was last served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netbooted_at: Option<Time>,
+    /// When it last exchanged a join token for its credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub joined_at: Option<Time>,
+}
+
+/// The provisioning states of a bare-metal host.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ProvisioningState {
+    /// Known by its BMC and boot MAC; nothing done yet.
+    Registered,
+    /// Told to boot from the network once, and powered on.
+    PoweringOn,
+    /// Its firmware fetched its iPXE script: the host image is booting.
+    Netbooting,
+    /// Its agent exchanged the join token; not yet reporting Ready.
+    Joined,
+    /// Its agent reports Ready.
+    Ready,
+    /// Powered off on purpose (`spec.online: false`).
+    Offline,
+    /// Being deleted: powered off, its credential revoked.
+    Deprovisioning,
+    /// Stuck; `reason` says why. Retried with backoff.
+    Error,
+}
+
+impl ProvisioningState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Registered => "Registered",
+            Self::PoweringOn => "PoweringOn",
+            Self::Netbooting => "Netbooting",
+            Self::Joined => "Joined",
+            Self::Ready => "Ready",
+            Self::Offline => "Offline",
+            Self::Deprovisioning => "Deprovisioning",
+            Self::Error => "Error",
+        }
+    }
 }
 
 impl Validate for Host {

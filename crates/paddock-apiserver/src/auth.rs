@@ -210,7 +210,14 @@ pub async fn require_user(State(state): State<AppState>, mut req: Request, next:
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    match state.auth.authenticate(header) {
+    let mut user = state.auth.authenticate(header);
+    if user.is_none()
+        && let Some(token) = header.and_then(|h| h.strip_prefix("Bearer "))
+    {
+        // Host credentials issued by a netboot join live in the store.
+        user = crate::join::authenticate(&state.api, token.trim()).await;
+    }
+    match user {
         Some(user) => {
             tracing::debug!(user = %user.name, method = %req.method(), path = %req.uri().path(), "request");
             req.extensions_mut().insert(user);

@@ -16,6 +16,7 @@ pub mod duplicates;
 pub mod error;
 pub mod gc;
 pub mod http;
+pub mod join;
 pub mod kubeconfig;
 pub mod leader;
 pub mod limits;
@@ -174,6 +175,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok" }))
         .route("/livez", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route(
+            "/paddock/v1/join",
+            axum::routing::post(join::handle).layer(axum::middleware::from_fn(limits::enforce)),
+        )
         .with_state(state)
         .merge(authed)
 }
@@ -245,11 +250,27 @@ pub struct Running {
     pub controllers: kube::Client,
     /// Whether this server leads now.
     pub leadership: leader::Leadership,
+    app: Router,
+    tls: rustls::ServerConfig,
 }
 
 impl Running {
     pub fn shutdown(self) {
         self.tasks.shutdown();
+    }
+
+    /// Serves the API on one more listener (one made in another network
+    /// namespace, say), as a supervised task named `name`.
+    pub fn serve_also(
+        &self,
+        name: &'static str,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<()> {
+        listener.set_nonblocking(true)?;
+        let l = TcpListener::from_std(listener)?;
+        self.tasks
+            .spawn_loop(name, tls::serve(l, self.tls.clone(), self.app.clone()));
+        Ok(())
     }
 
     /// Runs the loops `make` gives while this server leads, each a
@@ -408,7 +429,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     };
     tasks.spawn_loop("serve", tls::serve(listener, tls.clone(), app.clone()));
     if let Some(ul) = unix {
-        tasks.spawn_loop("serve-unix", tls::serve_unix(ul, tls, app));
+        tasks.spawn_loop("serve-unix", tls::serve_unix(ul, tls.clone(), app.clone()));
     }
     if let Some(cache) = cache {
         tasks.spawn_loop("watch-cache", cache.run(store));
@@ -436,6 +457,8 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         loopback,
         controllers,
         leadership,
+        app,
+        tls,
     };
     let (gc_api, resync) = (api, config.gc_resync);
     running.spawn_leader_loops(move |term| {

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod admin;
 mod dev;
+mod netboot;
 mod store_args;
 
 #[global_allocator]
@@ -151,6 +152,37 @@ struct ServerArgs {
     /// undionly.kpxe and ipxe.efi here).
     #[arg(long, default_value = "/usr/lib/ipxe", requires = "tftp_listen")]
     tftp_root: PathBuf,
+    /// This server's address on the PXE network: runs DHCP (on
+    /// --netboot-interface) and the netboot HTTP endpoint there, so that
+    /// registered bare-metal hosts boot the host image and join.
+    #[arg(long, requires = "netboot_interface")]
+    netboot_address: Option<std::net::Ipv4Addr>,
+    /// The PXE network's interface.
+    #[arg(long, requires = "netboot_address")]
+    netboot_interface: Option<String>,
+    /// Network namespace (name under /run/netns, or a path) that holds the
+    /// PXE network's interface, when it is not this one; the API is then
+    /// served there too, on the --listen port.
+    #[arg(long, requires = "netboot_address")]
+    netboot_netns: Option<String>,
+    /// Lease addresses from FIRST-LAST (a full DHCP server for the PXE
+    /// network); without it, proxyDHCP beside the site's DHCP server.
+    #[arg(long, requires = "netboot_address")]
+    dhcp_range: Option<String>,
+    #[arg(long, default_value = "255.255.255.0", requires = "dhcp_range")]
+    dhcp_netmask: std::net::Ipv4Addr,
+    #[arg(long, requires = "dhcp_range")]
+    dhcp_router: Option<std::net::Ipv4Addr>,
+    /// Port of the netboot HTTP endpoint (iPXE scripts, the host image).
+    #[arg(long, default_value_t = 8080)]
+    netboot_http_port: u16,
+    /// The host image the netboot endpoint serves (vmlinuz, initrd.img;
+    /// scripts/build-host-image.sh).
+    #[arg(long, requires = "netboot_address")]
+    netboot_image: Option<PathBuf>,
+    /// Extra kernel command line for the host image.
+    #[arg(long, default_value = "console=ttyS0")]
+    netboot_cmdline: String,
     /// How long a drain waits for a deleted Machine's pods to leave (a
     /// PodDisruptionBudget may hold them) before its VM is stopped anyway.
     #[arg(long, default_value_t = 300)]
@@ -238,6 +270,14 @@ struct AgentArgs {
     /// Reach the API through this unix socket (a lab host in its own network namespace).
     #[arg(long, conflicts_with = "server")]
     api_socket: Option<PathBuf>,
+    /// Join by netboot: take the join token, the API's and the netboot
+    /// endpoint's URLs and the CA's hash from the kernel command line
+    /// (`paddock.join=`, `paddock.api=`, `paddock.netboot=`,
+    /// `paddock.ca-sha256=`, as Paddock's iPXE script sets them), exchange
+    /// the token for this host's credential and keep that in
+    /// `<state-dir>/host.kubeconfig` (used as is when it is already there).
+    #[arg(long, conflicts_with_all = ["kubeconfig", "token", "api_socket", "server"])]
+    join_cmdline: bool,
     /// Name of this host (default: the hostname).
     #[arg(long)]
     name: Option<String>,
@@ -320,6 +360,9 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         Duration::from_secs(args.leader_lease_seconds),
     ));
     config.sans = args.sans.clone();
+    if let Some(a) = args.netboot_address {
+        config.sans.push(a.to_string());
+    }
     let management_name = format!("api.{}", args.base_domain);
     config.sans.push(management_name.clone());
     config.bookmark_every = Duration::from_secs(args.bookmark_seconds.max(1));
@@ -453,6 +496,45 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
+    let _netboot = match args.netboot_address {
+        Some(address) => {
+            let pool = match &args.dhcp_range {
+                Some(r) => {
+                    let (first, last) = paddock_netboot::dhcp::parse_range(r)
+                        .map_err(|e| anyhow::anyhow!("--dhcp-range: {e}"))?;
+                    Some(paddock_netboot::dhcp::Pool {
+                        first,
+                        last,
+                        netmask: args.dhcp_netmask,
+                        router: args.dhcp_router,
+                        dns: Vec::new(),
+                        lease: Duration::from_secs(3600),
+                    })
+                }
+                None => None,
+            };
+            let netns = args.netboot_netns.as_ref().map(|n| {
+                if n.contains('/') {
+                    PathBuf::from(n)
+                } else {
+                    paddock_net::netns::path(n)
+                }
+            });
+            let settings = netboot::Settings {
+                address,
+                interface: args.netboot_interface.clone().unwrap_or_default(),
+                api_port_in_netns: netns.as_ref().map(|_| running.addr.port()),
+                netns,
+                pool,
+                http_port: args.netboot_http_port,
+                image: args.netboot_image.clone(),
+                api_url: format!("https://{address}:{}", running.addr.port()),
+                cmdline: args.netboot_cmdline.clone(),
+            };
+            Some(netboot::start(settings, &running).context("netboot services")?)
+        }
+        None => None,
+    };
     eprintln!(
         "paddock server listening on {}\nadmin kubeconfig: {}",
         running.data.url,
@@ -471,10 +553,16 @@ async fn server(args: ServerArgs) -> anyhow::Result<()> {
 async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     use kube::config::{KubeConfigOptions, Kubeconfig};
     init_tracing();
-    let kc = args
-        .kubeconfig
-        .clone()
-        .unwrap_or_else(|| paddock_cli::default_data_dir().join("admin.kubeconfig"));
+    let mut args = args;
+    let kc = if args.join_cmdline {
+        let (name, kc) = join_from_cmdline(&args.state_dir).await?;
+        args.name.get_or_insert(name);
+        kc
+    } else {
+        args.kubeconfig
+            .clone()
+            .unwrap_or_else(|| paddock_cli::default_data_dir().join("admin.kubeconfig"))
+    };
     let kubeconfig = Kubeconfig::read_from(&kc)
         .with_context(|| format!("reading kubeconfig {}", kc.display()))?;
     let mut config =
@@ -520,6 +608,42 @@ async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         r = paddock_agent::run(client, cfg) => r,
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
+}
+
+/// `paddock agent --join-cmdline`: this host's kubeconfig, joining first
+/// if it has none yet; and the host's name.
+async fn join_from_cmdline(state_dir: &std::path::Path) -> anyhow::Result<(String, PathBuf)> {
+    use paddock_netboot::http::cmdline;
+    let line = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
+    let arg = |key: &str| {
+        line.split_whitespace()
+            .filter_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+            .next_back()
+            .map(str::to_owned)
+            .with_context(|| format!("the kernel command line has no {key}="))
+    };
+    let host = arg(cmdline::HOST)?;
+    let kc = state_dir.join("host.kubeconfig");
+    if kc.exists() {
+        tracing::info!(path = %kc.display(), "joined before: using the kept host credential");
+        return Ok((host, kc));
+    }
+    let params = paddock_agent::join::JoinParams {
+        netboot: arg(cmdline::NETBOOT)?,
+        api: arg(cmdline::API)?,
+        ca_sha256: arg(cmdline::CA_SHA256)?,
+        token: arg(cmdline::JOIN)?,
+    };
+    let (name, config) = paddock_agent::join::join(&params).await?;
+    if name != host {
+        anyhow::bail!("joined as host {name:?}, but the command line names {host:?}");
+    }
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    paddock_apiserver::bootstrap::write_private(&kc, config.as_bytes())
+        .with_context(|| format!("writing {}", kc.display()))?;
+    tracing::info!(host = %name, "joined: host credential kept in {}", kc.display());
+    Ok((name, kc))
 }
 
 #[tokio::main]
