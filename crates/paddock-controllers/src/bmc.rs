@@ -10,6 +10,13 @@
 //! its spec or its Secrets change, which makes it due at once. Status is
 //! written only when it changes, and an Event only on a change too, so a
 //! BMC that refuses the credentials gives one Warning, not a loop.
+//!
+//! A host with a boot MAC is provisioned by netboot: before it is powered
+//! on it is told to boot from the network once, and its
+//! `status.provisioning.state` follows what is seen of it ([`provisioning`]):
+//! Registered, PoweringOn, Netbooting (the netboot endpoint served its
+//! script), Joined (its agent exchanged the join token), Ready; Offline
+//! when powered off on purpose; Error with the BMC's reason.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -25,8 +32,10 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use paddock_api::Host;
-use paddock_api::host::{BMC_CONDITION, SYSTEM_NAMESPACE};
-use paddock_bmc::{Bmc, BmcError, Credentials, Options, PowerAction, PowerState, TlsVerify};
+use paddock_api::host::{BMC_CONDITION, HostPhase, ProvisioningState, SYSTEM_NAMESPACE};
+use paddock_bmc::{
+    Bmc, BmcError, BootDevice, Credentials, Options, PowerAction, PowerState, TlsVerify,
+};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -189,6 +198,15 @@ pub async fn look(
                 acted: false,
             }),
             Some(a) => {
+                if a == PowerAction::On && h.spec.boot_mac.is_some() {
+                    // Provisioning: from the network, this boot only.
+                    if let Err(e) = driver.boot_once(BootDevice::Pxe).await {
+                        if !matches!(e, BmcError::Unsupported(_)) {
+                            return Err(failed(&e));
+                        }
+                        tracing::warn!(host = %h.name_any(), error = %e, "no one-time network boot; powering on as set up");
+                    }
+                }
                 driver.power(a).await.map_err(|e| failed(&e))?;
                 Ok(Outcome::Answered { power, acted: true })
             }
@@ -197,6 +215,68 @@ pub async fn look(
     .await;
     driver.close().await;
     out.unwrap_or_else(|e| e)
+}
+
+/// Where a netbooted host is, from what is known of it and the BMC's
+/// latest answer: (state, reason, message).
+pub fn provisioning(h: &Host, outcome: &Outcome) -> (ProvisioningState, String, String) {
+    use ProvisioningState as S;
+    let st = h.status.clone().unwrap_or_default();
+    let p = st.provisioning.clone().unwrap_or_default();
+    let at = |t: &Option<Time>| t.as_ref().map(|t| t.0);
+    let (powered, netbooted, joined) =
+        (at(&p.powered_on_at), at(&p.netbooted_at), at(&p.joined_at));
+    let after = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
+        (Some(a), Some(b)) => a >= b,
+        (Some(_), None) => true,
+        _ => false,
+    };
+    let s = |state: S, reason: &str, message: String| (state, reason.to_owned(), message);
+    if h.metadata.deletion_timestamp.is_some() {
+        return s(
+            S::Deprovisioning,
+            "Deleting",
+            "the host is being deleted".into(),
+        );
+    }
+    if let Outcome::Failed {
+        reason, message, ..
+    } = outcome
+    {
+        return s(S::Error, reason, message.clone());
+    }
+    if !h.spec.online.unwrap_or(true) {
+        return s(S::Offline, "PoweredOff", "spec.online is false".into());
+    }
+    if st.phase == Some(HostPhase::Ready) {
+        return s(S::Ready, "AgentReady", "its agent reports Ready".into());
+    }
+    if after(joined, netbooted) && joined.is_some() {
+        return s(
+            S::Joined,
+            "Joined",
+            "its agent joined; waiting for it to report Ready".into(),
+        );
+    }
+    if after(netbooted, powered) && netbooted.is_some() {
+        return s(
+            S::Netbooting,
+            "ScriptServed",
+            "it fetched its iPXE script: the host image is booting".into(),
+        );
+    }
+    match outcome {
+        Outcome::Answered { acted: true, .. }
+        | Outcome::Answered {
+            power: PowerState::On | PowerState::PoweringOn,
+            ..
+        } => s(
+            S::PoweringOn,
+            "PoweredOn",
+            "set to boot from the network once and powered on; waiting for it to netboot".into(),
+        ),
+        _ => s(S::Registered, "Registered", "registered by its BMC".into()),
+    }
 }
 
 /// The condition an outcome shows, keeping the transition time when its
@@ -239,7 +319,20 @@ async fn record(client: &kube::Client, h: &Host, outcome: &Outcome) -> anyhow::R
     let same_condition = prev.is_some_and(|p| {
         p.status == cond.status && p.reason == cond.reason && p.message == cond.message
     });
-    if same_condition && power == st.power_state {
+    let prov = st.provisioning.clone().unwrap_or_default();
+    let (state, reason, message) = provisioning(h, outcome);
+    let powered_on_now = matches!(
+        outcome,
+        Outcome::Answered {
+            acted: true,
+            power: PowerState::Off
+        }
+    );
+    let same_state = h.spec.boot_mac.is_none()
+        || (prov.state == Some(state)
+            && prov.reason.as_deref() == Some(reason.as_str())
+            && !powered_on_now);
+    if same_condition && same_state && power == st.power_state {
         return Ok(());
     }
     let mut conditions: Vec<Condition> = st
@@ -249,16 +342,34 @@ async fn record(client: &kube::Client, h: &Host, outcome: &Outcome) -> anyhow::R
         .cloned()
         .collect();
     conditions.push(cond.clone());
+    let mut status = json!({"powerState": power, "conditions": conditions});
+    if h.spec.boot_mac.is_some() {
+        let mut p = json!({"state": state, "reason": reason, "message": message});
+        if powered_on_now {
+            p["poweredOnAt"] = json!(Time(Timestamp::now()));
+        }
+        status["provisioning"] = p;
+    }
     Api::<Host>::all(client.clone())
         .patch_status(
             &h.name_any(),
             &PatchParams::default(),
             &Patch::Merge(json!({
                 "metadata": {"resourceVersion": h.resource_version()},
-                "status": {"powerState": power, "conditions": conditions},
+                "status": status,
             })),
         )
         .await?;
+    if h.spec.boot_mac.is_some() && !same_state && prov.state != Some(state) {
+        crate::events::record(
+            client,
+            h,
+            state == ProvisioningState::Error,
+            state.as_str(),
+            format!("host {}: {}", h.name_any(), message),
+        )
+        .await;
+    }
     if !same_condition {
         crate::events::record(
             client,
@@ -280,7 +391,8 @@ struct Track {
 }
 
 /// What, when it changes, makes a host due at once: its BMC settings, its
-/// wanted power, and the Secrets they name.
+/// wanted power, the Secrets they name, and for a netbooted host what its
+/// netboot and agent report.
 fn fingerprint(h: &Host, secret: impl Fn(&str) -> Option<Arc<Secret>>) -> u64 {
     let mut s = std::collections::hash_map::DefaultHasher::new();
     if let Some(b) = &h.spec.bmc {
@@ -293,6 +405,17 @@ fn fingerprint(h: &Host, secret: impl Fn(&str) -> Option<Arc<Secret>>) -> u64 {
         }
     }
     h.spec.online.hash(&mut s);
+    // What moves a netbooted host's provisioning on.
+    if h.spec.boot_mac.is_some()
+        && let Some(st) = &h.status
+    {
+        st.phase.map(HostPhase::as_str).hash(&mut s);
+        if let Some(p) = &st.provisioning {
+            for t in [&p.netbooted_at, &p.joined_at] {
+                t.as_ref().map(|t| t.0.as_second()).hash(&mut s);
+            }
+        }
+    }
     s.finish()
 }
 

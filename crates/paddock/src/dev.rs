@@ -11,13 +11,18 @@ use anyhow::{Context, bail};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 
-const FABRIC: &str = "paddock-fabric";
+pub const FABRIC: &str = "paddock-fabric";
 /// The management plane's namespace on the fabric, and its underlay address.
 const MGMT: &str = "paddock-mgmt";
 const MGMT_IP: &str = "10.77.0.2";
 /// Where the lab's gateway listens (on loopback).
 pub const GATEWAY_PORT: u16 = 16443;
 const IMAGE_SCRIPT: &str = include_str!("../../../scripts/build-dev-image.sh");
+const HOST_IMAGE_SCRIPT: &str = include_str!("../../../scripts/build-host-image.sh");
+/// Where the lab's virtual BMC listens (Redfish, on loopback).
+pub const BMC_PORT: u16 = 16623;
+/// The range the lab's DHCP leases bare-metal machines on the fabric.
+const DHCP_RANGE: &str = "10.77.0.100-10.77.0.199";
 
 fn host_ns(i: usize) -> String {
     format!("paddock-host{i}")
@@ -82,6 +87,9 @@ pub struct Up {
     /// Three servers on a three-member etcd behind HAProxy, instead of one
     /// server on the embedded store.
     pub ha: bool,
+    /// Bare-metal machines behind the lab's virtual BMC.
+    pub bare_metal: usize,
+    pub bare_metal_memory: u32,
 }
 
 /// Servers of the HA lab: each listens on its own port; HAProxy listens on
@@ -258,6 +266,11 @@ pub fn kube_node_image(dir: &Path) -> anyhow::Result<paddock_api::MachineImage> 
 }
 
 pub async fn up(u: Up) -> anyhow::Result<()> {
+    if u.ha && u.bare_metal > 0 {
+        bail!(
+            "--bare-metal needs the single-server lab (not --ha): its netboot services run on the one server"
+        );
+    }
     let exe = std::env::current_exe().context("finding the paddock binary")?;
     let exe = exe.display().to_string();
     let d = &u.data_dir;
@@ -325,6 +338,17 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
             socket.display().to_string(),
             "--host-grace-seconds".into(),
             "30".into(),
+            // Netboot on the fabric (only registered MACs are answered).
+            "--netboot-address".into(),
+            MGMT_IP.into(),
+            "--netboot-interface".into(),
+            "eth0".into(),
+            "--netboot-netns".into(),
+            MGMT.into(),
+            "--dhcp-range".into(),
+            DHCP_RANGE.into(),
+            "--netboot-image".into(),
+            d.join("host-image").display().to_string(),
         ];
         args.extend(gateway_args);
         spawn_detached(&args, &d.join("server.log"), &d.join("server.pid"))?;
@@ -416,7 +440,7 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
             spawn_detached(&args, &d.join(format!("agent-{n}.log")), &pidfile)?;
         }
     }
-    let hosts: Api<paddock_api::Host> = Api::all(client);
+    let hosts: Api<paddock_api::Host> = Api::all(client.clone());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     loop {
         let ready = hosts
@@ -440,11 +464,140 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+    if u.bare_metal > 0 {
+        bare_metal(&u, &exe, &kubeconfig, &hosts).await?;
+    }
     println!(
         "Paddock lab is up: {} hosts, logs in {dir}.\n\nNext:\n  export KUBECONFIG={kc}\n  paddock cluster create demo --workers 2 --wait\n  paddock cluster list\n  kubectl get clusters,machines -A\n  paddock dev down",
         u.hosts,
         dir = d.display(),
         kc = kubeconfig.display()
+    );
+    Ok(())
+}
+
+/// The lab's bare-metal machines: the host image, a tap and a blank disk
+/// each, the virtual BMC, and their Hosts (registered with `paddock host
+/// add`, as an operator would). Idempotent.
+async fn bare_metal(
+    u: &Up,
+    exe: &str,
+    kubeconfig: &Path,
+    hosts: &Api<paddock_api::Host>,
+) -> anyhow::Result<()> {
+    let d = &u.data_dir;
+    eprintln!("• host image (netbooted by the bare-metal machines)");
+    let script = d.join("build-host-image.sh");
+    std::fs::write(&script, HOST_IMAGE_SCRIPT)?;
+    let st = Command::new("bash")
+        .arg(&script)
+        .arg(exe)
+        .arg(d.join("host-image"))
+        .arg(&u.image_dir)
+        .stdout(Stdio::null())
+        .status()?;
+    if !st.success() {
+        bail!("building the host image failed");
+    }
+    eprintln!(
+        "• {} bare-metal machines behind the lab's BMC",
+        u.bare_metal
+    );
+    let dir = d.join("bare-metal");
+    std::fs::create_dir_all(&dir)?;
+    let machines = crate::labbmc::machines(d, u.bare_metal);
+    for m in &machines {
+        if !Path::new(&format!("/proc/sys/net/ipv4/conf/{}", m.tap)).exists()
+            && Command::new("ip")
+                .args(["-n", FABRIC, "link", "show", &m.tap])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .map(|s| !s.success())
+                .unwrap_or(true)
+        {
+            sh(&format!(
+                "ip -n {FABRIC} tuntap add {tap} mode tap && ip -n {FABRIC} link set {tap} master fabric0 up",
+                tap = m.tap
+            ))?;
+        }
+        if !m.disk.exists() {
+            std::fs::File::create(&m.disk)?.set_len(8 << 30)?;
+        }
+    }
+    let password = dir.join("bmc-password");
+    if !password.exists() {
+        let p: [u8; 16] = rand::random();
+        let p: String = p.iter().map(|b| format!("{b:02x}")).collect();
+        paddock_apiserver::bootstrap::write_private(&password, p.as_bytes())?;
+    }
+    let pidfile = d.join("bmc.pid");
+    if !alive(&pidfile) {
+        let args: Vec<String> = [
+            exe,
+            "dev",
+            "bmc",
+            "--data-dir",
+            &d.display().to_string(),
+            "--listen",
+            &format!("127.0.0.1:{BMC_PORT}"),
+            "--machines",
+            &u.bare_metal.to_string(),
+            "--memory",
+            &u.bare_metal_memory.to_string(),
+            "--password-file",
+            &password.display().to_string(),
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        spawn_detached(&args, &d.join("bmc.log"), &pidfile)?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(("127.0.0.1", BMC_PORT))
+        .await
+        .is_err()
+    {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "the lab's BMC did not start; see {}",
+                d.join("bmc.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for m in &machines {
+        if hosts.get_opt(&m.name).await?.is_some() {
+            continue;
+        }
+        let out = Command::new(exe)
+            .args(["host", "add", &m.name])
+            .args([
+                "--bmc",
+                &format!(
+                    "redfish+http://127.0.0.1:{BMC_PORT}/redfish/v1/Systems/{}",
+                    m.name
+                ),
+                "--mac",
+                &m.mac,
+                "--username",
+                "admin",
+            ])
+            .arg("--password-file")
+            .arg(&password)
+            .env("PADDOCK_KUBECONFIG", kubeconfig)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "registering {}: {}",
+                m.name,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+    }
+    eprintln!(
+        "• bare-metal machines registered: they power on, netboot and join (watch: paddock host list; consoles in {})",
+        dir.display()
     );
     Ok(())
 }

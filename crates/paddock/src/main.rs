@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod admin;
 mod dev;
+mod labbmc;
 mod netboot;
 mod store_args;
 
@@ -76,6 +77,31 @@ enum DevCommand {
         /// scripts/build-node-binaries.sh /var/cache/paddock/node-bin etcd).
         #[arg(long)]
         ha: bool,
+        /// Also N powered-off "bare-metal" machines (bm-1…bm-N): QEMU VMs
+        /// with blank disks on the fabric, behind the lab's virtual BMC,
+        /// registered as Hosts by their BMC and boot MAC, so that they
+        /// netboot the host image and join (minutes under TCG).
+        #[arg(long, default_value_t = 0)]
+        bare_metal: usize,
+        /// Memory of each bare-metal machine, in MiB.
+        #[arg(long, default_value_t = 2048)]
+        bare_metal_memory: u32,
+    },
+    /// The lab's virtual BMC (run by `dev up --bare-metal`): Redfish on
+    /// loopback for the lab's bare-metal machines.
+    #[command(hide = true)]
+    Bmc {
+        #[arg(long, default_value = "/var/lib/paddock-dev")]
+        data_dir: PathBuf,
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        machines: usize,
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
+        /// The BMC password is read from this file (user `admin`).
+        #[arg(long)]
+        password_file: PathBuf,
     },
     /// Stop and remove all of the lab (idempotent).
     Down {
@@ -672,6 +698,8 @@ async fn main() -> ExitCode {
                     image_dir,
                     kube_image,
                     ha,
+                    bare_metal,
+                    bare_metal_memory,
                 } => {
                     dev::up(dev::Up {
                         hosts,
@@ -679,8 +707,37 @@ async fn main() -> ExitCode {
                         image_dir,
                         kube_image,
                         ha,
+                        bare_metal,
+                        bare_metal_memory,
                     })
                     .await
+                }
+                DevCommand::Bmc {
+                    data_dir,
+                    listen,
+                    machines,
+                    memory,
+                    password_file,
+                } => {
+                    init_tracing();
+                    match std::fs::read_to_string(&password_file) {
+                        Ok(p) => {
+                            labbmc::run(labbmc::Settings {
+                                listen,
+                                username: "admin".into(),
+                                password: p.trim().to_owned(),
+                                netns: dev::FABRIC.into(),
+                                machines: labbmc::machines(&data_dir, machines),
+                                memory_mib: memory,
+                                cpus: 2,
+                            })
+                            .await
+                        }
+                        Err(e) => Err(anyhow::anyhow!(
+                            "--password-file {}: {e}",
+                            password_file.display()
+                        )),
+                    }
                 }
                 DevCommand::Down { data_dir } => dev::down(&data_dir),
             };
