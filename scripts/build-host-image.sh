@@ -61,6 +61,9 @@ mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,usr/share,proc,sys,dev,run,tmp,etc,l
 cp /usr/bin/busybox "$root/bin/busybox" 2>/dev/null || cp /bin/busybox "$root/bin/busybox"
 progs=(/usr/bin/qemu-system-x86_64 /usr/bin/qemu-img /usr/sbin/nft /usr/sbin/mke2fs)
 for p in "${progs[@]}"; do cp "$p" "$root$p"; done
+# QEMU's TCG accelerator is a module of its own.
+mkdir -p "$root/usr/lib/x86_64-linux-gnu/qemu"
+cp /usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so "$root/usr/lib/x86_64-linux-gnu/qemu/"
 objcopy --strip-all "$bin" "$root/usr/bin/paddock"
 # Their libraries, resolved on this (Debian 12) machine.
 for p in "${progs[@]}" "$bin"; do ldd "$p"; done | awk '/=>/{print $3} /ld-linux/{print $1}' | sort -u | while read -r lib; do

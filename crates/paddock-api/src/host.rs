@@ -32,6 +32,12 @@ pub struct HostSpec {
     /// When true the scheduler places no new machines here.
     #[serde(default)]
     pub unschedulable: bool,
+    /// The operator's word that this host is powered off and stays so
+    /// (`paddock host fence`), as Kubernetes' out-of-service taint: once
+    /// it is NotReady its Machines are replaced elsewhere, and their VMs
+    /// are counted as gone. A host with a BMC is fenced through it instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub out_of_service: bool,
 }
 
 /// Namespace of the platform's own objects: host leases, overlay claims.
@@ -196,6 +202,31 @@ pub struct Provisioning {
     /// When it last exchanged a join token for its credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub joined_at: Option<Time>,
+    /// The value of the [`REPROVISION_ANNOTATION`] last acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reprovisioned: Option<String>,
+}
+
+/// Set (to a new value, a timestamp) to have a host with a BMC netbooted
+/// afresh: told to boot from the network, power-cycled, and unfenced
+/// (`paddock host reprovision`).
+pub const REPROVISION_ANNOTATION: &str = "paddock.io/reprovision";
+
+/// The condition that says whether a host is fenced: powered off, by its
+/// BMC (confirmed) or by the operator's word, so that its VMs cannot run.
+pub const FENCED_CONDITION: &str = "Fenced";
+
+impl Host {
+    /// Whether the host is known to be off: its Machines may run elsewhere
+    /// and its VMs count as gone.
+    pub fn fenced(&self) -> bool {
+        self.spec.out_of_service
+            || self.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == FENCED_CONDITION && c.status == "True")
+            })
+    }
 }
 
 /// The provisioning states of a bare-metal host.

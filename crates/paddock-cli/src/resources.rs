@@ -160,6 +160,18 @@ pub enum HostCommand {
         #[arg(long)]
         wait: bool,
     },
+    /// Confirm that a host is powered off and stays so (a host without a
+    /// BMC, which Paddock cannot fence itself): once it is NotReady its
+    /// Machines are replaced elsewhere. As Kubernetes' out-of-service
+    /// taint. `--undo` takes the word back.
+    Fence {
+        name: String,
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Netboot a host with a BMC afresh: boot from the network once, power
+    /// cycle, and lift a fence its BMC set.
+    Reprovision { name: String },
     /// Remove a host that is gone for good. Its deleted Machines, whose VMs
     /// no agent can stop any more, are released (and with them their
     /// clusters' deletions and overlays). A host whose agent still runs
@@ -172,6 +184,9 @@ pub enum HostCommand {
 pub enum PowerVerb {
     On,
     Off,
+    /// Off and on again (a netbooted host boots the host image afresh;
+    /// as `paddock host reprovision`).
+    Cycle,
     Status,
 }
 
@@ -281,6 +296,7 @@ async fn power(hosts: &Api<Host>, name: &str, verb: PowerVerb) -> CliResult {
     let online = match verb {
         PowerVerb::On => true,
         PowerVerb::Off => false,
+        PowerVerb::Cycle => return reprovision(hosts, name, "power-cycling").await,
         PowerVerb::Status => {
             let st = h.status.unwrap_or_default();
             let want = if h.spec.online.unwrap_or(true) {
@@ -313,6 +329,47 @@ async fn power(hosts: &Api<Host>, name: &str, verb: PowerVerb) -> CliResult {
         "host {name} powering {} through its BMC",
         if online { "on" } else { "off" }
     );
+    Ok(())
+}
+
+/// Asks the BMC controller for a netboot and a power cycle (a new value
+/// of the reprovision annotation).
+async fn reprovision(hosts: &Api<Host>, name: &str, what: &str) -> CliResult {
+    let h = hosts.get(name).await?;
+    if h.spec.bmc.is_none() {
+        return Err(CliError::new(
+            Exit::Failure,
+            format!("host {name} has no BMC: Paddock does not power it"),
+        ));
+    }
+    let stamp = k8s_openapi::jiff::Timestamp::now().to_string();
+    let patch = serde_json::json!({"metadata": {"annotations": {
+        paddock_api::host::REPROVISION_ANNOTATION: stamp,
+    }}});
+    hosts
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await?;
+    println!("host {name} {what} through its BMC");
+    Ok(())
+}
+
+async fn fence(api: &Api<Host>, name: &str, on: bool) -> CliResult {
+    let patch = serde_json::json!({"spec": {"outOfService": on}});
+    api.patch(
+        name,
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(&patch),
+    )
+    .await?;
+    if on {
+        println!("host {name} fenced: you confirm it is off; once NotReady its Machines are replaced elsewhere");
+    } else {
+        println!("host {name} no longer fenced");
+    }
     Ok(())
 }
 
@@ -483,6 +540,10 @@ pub async fn host(cmd: HostCommand, client: &Client, out: Format) -> CliResult {
         }
         HostCommand::Power { action, name } => return power(&hosts, &name, action).await,
         HostCommand::Cordon { name } => return set_unschedulable(&hosts, &name, true).await,
+        HostCommand::Fence { name, undo } => return fence(&hosts, &name, !undo).await,
+        HostCommand::Reprovision { name } => {
+            return reprovision(&hosts, &name, "reprovisioning (netboot, power cycle)").await;
+        }
         HostCommand::Uncordon { name } => return set_unschedulable(&hosts, &name, false).await,
         HostCommand::Delete { name } => {
             hosts.delete(&name, &DeleteParams::default()).await?;

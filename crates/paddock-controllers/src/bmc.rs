@@ -32,7 +32,10 @@ use kube::ResourceExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use paddock_api::Host;
-use paddock_api::host::{BMC_CONDITION, HostPhase, ProvisioningState, SYSTEM_NAMESPACE};
+use paddock_api::host::{
+    BMC_CONDITION, FENCED_CONDITION, HostPhase, ProvisioningState, REPROVISION_ANNOTATION,
+    SYSTEM_NAMESPACE,
+};
 use paddock_bmc::{
     Bmc, BmcError, BootDevice, Credentials, Options, PowerAction, PowerState, TlsVerify,
 };
@@ -72,11 +75,25 @@ const WONT_CHANGE: Duration = Duration::from_secs(600);
 /// How many BMCs are talked to at once.
 const IN_FLIGHT: usize = 16;
 
+/// A step beyond keeping the power as `spec.online` asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    None,
+    /// Powered off, and the power-off read back: the host is fenced.
+    Fenced,
+    /// Told to netboot and power-cycled for this reprovision request.
+    Reprovisioned(String),
+}
+
 /// What one look at a host found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The BMC answered; `acted` when a power action was taken.
-    Answered { power: PowerState, acted: bool },
+    Answered {
+        power: PowerState,
+        acted: bool,
+        step: Step,
+    },
     /// It failed; `retryable` when waiting may help.
     Failed {
         reason: String,
@@ -128,12 +145,66 @@ fn secret_value(s: &Secret, key: &str) -> Option<String> {
     from_data.or_else(|| s.string_data.as_ref().and_then(|d| d.get(key)).cloned())
 }
 
+/// Whether `h` is to be fenced now: NotReady for `grace` and not fenced.
+pub fn fence_due(h: &Host, now: Timestamp, grace: Duration) -> bool {
+    let Some(st) = &h.status else { return false };
+    if st.phase != Some(HostPhase::NotReady) || h.fenced() {
+        return false;
+    }
+    st.conditions
+        .iter()
+        .find(|c| c.type_ == "Ready" && c.status == "False")
+        .is_some_and(|c| now.as_second() - c.last_transition_time.0.as_second() >= grace.as_secs() as i64)
+}
+
+/// The reprovision request not yet acted on, if any.
+pub fn reprovision_due(h: &Host) -> Option<String> {
+    let want = h.annotations().get(REPROVISION_ANNOTATION)?;
+    let done = h
+        .status
+        .as_ref()
+        .and_then(|s| s.provisioning.as_ref())
+        .and_then(|p| p.reprovisioned.as_ref());
+    (done != Some(want)).then(|| want.clone())
+}
+
+/// Whether the BMC fenced this host (not the operator's word): it is kept
+/// off until it is reprovisioned.
+fn fenced_by_bmc(h: &Host) -> bool {
+    h.status.as_ref().is_some_and(|s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == FENCED_CONDITION && c.status == "True" && c.reason == "PoweredOff")
+    })
+}
+
+/// Powers off and reads the power back until it is Off.
+async fn fence(driver: &dyn Bmc, timeout: Duration) -> Result<PowerState, Outcome> {
+    driver.power(PowerAction::Off).await.map_err(|e| failed(&e))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let p = driver.power_state().await.map_err(|e| failed(&e))?;
+        if p == PowerState::Off {
+            return Ok(p);
+        }
+        if Instant::now() > deadline {
+            return Err(Outcome::Failed {
+                reason: "FenceUnconfirmed".into(),
+                message: format!("powered off through the BMC, but it still reads {}", p.as_str()),
+                retryable: true,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Looks at one host's BMC and takes the one step its power needs.
 pub async fn look(
     connector: &dyn Connector,
     h: &Host,
     secret: impl Fn(&str) -> Option<Arc<Secret>>,
     timeout: Duration,
+    grace: Duration,
 ) -> Outcome {
     let Some(bmc) = &h.spec.bmc else {
         return Outcome::Failed {
@@ -191,11 +262,27 @@ pub async fn look(
     };
     let out = async {
         let power = driver.power_state().await.map_err(|e| failed(&e))?;
-        let online = h.spec.online.unwrap_or(true);
+        if fence_due(h, Timestamp::now(), grace) {
+            let power = fence(driver.as_ref(), timeout).await?;
+            tracing::warn!(host = %h.name_any(), "fenced: powered off through its BMC, confirmed");
+            return Ok(Outcome::Answered { power, acted: true, step: Step::Fenced });
+        }
+        if let Some(request) = reprovision_due(h) {
+            if h.spec.boot_mac.is_some() {
+                driver.boot_once(BootDevice::Pxe).await.map_err(|e| failed(&e))?;
+            }
+            let a = if power == PowerState::Off { PowerAction::On } else { PowerAction::Cycle };
+            driver.power(a).await.map_err(|e| failed(&e))?;
+            tracing::info!(host = %h.name_any(), "reprovisioning: netboot and power cycle");
+            return Ok(Outcome::Answered { power, acted: true, step: Step::Reprovisioned(request) });
+        }
+        // Fenced by the BMC: kept off until reprovisioned.
+        let online = h.spec.online.unwrap_or(true) && !fenced_by_bmc(h);
         match action_for(online, power) {
             None => Ok(Outcome::Answered {
                 power,
                 acted: false,
+                step: Step::None,
             }),
             Some(a) => {
                 if a == PowerAction::On && h.spec.boot_mac.is_some() {
@@ -208,7 +295,11 @@ pub async fn look(
                     }
                 }
                 driver.power(a).await.map_err(|e| failed(&e))?;
-                Ok(Outcome::Answered { power, acted: true })
+                Ok(Outcome::Answered {
+                    power,
+                    acted: true,
+                    step: Step::None,
+                })
             }
         }
     }
@@ -319,34 +410,63 @@ async fn record(client: &kube::Client, h: &Host, outcome: &Outcome) -> anyhow::R
     let same_condition = prev.is_some_and(|p| {
         p.status == cond.status && p.reason == cond.reason && p.message == cond.message
     });
+    let step = match outcome {
+        Outcome::Answered { step, .. } => step.clone(),
+        Outcome::Failed { .. } => Step::None,
+    };
+    let fence_change = match &step {
+        Step::None => None,
+        Step::Fenced => Some(Condition {
+            type_: FENCED_CONDITION.into(),
+            status: "True".into(),
+            reason: "PoweredOff".into(),
+            message: "powered off through its BMC and the power-off confirmed: its VMs cannot run, its Machines are replaced elsewhere; it stays off until `paddock host reprovision`".into(),
+            last_transition_time: Time(Timestamp::now()),
+            observed_generation: None,
+        }),
+        Step::Reprovisioned(_) => Some(Condition {
+            type_: FENCED_CONDITION.into(),
+            status: "False".into(),
+            reason: "Reprovisioned".into(),
+            message: "netbooted afresh".into(),
+            last_transition_time: Time(Timestamp::now()),
+            observed_generation: None,
+        }),
+    };
     let prov = st.provisioning.clone().unwrap_or_default();
     let (state, reason, message) = provisioning(h, outcome);
     let powered_on_now = matches!(
         outcome,
         Outcome::Answered {
             acted: true,
-            power: PowerState::Off
+            power: PowerState::Off,
+            step: Step::None,
         }
     );
     let same_state = h.spec.boot_mac.is_none()
         || (prov.state == Some(state)
             && prov.reason.as_deref() == Some(reason.as_str())
             && !powered_on_now);
-    if same_condition && same_state && power == st.power_state {
+    if same_condition && same_state && power == st.power_state && step == Step::None {
         return Ok(());
     }
     let mut conditions: Vec<Condition> = st
         .conditions
         .iter()
         .filter(|c| c.type_ != BMC_CONDITION)
+        .filter(|c| fence_change.is_none() || c.type_ != FENCED_CONDITION)
         .cloned()
         .collect();
     conditions.push(cond.clone());
+    conditions.extend(fence_change.clone());
     let mut status = json!({"powerState": power, "conditions": conditions});
     if h.spec.boot_mac.is_some() {
         let mut p = json!({"state": state, "reason": reason, "message": message});
-        if powered_on_now {
+        if powered_on_now || matches!(step, Step::Reprovisioned(_)) {
             p["poweredOnAt"] = json!(Time(Timestamp::now()));
+        }
+        if let Step::Reprovisioned(r) = &step {
+            p["reprovisioned"] = json!(r);
         }
         status["provisioning"] = p;
     }
@@ -360,6 +480,16 @@ async fn record(client: &kube::Client, h: &Host, outcome: &Outcome) -> anyhow::R
             })),
         )
         .await?;
+    if let Some(c) = &fence_change {
+        crate::events::record(
+            client,
+            h,
+            c.status == "True",
+            &c.reason,
+            format!("host {}: {}", h.name_any(), c.message),
+        )
+        .await;
+    }
     if h.spec.boot_mac.is_some() && !same_state && prov.state != Some(state) {
         crate::events::record(
             client,
@@ -405,11 +535,11 @@ fn fingerprint(h: &Host, secret: impl Fn(&str) -> Option<Arc<Secret>>) -> u64 {
         }
     }
     h.spec.online.hash(&mut s);
-    // What moves a netbooted host's provisioning on.
-    if h.spec.boot_mac.is_some()
-        && let Some(st) = &h.status
-    {
+    h.annotations().get(REPROVISION_ANNOTATION).hash(&mut s);
+    // What moves a host's fencing and a netbooted host's provisioning on.
+    if let Some(st) = &h.status {
         st.phase.map(HostPhase::as_str).hash(&mut s);
+        h.fenced().hash(&mut s);
         if let Some(p) = &st.provisioning {
             for t in [&p.netbooted_at, &p.joined_at] {
                 t.as_ref().map(|t| t.0.as_second()).hash(&mut s);
@@ -425,7 +555,12 @@ fn system_secret(secrets: &Store<Secret>, name: &str) -> Option<Arc<Secret>> {
 }
 
 /// Runs the BMC power loop until dropped.
-pub async fn run(client: kube::Client, connector: Arc<dyn Connector>, timeout: Duration) {
+pub async fn run(
+    client: kube::Client,
+    connector: Arc<dyn Connector>,
+    timeout: Duration,
+    grace: Duration,
+) {
     let wake = Arc::new(tokio::sync::Notify::new());
     let mut watchers = paddock_watch::Watchers::default();
     let hosts = watchers.store::<Host>(Api::all(client.clone()), wake.clone());
@@ -459,7 +594,7 @@ pub async fn run(client: kube::Client, connector: Arc<dyn Connector>, timeout: D
                 let secrets = secrets.clone();
                 async move {
                     let secret = |name: &str| system_secret(&secrets, name);
-                    let out = look(connector.as_ref(), &h, secret, timeout).await;
+                    let out = look(connector.as_ref(), &h, secret, timeout, grace).await;
                     (h, f, out)
                 }
             })
@@ -485,7 +620,11 @@ pub async fn run(client: kube::Client, connector: Arc<dyn Connector>, timeout: D
                 tracks.remove(&name);
                 continue;
             }
-            let wait = next_look(&out, failures.saturating_sub(1));
+            let mut wait = next_look(&out, failures.saturating_sub(1));
+            // A NotReady host is looked at often: it may fall due for fencing.
+            if h.status.as_ref().and_then(|s| s.phase) == Some(HostPhase::NotReady) && !h.fenced() {
+                wait = wait.min(AFTER_ACTION);
+            }
             tracks.insert(
                 name,
                 Track {
@@ -504,6 +643,7 @@ pub async fn run(client: kube::Client, connector: Arc<dyn Connector>, timeout: D
 #[cfg(test)]
 mod tests {
     use super::*;
+    const G: Duration = Duration::from_secs(60);
     use paddock_api::host::{Bmc as BmcSpec, BmcDriver, HostSpec};
     use paddock_bmc::fake::FakeBmc;
     use std::collections::BTreeMap;
@@ -559,21 +699,23 @@ mod tests {
         let bmc = FakeBmc::new(PowerState::Off);
         let c = ToFake(bmc.clone());
         let h = host(None, "redfish://10.0.0.5");
-        let out = look(&c, &h, creds, T).await;
+        let out = look(&c, &h, creds, T, G).await;
         assert_eq!(
             out,
             Outcome::Answered {
                 power: PowerState::Off,
-                acted: true
+                acted: true,
+                step: Step::None,
             }
         );
         assert_eq!(next_look(&out, 0), AFTER_ACTION);
-        let out = look(&c, &h, creds, T).await;
+        let out = look(&c, &h, creds, T, G).await;
         assert_eq!(
             out,
             Outcome::Answered {
                 power: PowerState::On,
-                acted: false
+                acted: false,
+                step: Step::None,
             }
         );
         assert_eq!(next_look(&out, 0), SETTLED);
@@ -584,7 +726,7 @@ mod tests {
     async fn powers_off_what_should_be_offline() {
         let bmc = FakeBmc::new(PowerState::On);
         let c = ToFake(bmc.clone());
-        look(&c, &host(Some(false), "redfish://10.0.0.5"), creds, T).await;
+        look(&c, &host(Some(false), "redfish://10.0.0.5"), creds, T, G).await;
         assert_eq!(bmc.calls(), ["power off"]);
     }
 
@@ -599,6 +741,7 @@ mod tests {
             &host(None, "redfish://10.0.0.5"),
             creds,
             T,
+            G,
         )
         .await;
         let Outcome::Failed {
@@ -616,12 +759,12 @@ mod tests {
     #[tokio::test]
     async fn missing_secrets_and_bad_addresses_say_so() {
         let c = ToFake(FakeBmc::new(PowerState::Off));
-        let out = look(&c, &host(None, "redfish://10.0.0.5"), |_| None, T).await;
+        let out = look(&c, &host(None, "redfish://10.0.0.5"), |_| None, T, G).await;
         assert!(
             matches!(&out, Outcome::Failed { reason, message, .. } if reason == "CredentialsMissing" && message.contains("bmc-h1")),
             "{out:?}"
         );
-        let out = look(&c, &host(None, "redfish://10.0.0.5/x"), creds, T).await;
+        let out = look(&c, &host(None, "redfish://10.0.0.5/x"), creds, T, G).await;
         assert!(
             matches!(&out, Outcome::Failed { reason, retryable: false, .. } if reason == "InvalidAddress"),
             "{out:?}"
@@ -648,6 +791,7 @@ mod tests {
         let ok = Outcome::Answered {
             power: PowerState::On,
             acted: false,
+            step: Step::None,
         };
         let c0 = condition(&ok, None, t0);
         let c1 = condition(&ok, Some(&c0), t1);
@@ -670,5 +814,75 @@ mod tests {
         assert_eq!(action_for(true, PowerState::PoweringOn), None);
         assert_eq!(action_for(false, PowerState::On), Some(PowerAction::Off));
         assert_eq!(action_for(false, PowerState::PoweringOff), None);
+    }
+
+    #[tokio::test]
+    async fn a_dead_host_is_fenced_kept_off_and_brought_back_by_reprovisioning() {
+        let bmc = FakeBmc::new(PowerState::On);
+        let c = ToFake(bmc.clone());
+        let mut h = host(None, "redfish://10.0.0.5");
+        h.spec.boot_mac = Some("52:54:00:00:00:01".into());
+        let since = Timestamp::now() - jiff::SignedDuration::from_secs(61);
+        h.status = Some(paddock_api::host::HostStatus {
+            phase: Some(HostPhase::NotReady),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "False".into(),
+                reason: "LeaseExpired".into(),
+                message: String::new(),
+                last_transition_time: Time(since),
+                observed_generation: None,
+            }],
+            ..Default::default()
+        });
+        // Within its grace: nothing.
+        let out = look(&c, &h, creds, T, Duration::from_secs(120)).await;
+        assert!(matches!(out, Outcome::Answered { acted: false, .. }), "{out:?}");
+        // Past it: powered off, and that read back.
+        let out = look(&c, &h, creds, T, G).await;
+        assert_eq!(
+            out,
+            Outcome::Answered {
+                power: PowerState::Off,
+                acted: true,
+                step: Step::Fenced,
+            }
+        );
+        assert_eq!(bmc.calls(), ["power off"]);
+        // Fenced: kept off, although online.
+        if let Some(st) = h.status.as_mut() {
+            st.conditions.push(Condition {
+                type_: FENCED_CONDITION.into(),
+                status: "True".into(),
+                reason: "PoweredOff".into(),
+                message: String::new(),
+                last_transition_time: Time(Timestamp::now()),
+                observed_generation: None,
+            });
+        }
+        assert!(!fence_due(&h, Timestamp::now(), G));
+        let out = look(&c, &h, creds, T, G).await;
+        assert!(matches!(out, Outcome::Answered { acted: false, .. }), "{out:?}");
+        assert_eq!(bmc.calls(), ["power off"]);
+        // Reprovisioned: netboot once, powered on; once per request.
+        h.annotations_mut()
+            .insert(REPROVISION_ANNOTATION.into(), "1".into());
+        let out = look(&c, &h, creds, T, G).await;
+        assert_eq!(
+            out,
+            Outcome::Answered {
+                power: PowerState::Off,
+                acted: true,
+                step: Step::Reprovisioned("1".into()),
+            }
+        );
+        assert_eq!(bmc.calls(), ["power off", "boot once Pxe", "power on"]);
+        h.status.as_mut().map(|s| {
+            s.provisioning = Some(paddock_api::host::Provisioning {
+                reprovisioned: Some("1".into()),
+                ..Default::default()
+            })
+        });
+        assert_eq!(reprovision_due(&h), None);
     }
 }

@@ -1,7 +1,11 @@
-//! Host health: a host whose Lease has expired turns NotReady; after a
-//! grace period its Machines are deleted, and the cluster controller's
-//! replacements are scheduled on other hosts. (Fencing through the BMC
-//! before that is a later step.)
+//! Host health: a host whose Lease has expired turns NotReady. After a
+//! grace period, once it is fenced — powered off through its BMC and the
+//! power-off confirmed (the BMC controller), or declared off by the
+//! operator (`spec.outOfService`, `paddock host fence`) — its Machines are
+//! deleted, and the cluster controller's replacements are scheduled on
+//! other hosts. An unfenced host may still run its VMs, so no Machine of
+//! it is replaced until then: no Machine runs twice. Meanwhile the host's
+//! `Fenced` condition says what it waits for.
 //!
 //! A deleted Machine keeps its VM finalizer until the agent of its host has
 //! stopped its VM. Where no agent ever will — the Machine never had a host,
@@ -48,8 +52,11 @@ pub enum Verdict {
     Nothing,
     /// Its lease expired: mark it NotReady.
     MarkNotReady,
-    /// NotReady for longer than the grace period: replace its Machines.
+    /// NotReady for longer than the grace period, and fenced: replace its
+    /// Machines.
     Replace,
+    /// NotReady for longer than the grace period, not fenced yet: say so.
+    AwaitFence,
 }
 
 /// The verdict on host `h` with lease `lease` at `now`.
@@ -74,7 +81,11 @@ pub fn judge(h: &Host, lease: Option<&Lease>, now: Timestamp, grace: Duration) -
                 .map(|c| c.last_transition_time.0);
             match since {
                 Some(s) if now.as_second() - s.as_second() >= grace.as_secs() as i64 => {
-                    Verdict::Replace
+                    if h.fenced() {
+                        Verdict::Replace
+                    } else {
+                        Verdict::AwaitFence
+                    }
                 }
                 _ => Verdict::Nothing,
             }
@@ -84,7 +95,9 @@ pub fn judge(h: &Host, lease: Option<&Lease>, now: Timestamp, grace: Duration) -
 }
 
 /// Deleted Machines that hold the VM finalizer but that no agent will
-/// release: never bound, or bound to a Host that no longer exists.
+/// release: never bound, bound to a Host that no longer exists, or to one
+/// that is fenced (off: its VMs cannot run). `hosts` are the Hosts that
+/// exist and are not fenced.
 pub fn orphaned<'a, M: std::borrow::Borrow<Machine>>(
     machines: &'a [M],
     hosts: &HashSet<String>,
@@ -136,13 +149,19 @@ pub async fn pass(
                     mark_not_ready(client, h, now).await,
                 );
             }
+            Verdict::AwaitFence => {
+                step(
+                    format!("noting that {name} awaits fencing"),
+                    await_fence(client, h, now).await,
+                );
+            }
             Verdict::Replace => {
                 for m in machines.iter().filter(|m| {
                     m.spec.host_name.as_deref() == Some(name.as_str())
                         && m.metadata.deletion_timestamp.is_none()
                 }) {
                     let why = format!(
-                        "host {name} NotReady for over {}s; replacing (the VM finalizer holds until the host is back or deleted)",
+                        "host {name} NotReady for over {}s and fenced; replacing",
                         cfg.host_grace.as_secs()
                     );
                     let r = replace(client, m, "HostNotReady", why).await;
@@ -167,7 +186,12 @@ pub async fn pass(
         let r = replace(client, m, "HostDeleted", why).await;
         step(format!("replacing {}", m.name_any()), r);
     }
-    for m in orphaned(machines, &names) {
+    let unfenced: HashSet<String> = hosts_now
+        .iter()
+        .filter(|h| !h.fenced())
+        .map(|h| h.name_any())
+        .collect();
+    for m in orphaned(machines, &unfenced) {
         step(
             format!("releasing {}", m.name_any()),
             release(client, m).await,
@@ -176,6 +200,45 @@ pub async fn pass(
     if failed > 0 {
         anyhow::bail!("{failed} steps failed");
     }
+    Ok(())
+}
+
+/// Writes `Fenced=False` saying what the host waits for, once.
+async fn await_fence(client: &kube::Client, h: &Host, now: Timestamp) -> anyhow::Result<()> {
+    use paddock_api::host::FENCED_CONDITION;
+    let st = h.status.clone().unwrap_or_default();
+    if st.conditions.iter().any(|c| c.type_ == FENCED_CONDITION) {
+        return Ok(());
+    }
+    let name = h.name_any();
+    let message = if h.spec.bmc.is_some() {
+        format!("its Machines are replaced once its BMC has powered it off (see {})", paddock_api::host::BMC_CONDITION)
+    } else {
+        format!(
+            "it has no BMC: its Machines are replaced once the operator confirms it is off (paddock host fence {name})"
+        )
+    };
+    tracing::warn!(host = %name, "NotReady and not fenced: {message}");
+    let mut conditions = st.conditions.clone();
+    conditions.push(Condition {
+        type_: FENCED_CONDITION.into(),
+        status: "False".into(),
+        reason: "AwaitingFence".into(),
+        message: message.clone(),
+        last_transition_time: Time(now),
+        observed_generation: None,
+    });
+    Api::<Host>::all(client.clone())
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": h.resource_version()},
+                "status": {"conditions": conditions},
+            })),
+        )
+        .await?;
+    crate::events::record(client, h, true, "AwaitingFence", format!("host {name}: {message}")).await;
     Ok(())
 }
 
@@ -342,7 +405,7 @@ mod tests {
     }
 
     #[test]
-    fn a_host_turns_not_ready_when_its_lease_runs_out_then_is_replaced_after_grace() {
+    fn a_host_turns_not_ready_when_its_lease_runs_out_then_is_replaced_after_grace_once_fenced() {
         let grace = Duration::from_secs(60);
         let ready = host(HostPhase::Ready, None);
         assert_eq!(
@@ -359,8 +422,33 @@ mod tests {
             judge(&down, Some(&lease(0, 40)), at(100), grace),
             Verdict::Nothing
         );
+        // Not fenced: nothing is replaced, whatever the time.
+        for t in [101, 10_000] {
+            assert_eq!(
+                judge(&down, Some(&lease(0, 40)), at(t), grace),
+                Verdict::AwaitFence
+            );
+        }
+        // Fenced by the operator's word, or by the BMC: replaced.
+        let mut declared = down.clone();
+        declared.spec.out_of_service = true;
         assert_eq!(
-            judge(&down, Some(&lease(0, 40)), at(101), grace),
+            judge(&declared, Some(&lease(0, 40)), at(101), grace),
+            Verdict::Replace
+        );
+        let mut powered_off = down.clone();
+        if let Some(st) = powered_off.status.as_mut() {
+            st.conditions.push(Condition {
+                type_: paddock_api::host::FENCED_CONDITION.into(),
+                status: "True".into(),
+                reason: "PoweredOff".into(),
+                message: String::new(),
+                last_transition_time: Time(at(90)),
+                observed_generation: None,
+            });
+        }
+        assert_eq!(
+            judge(&powered_off, Some(&lease(0, 40)), at(101), grace),
             Verdict::Replace
         );
         // Back: its next report sets Ready; nothing is replaced meanwhile.

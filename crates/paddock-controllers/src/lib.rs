@@ -116,6 +116,7 @@ pub fn loops(client: kube::Client, cfg: Config) -> Vec<(&'static str, Loop)> {
                 client.clone(),
                 std::sync::Arc::new(bmc::Drivers),
                 cfg.bmc_timeout,
+                cfg.host_grace,
             )),
         ),
         ("workload", Box::pin(workload::run(client, cfg))),

@@ -84,7 +84,7 @@ enum DevCommand {
         #[arg(long, default_value_t = 0)]
         bare_metal: usize,
         /// Memory of each bare-metal machine, in MiB.
-        #[arg(long, default_value_t = 2048)]
+        #[arg(long, default_value_t = 4096)]
         bare_metal_memory: u32,
     },
     /// The lab's virtual BMC (run by `dev up --bare-metal`): Redfish on
