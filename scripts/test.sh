@@ -37,3 +37,6 @@ cargo test --workspace --locked "${features[@]}" -- --test-threads=2
 # etcd, built above): the same tests, the other backend.
 PADDOCK_TEST_STORE=etcd cargo test -p paddock --locked --features root-tests \
   --test api_conformance --test cli --test crash --test kube_client --test kubectl -- --test-threads=2
+# The fuzz targets (fuzz/): DHCP, TFTP and IPMI parsing, a fixed number
+# of runs each from an empty corpus.
+scripts/fuzz.sh

@@ -366,7 +366,9 @@ async fn fence(api: &Api<Host>, name: &str, on: bool) -> CliResult {
     )
     .await?;
     if on {
-        println!("host {name} fenced: you confirm it is off; once NotReady its Machines are replaced elsewhere");
+        println!(
+            "host {name} fenced: you confirm it is off; once NotReady its Machines are replaced elsewhere"
+        );
     } else {
         println!("host {name} no longer fenced");
     }

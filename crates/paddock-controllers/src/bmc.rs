@@ -154,7 +154,9 @@ pub fn fence_due(h: &Host, now: Timestamp, grace: Duration) -> bool {
     st.conditions
         .iter()
         .find(|c| c.type_ == "Ready" && c.status == "False")
-        .is_some_and(|c| now.as_second() - c.last_transition_time.0.as_second() >= grace.as_secs() as i64)
+        .is_some_and(|c| {
+            now.as_second() - c.last_transition_time.0.as_second() >= grace.as_secs() as i64
+        })
 }
 
 /// The reprovision request not yet acted on, if any.
@@ -180,7 +182,10 @@ fn fenced_by_bmc(h: &Host) -> bool {
 
 /// Powers off and reads the power back until it is Off.
 async fn fence(driver: &dyn Bmc, timeout: Duration) -> Result<PowerState, Outcome> {
-    driver.power(PowerAction::Off).await.map_err(|e| failed(&e))?;
+    driver
+        .power(PowerAction::Off)
+        .await
+        .map_err(|e| failed(&e))?;
     let deadline = Instant::now() + timeout;
     loop {
         let p = driver.power_state().await.map_err(|e| failed(&e))?;
@@ -190,7 +195,10 @@ async fn fence(driver: &dyn Bmc, timeout: Duration) -> Result<PowerState, Outcom
         if Instant::now() > deadline {
             return Err(Outcome::Failed {
                 reason: "FenceUnconfirmed".into(),
-                message: format!("powered off through the BMC, but it still reads {}", p.as_str()),
+                message: format!(
+                    "powered off through the BMC, but it still reads {}",
+                    p.as_str()
+                ),
                 retryable: true,
             });
         }
@@ -335,6 +343,13 @@ pub fn provisioning(h: &Host, outcome: &Outcome) -> (ProvisioningState, String, 
     } = outcome
     {
         return s(S::Error, reason, message.clone());
+    }
+    if fenced_by_bmc(h) {
+        return s(
+            S::Offline,
+            "Fenced",
+            "fenced: powered off through its BMC; `paddock host reprovision` brings it back".into(),
+        );
     }
     if !h.spec.online.unwrap_or(true) {
         return s(S::Offline, "PoweredOff", "spec.online is false".into());
@@ -837,7 +852,10 @@ mod tests {
         });
         // Within its grace: nothing.
         let out = look(&c, &h, creds, T, Duration::from_secs(120)).await;
-        assert!(matches!(out, Outcome::Answered { acted: false, .. }), "{out:?}");
+        assert!(
+            matches!(out, Outcome::Answered { acted: false, .. }),
+            "{out:?}"
+        );
         // Past it: powered off, and that read back.
         let out = look(&c, &h, creds, T, G).await;
         assert_eq!(
@@ -862,7 +880,10 @@ mod tests {
         }
         assert!(!fence_due(&h, Timestamp::now(), G));
         let out = look(&c, &h, creds, T, G).await;
-        assert!(matches!(out, Outcome::Answered { acted: false, .. }), "{out:?}");
+        assert!(
+            matches!(out, Outcome::Answered { acted: false, .. }),
+            "{out:?}"
+        );
         assert_eq!(bmc.calls(), ["power off"]);
         // Reprovisioned: netboot once, powered on; once per request.
         h.annotations_mut()

@@ -97,13 +97,16 @@ async fn init_vm_stopped(
     let hosts: Api<paddock_api::Host> = Api::all(client.clone());
     Ok(match hosts.get_opt(host).await? {
         None => Ok(()),
+        // Back (its agent stopped the VM), or fenced (off: it cannot run).
         Some(h)
-            if h.status.as_ref().and_then(|s| s.phase) == Some(paddock_api::HostPhase::Ready) =>
+            if h.fenced()
+                || h.status.as_ref().and_then(|s| s.phase)
+                    == Some(paddock_api::HostPhase::Ready) =>
         {
             Ok(())
         }
         Some(_) => Err(format!(
-            "host {host}, which may still run it, to be Ready again or removed (kubectl delete host {host})"
+            "host {host}, which may still run it, to be Ready again, fenced (paddock host fence {host}) or removed (kubectl delete host {host})"
         )),
     })
 }

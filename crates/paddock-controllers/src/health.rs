@@ -212,7 +212,10 @@ async fn await_fence(client: &kube::Client, h: &Host, now: Timestamp) -> anyhow:
     }
     let name = h.name_any();
     let message = if h.spec.bmc.is_some() {
-        format!("its Machines are replaced once its BMC has powered it off (see {})", paddock_api::host::BMC_CONDITION)
+        format!(
+            "its Machines are replaced once its BMC has powered it off (see {})",
+            paddock_api::host::BMC_CONDITION
+        )
     } else {
         format!(
             "it has no BMC: its Machines are replaced once the operator confirms it is off (paddock host fence {name})"
@@ -238,7 +241,14 @@ async fn await_fence(client: &kube::Client, h: &Host, now: Timestamp) -> anyhow:
             })),
         )
         .await?;
-    crate::events::record(client, h, true, "AwaitingFence", format!("host {name}: {message}")).await;
+    crate::events::record(
+        client,
+        h,
+        true,
+        "AwaitingFence",
+        format!("host {name}: {message}"),
+    )
+    .await;
     Ok(())
 }
 

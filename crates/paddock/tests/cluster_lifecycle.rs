@@ -193,6 +193,32 @@ async fn create_scale_survive_a_host_and_delete() {
         .position(|h| h.name == victim_host)
         .expect("host");
     lab.destroy_host(victim);
+    // It may still run its VMs for all Paddock knows (it has no BMC):
+    // nothing is replaced until the operator confirms it is off, and the
+    // host says so.
+    let hosts: Api<paddock_api::Host> = Api::all(s.client.clone());
+    let why = eventually(60, "the dead host to await fencing", || async {
+        let h = hosts.get(&victim_host).await.ok()?;
+        let st = h.status?;
+        (st.phase == Some(paddock_api::HostPhase::NotReady)).then_some(())?;
+        st.conditions
+            .iter()
+            .find(|c| c.type_ == paddock_api::host::FENCED_CONDITION && c.reason == "AwaitingFence")
+            .map(|c| c.message.clone())
+    })
+    .await;
+    assert!(why.contains("paddock host fence"), "{why}");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let still: Vec<_> = live_machines_of(&machines, "demo")
+        .await
+        .into_iter()
+        .filter(|m| m.spec.host_name.as_deref() == Some(victim_host.as_str()))
+        .collect();
+    assert!(
+        !still.is_empty(),
+        "an unfenced host's Machines were replaced: they could run twice"
+    );
+    ok(&s, &["host", "fence", &victim_host]);
     eventually(240, "machines back Ready on the other hosts", || async {
         let ms = live_machines_of(&machines, "demo").await;
         let c = clusters.get("demo").await.ok()?;
@@ -207,40 +233,16 @@ async fn create_scale_survive_a_host_and_delete() {
         (ready && elsewhere).then_some(())
     })
     .await;
-    let host = Api::<paddock_api::Host>::all(s.client.clone())
-        .get(&victim_host)
-        .await
-        .expect("host");
+    let host = hosts.get(&victim_host).await.expect("host");
     assert_eq!(
         host.status.and_then(|s| s.phase),
         Some(paddock_api::HostPhase::NotReady)
     );
 
-    // The dead host's Machines stay held: it may still run their VMs. The
-    // deletion waits for it, says so, and goes on once the operator deletes
-    // the host (its word that the machine is gone for good).
-    ok(&s, &["cluster", "delete", "demo", "-n", "acme"]);
-    let why = eventually(60, "the deletion to wait for the dead host", || async {
-        let c = clusters.get("demo").await.ok()?;
-        let st = c.status?;
-        let msg = st.conditions.first()?.message.clone();
-        (st.phase == Some(ClusterPhase::Deleting)
-            && msg.contains(&victim_host)
-            && machines_of(&machines, "demo")
-                .await
-                .iter()
-                .all(|m| m.spec.host_name.as_deref() == Some(victim_host.as_str())))
-        .then_some(msg)
-    })
-    .await;
-    assert!(why.contains("deleting its Host"), "{why}");
-    assert!(
-        overlay_claimed(&s, overlay.vni).await,
-        "the overlay stays claimed while the dead host may run its VMs"
-    );
-    ok(&s, &["host", "delete", &victim_host]);
-    // Delete --wait: the moment it returns nothing of the cluster is left
-    // on any host, and the overlay has gone back to the pool.
+    // Fenced, the dead host's Machines are released (its VMs cannot run):
+    // the cluster's deletion does not wait for it. Delete --wait: the
+    // moment it returns nothing of the cluster is left on any host, and
+    // the overlay has gone back to the pool.
     ok(
         &s,
         &[
@@ -254,6 +256,7 @@ async fn create_scale_survive_a_host_and_delete() {
             "120",
         ],
     );
+    ok(&s, &["host", "delete", &victim_host]);
     assert!(machines_of(&machines, "demo").await.is_empty());
     assert!(!overlay_claimed(&s, overlay.vni).await);
     assert_eq!(lab.qemu_pids(), Vec::<u32>::new(), "QEMU left");
