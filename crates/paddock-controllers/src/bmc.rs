@@ -72,6 +72,8 @@ const AFTER_ACTION: Duration = Duration::from_secs(5);
 const FIRST_RETRY: Duration = Duration::from_secs(5);
 const MAX_RETRY: Duration = Duration::from_secs(300);
 const WONT_CHANGE: Duration = Duration::from_secs(600);
+/// How long a powered-on host may take to report Ready.
+const PROVISION_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// How many BMCs are talked to at once.
 const IN_FLIGHT: usize = 16;
 
@@ -145,10 +147,25 @@ fn secret_value(s: &Secret, key: &str) -> Option<String> {
     from_data.or_else(|| s.string_data.as_ref().and_then(|d| d.get(key)).cloned())
 }
 
-/// Whether `h` is to be fenced now: NotReady for `grace` and not fenced.
+/// Whether `h` was powered on by the controller and has not heartbeat
+/// since: it is being provisioned, not dead.
+fn provisioning_since_power_on(h: &Host) -> bool {
+    let Some(st) = &h.status else { return false };
+    let Some(on) = st
+        .provisioning
+        .as_ref()
+        .and_then(|p| p.powered_on_at.as_ref())
+    else {
+        return false;
+    };
+    st.last_heartbeat.as_ref().is_none_or(|hb| hb.0 < on.0)
+}
+
+/// Whether `h` is to be fenced now: NotReady for `grace`, not fenced, and
+/// not on its way up after a power-on.
 pub fn fence_due(h: &Host, now: Timestamp, grace: Duration) -> bool {
     let Some(st) = &h.status else { return false };
-    if st.phase != Some(HostPhase::NotReady) || h.fenced() {
+    if st.phase != Some(HostPhase::NotReady) || h.fenced() || provisioning_since_power_on(h) {
         return false;
     }
     st.conditions
@@ -325,11 +342,6 @@ pub fn provisioning(h: &Host, outcome: &Outcome) -> (ProvisioningState, String, 
     let at = |t: &Option<Time>| t.as_ref().map(|t| t.0);
     let (powered, netbooted, joined) =
         (at(&p.powered_on_at), at(&p.netbooted_at), at(&p.joined_at));
-    let after = |a: Option<Timestamp>, b: Option<Timestamp>| match (a, b) {
-        (Some(a), Some(b)) => a >= b,
-        (Some(_), None) => true,
-        _ => false,
-    };
     let s = |state: S, reason: &str, message: String| (state, reason.to_owned(), message);
     if h.metadata.deletion_timestamp.is_some() {
         return s(
@@ -354,17 +366,34 @@ pub fn provisioning(h: &Host, outcome: &Outcome) -> (ProvisioningState, String, 
     if !h.spec.online.unwrap_or(true) {
         return s(S::Offline, "PoweredOff", "spec.online is false".into());
     }
-    if st.phase == Some(HostPhase::Ready) {
+    if st.phase == Some(HostPhase::Ready) && !provisioning_since_power_on(h) {
         return s(S::Ready, "AgentReady", "its agent reports Ready".into());
     }
-    if after(joined, netbooted) && joined.is_some() {
+    // What happened before the last power-on does not count.
+    let netbooted = netbooted.filter(|n| powered.is_none_or(|p| *n >= p));
+    let joined = joined.filter(|j| netbooted.is_some_and(|n| *j >= n));
+    // Up since the power-on yet? Not after PROVISION_TIMEOUT: an error,
+    // for the operator (reprovision) to look at.
+    if let Some(p) = powered
+        && Timestamp::now().as_second() - p.as_second() > PROVISION_TIMEOUT.as_secs() as i64
+    {
+        return s(
+            S::Error,
+            "ProvisioningTimeout",
+            format!(
+                "not Ready {} minutes after it was powered on (see its console; paddock host reprovision tries again)",
+                PROVISION_TIMEOUT.as_secs() / 60
+            ),
+        );
+    }
+    if joined.is_some() {
         return s(
             S::Joined,
             "Joined",
             "its agent joined; waiting for it to report Ready".into(),
         );
     }
-    if after(netbooted, powered) && netbooted.is_some() {
+    if netbooted.is_some() {
         return s(
             S::Netbooting,
             "ScriptServed",
@@ -898,12 +927,31 @@ mod tests {
             }
         );
         assert_eq!(bmc.calls(), ["power off", "boot once Pxe", "power on"]);
-        h.status.as_mut().map(|s| {
+        if let Some(s) = h.status.as_mut() {
             s.provisioning = Some(paddock_api::host::Provisioning {
                 reprovisioned: Some("1".into()),
                 ..Default::default()
-            })
-        });
+            });
+        }
         assert_eq!(reprovision_due(&h), None);
+        // Unfenced and on its way up (powered on after its last
+        // heartbeat): not fenced again while it boots.
+        if let Some(st) = h.status.as_mut() {
+            st.conditions.retain(|c| c.type_ != FENCED_CONDITION);
+            st.last_heartbeat = Some(Time(since));
+            if let Some(p) = st.provisioning.as_mut() {
+                p.powered_on_at = Some(Time(Timestamp::now()));
+            }
+        }
+        assert!(!fence_due(&h, Timestamp::now(), G));
+        let (state, _, _) = provisioning(
+            &h,
+            &Outcome::Answered {
+                power: PowerState::On,
+                acted: false,
+                step: Step::None,
+            },
+        );
+        assert_eq!(state, ProvisioningState::PoweringOn);
     }
 }

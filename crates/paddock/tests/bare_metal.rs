@@ -189,7 +189,9 @@ async fn lab_machines_netboot_join_run_a_cluster_and_are_fenced_before_replaceme
     let message = eventually(60, "bm-wrong in Error, unauthorized", || async {
         let p = hosts.get("bm-wrong").await.ok()?.status?.provisioning?;
         (p.state == Some(ProvisioningState::Error)
-            && p.reason.as_deref().is_some_and(|r| r.contains("Unauthorized")))
+            && p.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("Unauthorized")))
         .then_some(p.message.unwrap_or_default())
     })
     .await;
