@@ -18,12 +18,18 @@ export PATH=$tools/bin:$PATH
 # RUSTC_BOOTSTRAP for the one unstable flag cargo-fuzz passes.
 export RUSTC_BOOTSTRAP=1
 export CARGO_INCREMENTAL=0
+# Each target starts from the checked-in seeds (fuzz/seeds/<target>: well
+# formed messages, so that mutations reach past the headers), copied into
+# a scratch corpus.
 for t in dhcp tftp ipmi; do
   case $t in
     dhcp) n=$runs ;;
-    tftp) n=$((runs / 4)) ;;
-    ipmi) n=$((runs / 40)) ;;
+    tftp | ipmi) n=$((runs / 4)) ;;
   esac
+  corpus=fuzz/corpus/$t
+  rm -rf "$corpus" && mkdir -p "$corpus"
+  [ -d "fuzz/seeds/$t" ] && cp fuzz/seeds/"$t"/* "$corpus"/
   echo "fuzz: $t, $n runs"
-  cargo fuzz run --sanitizer none "$t" -- -runs="$n" -timeout=10 -rss_limit_mb=2048 2>&1 | tail -n 3
+  cargo fuzz run --sanitizer none "$t" "$corpus" -- -runs="$n" -max_len=1500 -len_control=0 \
+    -timeout=10 -rss_limit_mb=2048 2>&1 | tail -n 3
 done

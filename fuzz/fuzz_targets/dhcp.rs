@@ -10,7 +10,15 @@ use dhcproto::Encodable;
 use libfuzzer_sys::fuzz_target;
 use paddock_netboot::dhcp::{self, Boot, Config, Lookup, Mode, Pool};
 
-fuzz_target!(|data: &[u8]| {
+fuzz_target!(
+    init: {
+        // `dhcp::decode` catches panics inside dhcproto (see its comment);
+        // libfuzzer-sys's hook would abort on them first. A panic anywhere
+        // else still fails the run: libfuzzer-sys catches what unwinds
+        // out of the target.
+        std::panic::set_hook(Box::new(|_| {}));
+    },
+    |data: &[u8]| {
     let Some(req) = dhcp::decode(data) else { return };
     let _ = dhcp::firmware(&req);
     let pool = Pool {
@@ -46,4 +54,5 @@ fuzz_target!(|data: &[u8]| {
             }
         }
     }
-});
+    }
+);

@@ -48,8 +48,14 @@ fuzz_target!(|data: &[u8]| {
     let timeout = Duration::from_millis(200);
     let bmc = paddock_bmc::connect(
         &format!("ipmi://127.0.0.1:{}", f.port),
-        Credentials { username: "admin".into(), password: "password".into() },
-        Options { timeout, tls: TlsVerify::SystemRoots },
+        Credentials {
+            username: "admin".into(),
+            password: "password".into(),
+        },
+        Options {
+            timeout,
+            tls: TlsVerify::SystemRoots,
+        },
     )
     .expect("an ipmi:// address connects lazily");
     let _ = f.rt.block_on(async {

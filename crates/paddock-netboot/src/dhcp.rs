@@ -227,7 +227,7 @@ pub const PXE_PORT: u16 = 4011;
 
 /// Reads a request's client MAC (Ethernet only).
 pub fn client_mac(req: &Message) -> Option<Mac> {
-    if req.opcode() != Opcode::BootRequest || req.htype() != HType::Eth {
+    if req.opcode() != Opcode::BootRequest || req.htype() != HType::Eth || req.hlen() != 6 {
         return None;
     }
     let c = req.chaddr();
@@ -235,8 +235,19 @@ pub fn client_mac(req: &Message) -> Option<Mac> {
 }
 
 /// Decodes a datagram; `None` for anything that is not a DHCP message.
+///
+/// `dhcproto` asserts some options' lengths with `debug_assert!` and
+/// subtracts from others unchecked (found by the `dhcp` fuzz target: a
+/// Bulk Leasequery option of the wrong length panics a debug build), so a
+/// panic inside it counts as a message that does not decode, instead of
+/// taking the server down. And its `chaddr()` slices by the wire's
+/// `hlen` unchecked (found by the same target: an `hlen` over 16 panics
+/// in any build), so such a message does not decode either.
 pub fn decode(bytes: &[u8]) -> Option<Message> {
-    Message::decode(&mut Decoder::new(bytes)).ok()
+    std::panic::catch_unwind(|| Message::decode(&mut Decoder::new(bytes)).ok())
+        .ok()
+        .flatten()
+        .filter(|m| m.hlen() <= 16)
 }
 
 /// The reply to `req`, received on `port` from `from`, for a client the
@@ -713,6 +724,21 @@ mod tests {
 
     #[test]
     fn junk_is_not_a_message() {
+        // What the fuzz target found: option 154 (Bulk Leasequery base
+        // time) two bytes long, which dhcproto asserts is four.
+        let mut m = request(MessageType::Discover, None, None, None)
+            .to_vec()
+            .expect("encode");
+        m.pop();
+        m.extend_from_slice(&[154, 2, 0, 0, 255]);
+        assert!(decode(&m).is_none());
+        // And a hardware address length over 16, which dhcproto's
+        // chaddr() would slice past its 16 bytes.
+        let mut m = request(MessageType::Discover, None, None, None)
+            .to_vec()
+            .expect("encode");
+        m[2] = 31;
+        assert!(decode(&m).is_none());
         assert!(decode(b"").is_none());
         assert!(decode(&[1u8; 20]).is_none());
         let mut m = request(MessageType::Discover, None, None, None);
