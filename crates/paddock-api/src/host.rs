@@ -212,6 +212,14 @@ pub struct Provisioning {
 /// (`paddock host reprovision`).
 pub const REPROVISION_ANNOTATION: &str = "paddock.io/reprovision";
 
+/// Held by a Host with a BMC until it is deprovisioned: powered off
+/// through its BMC (when it may be on) and its Secrets — join token, host
+/// credential, BMC credentials, all labelled [`HOST_LABEL`] — deleted.
+pub const DEPROVISION_FINALIZER: &str = "paddock.io/deprovision";
+
+/// The label that ties a Secret in `paddock-system` to its Host.
+pub const HOST_LABEL: &str = "paddock.io/host";
+
 /// The condition that says whether a host is fenced: powered off, by its
 /// BMC (confirmed) or by the operator's word, so that its VMs cannot run.
 pub const FENCED_CONDITION: &str = "Fenced";
@@ -242,6 +250,9 @@ pub enum ProvisioningState {
     Joined,
     /// Its agent reports Ready.
     Ready,
+    /// Ready, and cordoned (`spec.unschedulable`): no new Machines go
+    /// there.
+    Maintenance,
     /// Powered off on purpose (`spec.online: false`).
     Offline,
     /// Being deleted: powered off, its credential revoked.
@@ -258,6 +269,7 @@ impl ProvisioningState {
             Self::Netbooting => "Netbooting",
             Self::Joined => "Joined",
             Self::Ready => "Ready",
+            Self::Maintenance => "Maintenance",
             Self::Offline => "Offline",
             Self::Deprovisioning => "Deprovisioning",
             Self::Error => "Error",

@@ -191,10 +191,16 @@ pub enum PowerVerb {
 }
 
 /// The Secret of a host's BMC credentials, and of its BMC's CA.
-fn bmc_secret(name: &str, data: &[(&str, &str)]) -> Secret {
+/// Labelled with its host: deprovisioning the host deletes it.
+fn bmc_secret(host: &str, name: &str, data: &[(&str, &str)]) -> Secret {
     let mut s = Secret::default();
     s.metadata.name = Some(name.to_owned());
     s.metadata.namespace = Some(SYSTEM_NAMESPACE.to_owned());
+    s.metadata.labels = Some(
+        [(paddock_api::host::HOST_LABEL.to_owned(), host.to_owned())]
+            .into_iter()
+            .collect(),
+    );
     s.string_data = Some(
         data.iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -249,7 +255,7 @@ async fn add_host(
     let ca_secret = ca.as_ref().map(|_| format!("bmc-ca-{name}"));
     let host: Host = serde_json::from_value(serde_json::json!({
         "apiVersion": "paddock.io/v1alpha1", "kind": "Host",
-        "metadata": {"name": name},
+        "metadata": {"name": name, "finalizers": [paddock_api::host::DEPROVISION_FINALIZER]},
         "spec": {
             "bmc": {"driver": driver, "address": bmc, "credentialsSecret": creds,
                     "caSecret": ca_secret, "insecureSkipVerify": insecure_skip_verify},
@@ -262,11 +268,12 @@ async fn add_host(
     hosts.create(&PostParams::default(), &host).await?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
     let mut made = vec![bmc_secret(
+        name,
         &creds,
         &[("username", username), ("password", &password)],
     )];
     if let (Some(n), Some(pem)) = (&ca_secret, &ca) {
-        made.push(bmc_secret(n, &[("ca.crt", pem)]));
+        made.push(bmc_secret(name, n, &[("ca.crt", pem)]));
     }
     for s in &made {
         if let Err(e) = secrets.create(&PostParams::default(), s).await {

@@ -17,6 +17,10 @@
 //! Registered, PoweringOn, Netbooting (the netboot endpoint served its
 //! script), Joined (its agent exchanged the join token), Ready; Offline
 //! when powered off on purpose; Error with the BMC's reason.
+//!
+//! Every BMC host holds the deprovision finalizer: deleted, it is powered
+//! off through its BMC (read back) when it may be on, and its Secrets are
+//! deleted, before it goes.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -33,8 +37,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::Store;
 use paddock_api::Host;
 use paddock_api::host::{
-    BMC_CONDITION, FENCED_CONDITION, HostPhase, ProvisioningState, REPROVISION_ANNOTATION,
-    SYSTEM_NAMESPACE,
+    BMC_CONDITION, DEPROVISION_FINALIZER, FENCED_CONDITION, HOST_LABEL, HostPhase,
+    ProvisioningState, REPROVISION_ANNOTATION, SYSTEM_NAMESPACE,
 };
 use paddock_bmc::{
     Bmc, BmcError, BootDevice, Credentials, Options, PowerAction, PowerState, TlsVerify,
@@ -223,20 +227,20 @@ async fn fence(driver: &dyn Bmc, timeout: Duration) -> Result<PowerState, Outcom
     }
 }
 
-/// Looks at one host's BMC and takes the one step its power needs.
-pub async fn look(
+/// A driver for `h`'s BMC, with the credentials and CA its Secrets hold;
+/// else the failure, as an outcome.
+fn driver_for(
     connector: &dyn Connector,
     h: &Host,
     secret: impl Fn(&str) -> Option<Arc<Secret>>,
     timeout: Duration,
-    grace: Duration,
-) -> Outcome {
+) -> Result<Box<dyn Bmc>, Outcome> {
     let Some(bmc) = &h.spec.bmc else {
-        return Outcome::Failed {
+        return Err(Outcome::Failed {
             reason: "NoBMC".into(),
             message: "the host has no BMC".into(),
             retryable: false,
-        };
+        });
     };
     let missing = |what: String| Outcome::Failed {
         reason: "CredentialsMissing".into(),
@@ -244,28 +248,28 @@ pub async fn look(
         retryable: false,
     };
     let Some(creds) = secret(&bmc.credentials_secret) else {
-        return missing(format!(
+        return Err(missing(format!(
             "Secret {SYSTEM_NAMESPACE}/{} does not exist",
             bmc.credentials_secret
-        ));
+        )));
     };
     let (Some(username), Some(password)) = (
         secret_value(&creds, "username"),
         secret_value(&creds, "password"),
     ) else {
-        return missing(format!(
+        return Err(missing(format!(
             "Secret {SYSTEM_NAMESPACE}/{} needs both username and password",
             bmc.credentials_secret
-        ));
+        )));
     };
     let tls = match (&bmc.ca_secret, bmc.insecure_skip_verify) {
         (_, true) => TlsVerify::Insecure,
         (Some(ca), false) => match secret(ca).and_then(|s| secret_value(&s, "ca.crt")) {
             Some(pem) => TlsVerify::Ca(pem.into_bytes()),
             None => {
-                return missing(format!(
+                return Err(missing(format!(
                     "Secret {SYSTEM_NAMESPACE}/{ca} with ca.crt does not exist"
-                ));
+                )));
             }
         },
         (None, false) => TlsVerify::SystemRoots,
@@ -277,13 +281,28 @@ pub async fn look(
     ) {
         Ok(d) => d,
         Err(paddock_bmc::ConnectError::Address(e)) => {
-            return Outcome::Failed {
+            return Err(Outcome::Failed {
                 reason: "InvalidAddress".into(),
                 message: e.to_string(),
                 retryable: false,
-            };
+            });
         }
-        Err(paddock_bmc::ConnectError::Driver(e)) => return failed(&e),
+        Err(paddock_bmc::ConnectError::Driver(e)) => return Err(failed(&e)),
+    };
+    Ok(driver)
+}
+
+/// Looks at one host's BMC and takes the one step its power needs.
+pub async fn look(
+    connector: &dyn Connector,
+    h: &Host,
+    secret: impl Fn(&str) -> Option<Arc<Secret>>,
+    timeout: Duration,
+    grace: Duration,
+) -> Outcome {
+    let driver = match driver_for(connector, h, secret, timeout) {
+        Ok(d) => d,
+        Err(o) => return o,
     };
     let out = async {
         let power = driver.power_state().await.map_err(|e| failed(&e))?;
@@ -367,6 +386,13 @@ pub fn provisioning(h: &Host, outcome: &Outcome) -> (ProvisioningState, String, 
         return s(S::Offline, "PoweredOff", "spec.online is false".into());
     }
     if st.phase == Some(HostPhase::Ready) && !provisioning_since_power_on(h) {
+        if h.spec.unschedulable {
+            return s(
+                S::Maintenance,
+                "Cordoned",
+                "Ready and cordoned: no new Machines go there".into(),
+            );
+        }
         return s(S::Ready, "AgentReady", "its agent reports Ready".into());
     }
     // What happened before the last power-on does not count.
@@ -557,6 +583,69 @@ async fn record(client: &kube::Client, h: &Host, outcome: &Outcome) -> anyhow::R
     Ok(())
 }
 
+/// Whether Paddock may have left `h` powered on: its BMC last read
+/// anything but Off. (One whose BMC never answered was never powered on by
+/// Paddock, and is not waited for.)
+pub fn may_be_on(h: &Host) -> bool {
+    h.status
+        .as_ref()
+        .and_then(|s| s.power_state.as_deref())
+        .is_some_and(|p| p != PowerState::Off.as_str())
+}
+
+/// Deprovisions a deleted host: powers it off through its BMC (read back)
+/// when it may be on, deletes its Secrets, releases the finalizer. An
+/// error leaves the finalizer, to be tried again.
+async fn deprovision(
+    client: &kube::Client,
+    connector: &dyn Connector,
+    h: &Host,
+    secret: impl Fn(&str) -> Option<Arc<Secret>>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let name = h.name_any();
+    if may_be_on(h) {
+        let driver = driver_for(connector, h, secret, timeout)
+            .map_err(|o| anyhow::anyhow!("cannot power {name} off before it goes: {o:?}"))?;
+        let r = fence(driver.as_ref(), timeout).await;
+        driver.close().await;
+        r.map_err(|o| anyhow::anyhow!("cannot power {name} off before it goes: {o:?}"))?;
+        tracing::info!(host = %name, "deprovisioned: powered off through its BMC");
+    }
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NAMESPACE);
+    secrets
+        .delete_collection(
+            &Default::default(),
+            &kube::api::ListParams::default().labels(&format!("{HOST_LABEL}={name}")),
+        )
+        .await?;
+    set_finalizer(client, h, false).await
+}
+
+/// Adds or removes the deprovision finalizer, under the Host's
+/// resourceVersion.
+async fn set_finalizer(client: &kube::Client, h: &Host, on: bool) -> anyhow::Result<()> {
+    let mut fins: Vec<String> = h
+        .finalizers()
+        .iter()
+        .filter(|f| *f != DEPROVISION_FINALIZER)
+        .cloned()
+        .collect();
+    if on {
+        fins.push(DEPROVISION_FINALIZER.into());
+    }
+    Api::<Host>::all(client.clone())
+        .patch(
+            &h.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({
+                "metadata": {"resourceVersion": h.resource_version(), "finalizers": fins},
+            })),
+        )
+        .await?;
+    Ok(())
+}
+
 /// A host's place in the schedule.
 struct Track {
     next: Instant,
@@ -615,12 +704,40 @@ pub async fn run(
     let _ = hosts.wait_until_ready().await;
     let _ = secrets.wait_until_ready().await;
     let mut tracks: HashMap<String, Track> = HashMap::new();
+    let mut retries: HashMap<String, (Instant, u32)> = HashMap::new();
     loop {
         let now = Instant::now();
         let secret = |name: &str| system_secret(&secrets, name);
         let all = hosts.state();
         let names: std::collections::HashSet<String> = all.iter().map(|h| h.name_any()).collect();
         tracks.retain(|name, _| names.contains(name));
+        retries.retain(|name, _| names.contains(name));
+        // Finalizers: held by every BMC host; a deleted one is
+        // deprovisioned (its own backoff when that fails).
+        for h in all.iter().filter(|h| h.spec.bmc.is_some()) {
+            let held = h.finalizers().iter().any(|f| f == DEPROVISION_FINALIZER);
+            let deleting = h.metadata.deletion_timestamp.is_some();
+            let name = h.name_any();
+            let r = match (deleting, held) {
+                (false, false) => set_finalizer(&client, h, true).await,
+                (true, true) if retries.get(&name).is_none_or(|(next, _)| *next <= now) => {
+                    let r = deprovision(&client, connector.as_ref(), h, secret, timeout).await;
+                    if r.is_err() {
+                        // Tried again after the usual backoff.
+                        let failures = retries.get(&name).map_or(1, |(_, f)| f + 1);
+                        let wait = FIRST_RETRY
+                            .saturating_mul(1 << failures.min(6))
+                            .min(MAX_RETRY);
+                        retries.insert(name.clone(), (now + wait, failures));
+                    }
+                    r
+                }
+                _ => Ok(()),
+            };
+            if let Err(e) = r {
+                tracing::warn!(host = %name, error = format!("{e:#}"), "BMC finalizer");
+            }
+        }
         let due: Vec<(Arc<Host>, u64)> = all
             .iter()
             .filter(|h| h.spec.bmc.is_some() && h.metadata.deletion_timestamp.is_none())

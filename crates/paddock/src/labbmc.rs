@@ -160,8 +160,16 @@ impl Lab {
         basic.trim() == want
     }
 
-    fn machine(&self, id: &str) -> Option<&LabMachine> {
-        self.s.machines.iter().find(|m| m.name == id)
+    /// System `id`, for a caller who authenticated; else the error.
+    fn find(&self, h: &HeaderMap, id: &str) -> Result<&LabMachine, (StatusCode, &'static str)> {
+        if !self.authorized(h) {
+            return Err((StatusCode::UNAUTHORIZED, "authentication required"));
+        }
+        self.s
+            .machines
+            .iter()
+            .find(|m| m.name == id)
+            .ok_or((StatusCode::NOT_FOUND, "no such system"))
     }
 
     fn system(&self, m: &LabMachine) -> Value {
@@ -252,12 +260,9 @@ async fn systems(State(lab): Shared, h: HeaderMap) -> Response {
 }
 
 async fn system(State(lab): Shared, h: HeaderMap, UrlPath(id): UrlPath<String>) -> Response {
-    if !lab.authorized(&h) {
-        return status(StatusCode::UNAUTHORIZED, "authentication required");
-    }
-    match lab.machine(&id) {
-        Some(m) => Json(lab.system(m)).into_response(),
-        None => status(StatusCode::NOT_FOUND, "no such system"),
+    match lab.find(&h, &id) {
+        Ok(m) => Json(lab.system(m)).into_response(),
+        Err((code, msg)) => status(code, msg),
     }
 }
 
@@ -267,11 +272,9 @@ async fn patch_system(
     UrlPath(id): UrlPath<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    if !lab.authorized(&h) {
-        return status(StatusCode::UNAUTHORIZED, "authentication required");
-    }
-    let Some(m) = lab.machine(&id) else {
-        return status(StatusCode::NOT_FOUND, "no such system");
+    let m = match lab.find(&h, &id) {
+        Ok(m) => m,
+        Err((code, msg)) => return status(code, msg),
     };
     if let Some(t) = body
         .pointer("/Boot/BootSourceOverrideTarget")
@@ -298,11 +301,9 @@ async fn reset(
     UrlPath(id): UrlPath<String>,
     Json(body): Json<Value>,
 ) -> Response {
-    if !lab.authorized(&h) {
-        return status(StatusCode::UNAUTHORIZED, "authentication required");
-    }
-    let Some(m) = lab.machine(&id).cloned() else {
-        return status(StatusCode::NOT_FOUND, "no such system");
+    let m = match lab.find(&h, &id) {
+        Ok(m) => m.clone(),
+        Err((code, msg)) => return status(code, msg),
     };
     let kind = body
         .get("ResetType")

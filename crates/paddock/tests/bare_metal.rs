@@ -7,7 +7,8 @@
 //! cluster runs on them. A wrong BMC password gives an Error state, not a
 //! loop. A host whose agent stops (its VM frozen) is powered off through
 //! its BMC, and that confirmed, before its Machines come back on the other
-//! host; reprovisioned, it netboots again and rejoins. `dev down` leaves
+//! host; reprovisioned, it netboots again and rejoins. A deleted host is
+//! powered off and its Secrets go before it does. `dev down` leaves
 //! nothing. Prints the figures: registration to Ready, and the netboot's
 //! share.
 
@@ -320,6 +321,30 @@ async fn lab_machines_netboot_join_run_a_cluster_and_are_fenced_before_replaceme
         (unfenced && ready && vm_pid(&d, &victim).is_some()).then_some(())
     })
     .await;
+
+    // Deleting a host deprovisions it: powered off through its BMC, its
+    // Secrets (join token, host credential, BMC credentials) deleted, and
+    // only then is the Host gone.
+    let other = if victim == "bm-1" { "bm-2" } else { "bm-1" };
+    assert!(vm_pid(&d, other).is_some());
+    paddock_ok(&kc, &["host", "delete", other]);
+    eventually(120, "the deleted host deprovisioned", || async {
+        hosts.get_opt(other).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert_eq!(
+        vm_pid(&d, other),
+        None,
+        "{other} still runs after its deletion"
+    );
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(client.clone(), "paddock-system");
+    let left = secrets
+        .list(&ListParams::default().labels(&format!("paddock.io/host={other}")))
+        .await
+        .expect("secrets")
+        .items;
+    assert!(left.is_empty(), "{} Secrets of {other} left", left.len());
 
     let out = dev(&["down", "--data-dir", &ds]);
     assert!(out.status.success(), "dev down: {}", stderr(&out));
