@@ -3,8 +3,7 @@
 //! API's URL and the SHA-256 of the management plane's CA. It fetches the
 //! CA from the netboot endpoint (plain HTTP), trusts it only if the hash
 //! matches, and then, over TLS checked against that CA, exchanges the
-//! token for its host credential (`POST /paddock/v1/join`). The result is
-//! a kubeconfig like the one `paddock add-host` writes.
+//! token for its host credential (`POST /paddock/v1/join`).
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
@@ -22,8 +21,17 @@ pub struct JoinParams {
     pub token: String,
 }
 
+/// What a join gives: the host's name, its credential (a bearer token for
+/// user `host:<host>`), and the CA it was checked against.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub host: String,
+    pub token: String,
+    pub ca_pem: String,
+}
+
 #[derive(Deserialize)]
-struct Joined {
+struct Exchanged {
     host: String,
     token: String,
 }
@@ -41,9 +49,8 @@ pub fn ca_hash(pem: &str) -> String {
     hex(&Sha256::digest(pem.as_bytes()))
 }
 
-/// Exchanges the join token; returns the host's name and a kubeconfig
-/// holding its credential and the checked CA.
-pub async fn join(p: &JoinParams) -> anyhow::Result<(String, String)> {
+/// Exchanges the join token for the host's credential.
+pub async fn join(p: &JoinParams) -> anyhow::Result<Joined> {
     let netboot: http::Uri = p
         .netboot
         .parse()
@@ -75,7 +82,7 @@ pub async fn join(p: &JoinParams) -> anyhow::Result<(String, String)> {
     cfg.root_cert = Some(der);
     let client = kube::Client::try_from(cfg).context("API client")?;
     let body = serde_json::to_vec(&serde_json::json!({"token": p.token}))?;
-    let joined: Joined = client
+    let joined: Exchanged = client
         .request(
             http::Request::post("/paddock/v1/join")
                 .header(http::header::CONTENT_TYPE, "application/json")
@@ -84,11 +91,11 @@ pub async fn join(p: &JoinParams) -> anyhow::Result<(String, String)> {
         )
         .await
         .context("exchanging the join token")?;
-    let user = format!("host:{}", joined.host);
-    Ok((
-        joined.host.clone(),
-        kubeconfig(&p.api, &pem, &user, &joined.token),
-    ))
+    Ok(Joined {
+        host: joined.host,
+        token: joined.token,
+        ca_pem: pem,
+    })
 }
 
 fn pem_certs(pem: &str) -> anyhow::Result<Vec<Vec<u8>>> {
@@ -102,29 +109,12 @@ fn pem_certs(pem: &str) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(certs)
 }
 
-fn kubeconfig(url: &str, ca_pem: &str, user: &str, token: &str) -> String {
-    use base64::Engine;
-    let ca = base64::engine::general_purpose::STANDARD.encode(ca_pem);
-    let v = serde_json::json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "paddock", "cluster": {"server": url, "certificate-authority-data": ca}}],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "paddock", "context": {"cluster": "paddock", "user": user}}],
-        "current-context": "paddock",
-    });
-    // JSON is YAML.
-    v.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_kubeconfig_that_kube_reads() {
-        let kc = kubeconfig("https://10.0.0.2:6443", "pem", "host:a", "a.t");
-        let parsed = kube::config::Kubeconfig::from_yaml(&kc).expect("kubeconfig");
-        assert_eq!(parsed.current_context.as_deref(), Some("paddock"));
+    fn pems_and_hashes() {
         assert!(pem_certs("junk").is_err());
         assert_eq!(
             ca_hash(""),

@@ -660,7 +660,15 @@ async fn join_from_cmdline(state_dir: &std::path::Path) -> anyhow::Result<(Strin
         ca_sha256: arg(cmdline::CA_SHA256)?,
         token: arg(cmdline::JOIN)?,
     };
-    let (name, config) = paddock_agent::join::join(&params).await?;
+    let joined = paddock_agent::join::join(&params).await?;
+    let name = joined.host.clone();
+    let config = paddock_apiserver::bootstrap::kubeconfig(
+        &params.api,
+        &joined.ca_pem,
+        "paddock",
+        &paddock_apiserver::authz::host_user(&name),
+        &joined.token,
+    );
     if name != host {
         anyhow::bail!("joined as host {name:?}, but the command line names {host:?}");
     }
