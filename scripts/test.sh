@@ -24,6 +24,9 @@ scripts/build-kube-node-image.sh "$PADDOCK_KUBE_IMAGE" >/dev/null
 # The official Kubernetes Python client and the OpenAPI validator and
 # fuzzer the API tests run.
 export PADDOCK_PYTHON=${PADDOCK_PYTHON:-$(scripts/python-tools.sh /var/cache/paddock/python-tools)}
+# The web console's browser tests: Playwright's driver and axe-core, from
+# npm at the lock file's versions (they drive Debian's Chromium).
+export PADDOCK_NODE_TOOLS=${PADDOCK_NODE_TOOLS:-$(scripts/node-tools.sh /var/cache/paddock/node-tools)}
 # A clean checkout gains nothing from incremental artifacts; they would
 # double the size of target/.
 export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}

@@ -148,6 +148,12 @@ impl Authenticator {
         token
     }
 
+    /// The user whose token has SHA-256 `hash` (hex), if it is still known.
+    pub fn user_by_hash(&self, hash: &str) -> Option<User> {
+        self.refresh(true);
+        self.lookup(hash)
+    }
+
     fn lookup(&self, hash: &str) -> Option<User> {
         if let Some(u) = self.in_memory.read().ok()?.get(hash) {
             return Some(u.clone());
@@ -216,6 +222,17 @@ pub async fn require_user(State(state): State<AppState>, mut req: Request, next:
     {
         // Host credentials issued by a netboot join live in the store.
         user = crate::join::authenticate(&state.api, token.trim()).await;
+    }
+    if header.is_none() {
+        // The web console's session cookie (with its CSRF token).
+        match crate::session::authenticate(&state, req.headers(), req.uri()).await {
+            Some(Ok(u)) => user = Some(u),
+            Some(Err(why)) => {
+                tracing::warn!(method = %req.method(), path = %req.uri().path(), reason = %why, "console session refused");
+                return ApiError::Unauthorized.into_response();
+            }
+            None => {}
+        }
     }
     match user {
         Some(user) => {

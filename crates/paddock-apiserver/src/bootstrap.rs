@@ -135,8 +135,19 @@ impl DataDir {
         names.extend(sans.iter().cloned());
         names.sort();
         names.dedup();
-        let serving = ca.issue_server("paddock-apiserver", &names, SERVING_VALIDITY)?;
-        write_private(&pki.join("apiserver.key"), serving.key_pem.as_bytes())?;
+        // The certificate is issued again for today's names; the key pair
+        // stays (clients, browsers among them, may pin it).
+        let key_file = pki.join("apiserver.key");
+        let serving = match std::fs::read_to_string(&key_file) {
+            Ok(key) => ca
+                .issue_server_for_key("paddock-apiserver", &names, SERVING_VALIDITY, &key)
+                .or_else(|e| {
+                    tracing::warn!(error = %e, file = %key_file.display(), "the serving key cannot be read; making a new one");
+                    ca.issue_server("paddock-apiserver", &names, SERVING_VALIDITY)
+                })?,
+            Err(_) => ca.issue_server("paddock-apiserver", &names, SERVING_VALIDITY)?,
+        };
+        write_private(&key_file, serving.key_pem.as_bytes())?;
         std::fs::write(pki.join("apiserver.crt"), &serving.cert_pem).map_err(io(&pki))?;
 
         let url = if host.contains(':') {

@@ -28,6 +28,7 @@ pub mod resources;
 pub mod review;
 pub mod route;
 pub mod selector;
+pub mod session;
 pub mod table;
 pub mod tasks;
 pub mod tls;
@@ -179,7 +180,15 @@ pub fn router(state: AppState) -> Router {
             "/paddock/v1/join",
             axum::routing::post(join::handle).layer(axum::middleware::from_fn(limits::enforce)),
         )
+        .route(
+            "/console/session",
+            axum::routing::post(session::sign_in)
+                .get(session::current)
+                .delete(session::sign_out)
+                .layer(axum::middleware::from_fn(limits::enforce)),
+        )
         .with_state(state)
+        .merge(paddock_console::router())
         .merge(authed)
 }
 

@@ -119,6 +119,30 @@ impl Ca {
         )
     }
 
+    /// A serving certificate like [`Ca::issue_server`] for the key pair
+    /// `key_pem` (PKCS#8 PEM) rather than a new one: a server re-issued its
+    /// certificate at each start keeps the key that clients may have pinned.
+    pub fn issue_server_for_key(
+        &self,
+        common_name: &str,
+        sans: &[String],
+        ttl: Duration,
+        key_pem: &str,
+    ) -> Result<CertPair, PkiError> {
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        validity(&mut params, ttl);
+        self.sign_with(params, KeyPair::from_pem(key_pem)?)
+    }
+
     /// A certificate that both serves and authenticates as a client, for
     /// the names and addresses given (an etcd member talks to its peers
     /// both ways with one).
@@ -173,7 +197,10 @@ impl Ca {
     }
 
     fn sign(&self, params: CertificateParams) -> Result<CertPair, PkiError> {
-        let key = KeyPair::generate()?;
+        self.sign_with(params, KeyPair::generate()?)
+    }
+
+    fn sign_with(&self, params: CertificateParams, key: KeyPair) -> Result<CertPair, PkiError> {
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(CertPair {
             cert_pem: cert.pem(),
@@ -253,5 +280,29 @@ mod tests {
         assert!(srv.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(matches!(san("10.0.0.1"), Ok(SanType::IpAddress(_))));
         assert!(matches!(san("api.example"), Ok(SanType::DnsName(_))));
+    }
+
+    #[test]
+    fn a_server_reissued_for_its_key_keeps_it() {
+        let ca = Ca::generate("test-ca").unwrap();
+        let first = ca
+            .issue_server("srv", &["localhost".into()], SERVING_VALIDITY)
+            .unwrap();
+        let again = ca
+            .issue_server_for_key(
+                "srv",
+                &["localhost".into(), "api.example".into()],
+                SERVING_VALIDITY,
+                &first.key_pem,
+            )
+            .unwrap();
+        assert_eq!(again.key_pem, first.key_pem);
+        assert_ne!(again.cert_pem, first.cert_pem);
+        let public = |pem: &str| KeyPair::from_pem(pem).unwrap().public_key_raw().to_vec();
+        assert_eq!(public(&again.key_pem), public(&first.key_pem));
+        assert!(
+            ca.issue_server_for_key("srv", &[], SERVING_VALIDITY, "not a key")
+                .is_err()
+        );
     }
 }
