@@ -17,10 +17,10 @@ want=(curl openssl ca-certificates iproute2 nftables iptables containerd qemu-sy
 # the IPMI driver is checked against), iPXE (the binaries the TFTP
 # service hands to PXE ROMs, and QEMU's NIC ROMs that netboot the lab's
 # machines), ISC's dhclient (a real client of the DHCP service), and
-# Chromium with Node.js and npm (the web console's browser tests: Playwright
-# and axe-core from npm, scripts/node-tools.sh).
+# Chromium and Firefox ESR with Node.js and npm (the web console's browser
+# tests: Playwright, Puppeteer and axe-core from npm, scripts/node-tools.sh).
 if [ "${1:-runtime}" = test ]; then
-  want+=(cloud-init haproxy debootstrap e2fsprogs python3 python3-venv ipmitool ipxe ipxe-qemu isc-dhcp-client chromium)
+  want+=(cloud-init haproxy debootstrap e2fsprogs python3 python3-venv ipmitool ipxe ipxe-qemu isc-dhcp-client chromium firefox-esr)
   # A Node.js from elsewhere (NodeSource's carries its own npm) is kept.
   if ! command -v node >/dev/null; then
     want+=(nodejs npm)

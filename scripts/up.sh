@@ -48,4 +48,9 @@ The cluster runs as QEMU VMs on three hosts. Next:
   $bin machine exec <machine> -n acme -- ip addr
   kubectl get clusters,machines,hosts,machineimages -A
   $bin dev down --data-dir $data      # removes all of it
+
+The web console: https://127.0.0.1:6443/ (or https://api.paddock.local:16443/
+through the gateway). Its CA is $data/server/pki/ca.crt; sign in with the
+admin token in $data/server/admin.kubeconfig, or a tenant's:
+  $bin add-user alice --org acme --data-dir $data/server   # prints alice's kubeconfig
 TXT

@@ -7,13 +7,10 @@
 // a broken watch is shown and resumed by itself. Markup is built with DOM
 // calls only: text from the API is never parsed as HTML.
 
+import { MAX_CLUSTER_NAME, MAX_CPU, MAX_POOL_REPLICAS, bytes, checkCluster, human } from "./validate.js";
+
 const GROUP = "paddock.io";
 const V = "/apis/paddock.io/v1alpha1";
-const MAX_CLUSTER_NAME = 40;
-const MAX_POOL_NAME = 20;
-const MAX_CPU = 256;
-const MIN_MEMORY = 128 * 2 ** 20;
-const MAX_POOL_REPLICAS = 1000;
 const SYSTEM_NAMESPACES = new Set(["paddock-system", "default", "kube-system", "kube-public", "kube-node-lease"]);
 
 const main = document.getElementById("main");
@@ -99,25 +96,6 @@ function age(ts) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// ---------------------------------------------------------------- quantities
-
-const UNITS = { "": 1, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30, Ti: 2 ** 40, Pi: 2 ** 50, k: 1e3, M: 1e6, G: 1e9, T: 1e12, P: 1e15 };
-
-/** Bytes of a Kubernetes quantity such as "512Mi" or "2G"; NaN if it is none. */
-function bytes(q) {
-  if (typeof q === "number") return q;
-  const m = /^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti|Pi|k|M|G|T|P)?$/.exec(String(q || "").trim());
-  return m ? Number(m[1]) * UNITS[m[2] || ""] : NaN;
-}
-
-function human(n) {
-  if (!Number.isFinite(n)) return "?";
-  for (const [u, f] of [["Ti", 2 ** 40], ["Gi", 2 ** 30], ["Mi", 2 ** 20]]) {
-    if (n >= f) return `${+(n / f).toFixed(1)} ${u}`;
-  }
-  return `${n} B`;
-}
 
 // ---------------------------------------------------------------- API
 
@@ -366,37 +344,6 @@ async function clustersPage(org) {
 }
 
 // ---------------------------------------------------------------- create
-
-/** Checks of the create form: field path -> message, as the server names fields. */
-function checkCluster(spec, name) {
-  const errs = {};
-  const label = (field, v, max) => {
-    if (!v) errs[field] = "Required.";
-    else if (v.length > max) errs[field] = `Must be no more than ${max} characters.`;
-    else if (!/^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/.test(v)) errs[field] = "Lowercase letters, digits and '-', starting and ending with a letter or digit.";
-  };
-  label("metadata.name", name, MAX_CLUSTER_NAME);
-  const size = (p, s) => {
-    if (!Number.isInteger(s.cpu) || s.cpu < 1 || s.cpu > MAX_CPU) errs[`${p}.cpu`] = `Must be a whole number from 1 to ${MAX_CPU}.`;
-    const mem = bytes(s.memory);
-    if (Number.isNaN(mem)) errs[`${p}.memory`] = "Not a quantity: write it like 512Mi or 2Gi.";
-    else if (mem < MIN_MEMORY) errs[`${p}.memory`] = "Must be at least 128Mi.";
-    const disk = bytes(s.disk);
-    if (Number.isNaN(disk)) errs[`${p}.disk`] = "Not a quantity: write it like 10Gi.";
-    else if (disk < 2 ** 30) errs[`${p}.disk`] = "Must be at least 1Gi.";
-  };
-  size("spec.controlPlane", spec.controlPlane);
-  const seen = new Set();
-  spec.nodePools.forEach((p, i) => {
-    const f = `spec.nodePools[${i}]`;
-    label(`${f}.name`, p.name, MAX_POOL_NAME);
-    if (p.name && seen.has(p.name)) errs[`${f}.name`] = "Pool names must be unique.";
-    seen.add(p.name);
-    if (!Number.isInteger(p.replicas) || p.replicas < 0 || p.replicas > MAX_POOL_REPLICAS) errs[`${f}.replicas`] = `Must be a whole number from 0 to ${MAX_POOL_REPLICAS}.`;
-    size(f, p);
-  });
-  return errs;
-}
 
 /** A labelled input whose error shows beside it; `field` is the API's field path. */
 function input(field, labelText, attrs, hint) {

@@ -40,6 +40,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../assets/app.js"),
     },
     Asset {
+        path: "/console/validate.js",
+        media_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../assets/validate.js"),
+    },
+    Asset {
         path: "/console/app.css",
         media_type: "text/css; charset=utf-8",
         body: include_bytes!("../assets/app.css"),
@@ -136,6 +141,7 @@ mod tests {
         for (path, ty) in [
             ("/", "text/html; charset=utf-8"),
             ("/console/app.js", "text/javascript; charset=utf-8"),
+            ("/console/validate.js", "text/javascript; charset=utf-8"),
             ("/console/app.css", "text/css; charset=utf-8"),
         ] {
             let resp = get(path, None).await;
