@@ -833,6 +833,7 @@ async fn watch(
     };
     let bookmark_every = api.bookmark_every;
     tokio::spawn(async move {
+        let _open = crate::metrics::OpenWatch::new(res.plural);
         let send = |b: Bytes| {
             let tx = tx.clone();
             async move { tx.send(Ok(b)).await.is_ok() }

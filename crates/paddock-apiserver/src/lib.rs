@@ -21,6 +21,7 @@ pub mod kubeconfig;
 pub mod leader;
 pub mod limits;
 pub mod loopback;
+pub mod metrics;
 pub mod object;
 pub mod openapi;
 pub mod protobuf;
@@ -57,6 +58,8 @@ pub struct AppState {
     pub leadership: leader::Leadership,
     /// The store as it holds values (Secrets sealed), for backups.
     pub raw_store: DynStore,
+    /// The fleet's gauges for `/metrics`.
+    pub fleet: Arc<paddock_metrics::Fleet>,
 }
 
 /// Where the server keeps its objects.
@@ -160,6 +163,7 @@ pub fn router(state: AppState) -> Router {
             any(review::self_subject_review),
         )
         .route("/paddock/v1/backup", get(backup::get))
+        .route("/metrics", get(metrics::handle))
         .route("/api/v1/{*rest}", any(http::resource))
         .route("/apis/{group}/{version}/{*rest}", any(http::resource))
         .fallback(|| async { error::ApiError::NoRoute })
@@ -167,6 +171,8 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             auth::require_user,
         ))
+        // Outside authentication: refusals are counted too.
+        .layer(axum::middleware::from_fn(metrics::record))
         // Outside authentication: an oversized request is answered before
         // anything else reads it.
         .layer(axum::middleware::from_fn(limits::enforce))
@@ -397,7 +403,11 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     }
     let key = bootstrap::sealing_key(&key_file)
         .map_err(|e| ServerError::DataDir(config.data_dir.display().to_string(), e))?;
-    let store: DynStore = Arc::new(EncryptedStore::new(raw.clone(), key, secrets));
+    let store: DynStore = Arc::new(metrics::Metered(Arc::new(EncryptedStore::new(
+        raw.clone(),
+        key,
+        secrets,
+    ))));
     let mut api = Api::new(store.clone());
     api.bookmark_every = config.bookmark_every;
     let cache = config.watch_cache.clone().map(cache::WatchCache::new);
@@ -415,7 +425,9 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         tasks: tasks.clone(),
         leadership: leadership.clone(),
         raw_store: raw.clone(),
+        fleet: Arc::new(paddock_metrics::Fleet::new()),
     };
+    let fleet = state.fleet.clone();
     let tls = tls::server_config(&data.serving.cert_pem, &data.serving.key_pem)?;
     let app = router(state);
     let loopback = loopback::client(app.clone(), &data.authenticator);
@@ -443,6 +455,16 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     if let Some(cache) = cache {
         tasks.spawn_loop("watch-cache", cache.run(store));
     }
+    tasks.spawn_loop(
+        "fleet-metrics",
+        metrics::refresh_fleet(
+            api.clone(),
+            fleet,
+            leadership.clone(),
+            data.serving.cert_pem.clone(),
+            data.ca_pem.clone(),
+        ),
+    );
     if let Some(etcd) = etcd {
         tasks.spawn_loop("etcd-compactor", compact_etcd(etcd, ETCD_COMPACT_EVERY));
         let election = config

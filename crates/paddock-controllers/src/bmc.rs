@@ -707,6 +707,10 @@ pub async fn run(
     let mut retries: HashMap<String, (Instant, u32)> = HashMap::new();
     loop {
         let now = Instant::now();
+        paddock_metrics::queue_depth(
+            "host-bmc",
+            tracks.values().filter(|t| t.next <= now).count(),
+        );
         let secret = |name: &str| system_secret(&secrets, name);
         let all = hosts.state();
         let names: std::collections::HashSet<String> = all.iter().map(|h| h.name_any()).collect();
@@ -795,6 +799,7 @@ pub async fn run(
                 },
             );
         }
+        paddock_metrics::reconciled("host-bmc", true, now.elapsed());
         // Woken by a change (a spec or Secret edited), or each second for
         // what fell due.
         let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;

@@ -842,7 +842,9 @@ fn error_policy(c: Arc<Cluster>, e: &Error, ctx: Arc<Ctx>) -> Action {
 
 async fn reconcile_and_reset(c: Arc<Cluster>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     let uid = c.uid().unwrap_or_default();
+    let started = std::time::Instant::now();
     let res = reconcile(c, ctx.clone()).await;
+    paddock_metrics::reconciled("cluster-controller", res.is_ok(), started.elapsed());
     if res.is_ok()
         && let Ok(mut f) = ctx.failures.lock()
     {

@@ -355,6 +355,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     let _ = leases.wait_until_ready().await;
     let _ = machines.wait_until_ready().await;
     loop {
+        let started = std::time::Instant::now();
         let r = pass(
             &client,
             &cfg,
@@ -363,6 +364,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
             &machines.state(),
         )
         .await;
+        paddock_metrics::reconciled("host-health", r.is_ok(), started.elapsed());
         if let Err(e) = r {
             tracing::warn!(error = format!("{e:#}"), "host health pass failed");
         }

@@ -529,6 +529,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     let hosts: Store<Host> = watchers.store(Api::all(client.clone()), notify.clone());
     let clients = Clients::default();
     loop {
+        let started = std::time::Instant::now();
         let all_machines = machines.state();
         let image_list = images.state();
         let pass = Pass {
@@ -565,6 +566,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
             .buffer_unordered(16)
             .collect::<Vec<()>>()
             .await;
+        paddock_metrics::reconciled("workload", true, started.elapsed());
         // Nodes are polled (their changes are not watched here); changes
         // of Clusters and Machines start a pass at once.
         tokio::select! {

@@ -209,6 +209,19 @@ impl Ca {
     }
 }
 
+/// When the first certificate in `pem` expires, in Unix seconds; `None`
+/// if there is none that parses.
+pub fn not_after(pem: &str) -> Option<i64> {
+    use x509_cert::der::DecodePem;
+    let cert = x509_cert::Certificate::from_pem(pem.trim_start().as_bytes()).ok()?;
+    let t = cert
+        .tbs_certificate()
+        .validity()
+        .not_after
+        .to_unix_duration();
+    i64::try_from(t.as_secs()).ok()
+}
+
 /// A key pair for signing (the service-account key of a cluster): PKCS#8
 /// private key and SubjectPublicKeyInfo public key, both PEM.
 pub fn generate_signing_key() -> Result<CertPair, PkiError> {
@@ -280,6 +293,22 @@ mod tests {
         assert!(srv.cert_pem.starts_with("-----BEGIN CERTIFICATE-----"));
         assert!(matches!(san("10.0.0.1"), Ok(SanType::IpAddress(_))));
         assert!(matches!(san("api.example"), Ok(SanType::DnsName(_))));
+    }
+
+    #[test]
+    fn expiry_is_read_from_the_certificate() {
+        let ca = Ca::generate("test-ca").unwrap();
+        let srv = ca
+            .issue_server("srv", &["localhost".into()], Duration::from_secs(3600))
+            .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let t = not_after(&srv.cert_pem).unwrap();
+        assert!((t - now - 3600).abs() < 120, "{t} vs {now}");
+        assert!(not_after(ca.cert_pem()).unwrap() > now + 300 * 86400);
+        assert_eq!(not_after("not a certificate"), None);
     }
 
     #[test]

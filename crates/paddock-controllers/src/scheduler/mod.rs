@@ -85,9 +85,11 @@ async fn bind(client: &kube::Client, m: &Machine, host: &str) -> bool {
     match r {
         Ok(()) => {
             tracing::debug!(machine = %m.name_any(), %host, "bound");
+            paddock_metrics::global().scheduler.placements.inc();
             true
         }
         Err(e) => {
+            paddock_metrics::scheduling_failed("bind-conflict");
             tracing::debug!(machine = %m.name_any(), error = %e, "bind lost a race; next pass");
             false
         }
@@ -105,6 +107,7 @@ async fn unschedulable(client: &kube::Client, m: &Machine, why: String) {
         return;
     }
     tracing::info!(machine = %m.name_any(), reason = %why, "unschedulable");
+    paddock_metrics::scheduling_failed("unschedulable");
     let api: Api<Machine> = Api::namespaced(client.clone(), &m.namespace().unwrap_or_default());
     let c = scheduled_condition(m, false, "Unschedulable", why.clone());
     let st = json!({"status": {"conditions": with_condition(m, c), "phase": "Pending"}});
@@ -211,7 +214,9 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
     let mut binds = JoinSet::new();
     loop {
         while binds.try_join_next().is_some() {}
+        let started = std::time::Instant::now();
         let plans = lock(&fleet).plan();
+        paddock_metrics::queue_depth("scheduler", plans.len());
         let mut refusals = Vec::new();
         for (m, plan) in plans {
             match plan {
@@ -238,6 +243,7 @@ pub async fn run(client: kube::Client, cfg: Arc<Config>) {
                 async move { unschedulable(client, &m, why).await }
             })
             .await;
+        paddock_metrics::reconciled("scheduler", true, started.elapsed());
         tokio::select! {
             _ = notify.notified() => tokio::time::sleep(Duration::from_millis(10)).await,
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
