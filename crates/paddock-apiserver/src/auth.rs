@@ -228,8 +228,8 @@ pub async fn require_user(State(state): State<AppState>, mut req: Request, next:
         match crate::session::authenticate(&state, req.headers(), req.uri()).await {
             Some(Ok(u)) => user = Some(u),
             Some(Err(why)) => {
-                tracing::warn!(method = %req.method(), path = %req.uri().path(), reason = %why, "console session refused");
-                return ApiError::Unauthorized.into_response();
+                tracing::debug!(method = %req.method(), path = %req.uri().path(), "console session refused");
+                return crate::session::refused(&why);
             }
             None => {}
         }

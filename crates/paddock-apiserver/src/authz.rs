@@ -8,8 +8,9 @@
 //! stays the platform's: status, Machines (made by the cluster controller),
 //! Secrets (cluster CAs and bootstrap data) and Leases (overlay claims,
 //! heartbeats) are not open to tenants, nor is anything cluster-wide (Hosts,
-//! other namespaces, lists across all namespaces) but reading MachineImages:
-//! which Kubernetes versions there are is what a tenant chooses from.
+//! MachineImages, other namespaces, lists across all namespaces); the
+//! Kubernetes versions there are images for are at
+//! `/paddock/v1/kubernetes-versions`, for every user.
 //!
 //! A host agent's credential (user `host:<name>`, group `paddock:hosts`)
 //! acts for that one host, as Kubernetes' node authorizer does for kubelets:
@@ -320,7 +321,6 @@ fn tenant_may(user: &User, t: &Target, method: &Method) -> bool {
         (false, _) if plural == "namespaces" && *method == Method::GET => {
             t.name.as_deref().is_some_and(|ns| user.in_org(ns))
         }
-        (false, _) if (t.res.group, plural) == (paddock_api::GROUP, "machineimages") => read,
         _ => false,
     }
 }
@@ -410,13 +410,10 @@ mod tests {
     }
 
     #[test]
-    fn tenants_read_machine_images_and_nothing_else_cluster_wide() {
+    fn tenants_touch_nothing_cluster_wide() {
         let alice = user("alice", &["org:acme"]);
         let images = crate::route::parse("/apis/paddock.io/v1alpha1/machineimages").expect("route");
-        assert_eq!(
-            check(&alice, &images, &Method::GET, true).expect("watch"),
-            Decision::Allow
-        );
+        assert!(check(&alice, &images, &Method::GET, true).is_err());
         assert!(check(&alice, &images, &Method::POST, false).is_err());
         let one =
             crate::route::parse("/apis/paddock.io/v1alpha1/machineimages/dev").expect("route");

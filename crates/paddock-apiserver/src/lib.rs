@@ -33,6 +33,7 @@ pub mod session;
 pub mod table;
 pub mod tasks;
 pub mod tls;
+pub mod versions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -164,6 +165,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/paddock/v1/backup", get(backup::get))
         .route("/metrics", get(metrics::handle))
+        .route("/paddock/v1/kubernetes-versions", get(versions::handle))
         .route("/api/v1/{*rest}", any(http::resource))
         .route("/apis/{group}/{version}/{*rest}", any(http::resource))
         .fallback(|| async { error::ApiError::NoRoute })
@@ -455,6 +457,10 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     if let Some(cache) = cache {
         tasks.spawn_loop("watch-cache", cache.run(store));
     }
+    tasks.spawn_loop(
+        "console-session-sweep",
+        session::sweep_every(api.clone(), Duration::from_secs(600)),
+    );
     tasks.spawn_loop(
         "fleet-metrics",
         metrics::refresh_fleet(

@@ -11,10 +11,19 @@
 //! token ends the session at once.
 //!
 //! A request that authenticates by the cookie must also carry the session's
-//! CSRF token in `X-CSRF-Token`: a page of another origin can neither read
-//! that token nor send a custom header without a CORS preflight, which this
-//! server never grants. A `Sec-Fetch-Site: cross-site` request or an
-//! `Origin` other than the request's own is refused before that.
+//! CSRF token in `X-CSRF-Token`. The token is given once, in the sign-in's
+//! answer, and the page keeps it in its origin's storage. So a page of
+//! another origin can neither read it nor send a custom header without a
+//! CORS preflight, which this server never grants. The cookie alone, even
+//! in the hands of a server on another port of the same host (cookies do
+//! not tell ports apart; the gateway's ingress ports are such servers),
+//! authenticates nothing. A `Sec-Fetch-Site` other than `same-origin` or
+//! `none`, or an `Origin` other than the request's own, is refused before
+//! that.
+//!
+//! A token holds at most [`SESSIONS_PER_TOKEN`] sessions: signing in again
+//! ends its oldest. Expired sessions are deleted when used and by
+//! [`sweep_every`].
 
 use std::time::Duration;
 
@@ -41,8 +50,12 @@ pub const CSRF_HEADER: &str = "x-csrf-token";
 pub const SESSION_TYPE: &str = "paddock.io/console-session";
 /// The label every session Secret carries.
 pub const SESSION_LABEL: &str = "paddock.io/console-session";
+/// The label holding the first 16 hex digits of the session's token's hash.
+pub const TOKEN_LABEL: &str = "paddock.io/console-token";
 /// How long a session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Most sessions one token holds at once.
+pub const SESSIONS_PER_TOKEN: usize = 10;
 
 const NS: &str = paddock_api::host::SYSTEM_NAMESPACE;
 
@@ -114,6 +127,8 @@ pub enum SessionRefused {
     Revoked,
     #[error("a request with the console session must carry its CSRF token in X-CSRF-Token")]
     Csrf,
+    #[error("the session cannot be read: {0}")]
+    Unavailable(String),
 }
 
 /// Refuses what a page of another origin could have sent: `Sec-Fetch-Site:
@@ -121,7 +136,8 @@ pub enum SessionRefused {
 /// `Host` header in HTTP/1.1, its URI's authority in HTTP/2).
 fn same_origin(headers: &HeaderMap, uri: &http::Uri) -> Result<(), SessionRefused> {
     let get = |h: &str| headers.get(h).and_then(|v| v.to_str().ok());
-    if get("sec-fetch-site") == Some("cross-site") {
+    // `same-site` too: another port of this host is the same site.
+    if get("sec-fetch-site").is_some_and(|s| s != "same-origin" && s != "none") {
         return Err(SessionRefused::CrossSite);
     }
     if let Some(origin) = get("origin") {
@@ -147,12 +163,19 @@ struct Stored {
 /// Reads session `id` and checks its secret, expiry and token.
 async fn load(state: &AppState, value: &str) -> Result<Stored, SessionRefused> {
     let c = CookieValue::parse(value).ok_or(SessionRefused::Malformed)?;
-    let res = secrets().map_err(|_| SessionRefused::Unknown)?;
-    let found = state
-        .api
-        .get_any(res, Some(NS), &secret_name(c.id))
-        .await
-        .map_err(|_| SessionRefused::Unknown)?;
+    let res = secrets().map_err(|e| SessionRefused::Unavailable(e.to_string()))?;
+    let name = secret_name(c.id);
+    let found = match state.api.get_any(res, Some(NS), &name).await {
+        Ok(v) => v,
+        // Made a moment ago, perhaps by another server: the watch cache
+        // may not have it yet; the store has.
+        Err(ApiError::NotFound(_)) => match state.api.get(res, Some(NS), &name).await {
+            Ok(v) => v,
+            Err(ApiError::NotFound(_)) => return Err(SessionRefused::Unknown),
+            Err(e) => return Err(SessionRefused::Unavailable(e.to_string())),
+        },
+        Err(e) => return Err(SessionRefused::Unavailable(e.to_string())),
+    };
     if found.get("type").and_then(Value::as_str) != Some(SESSION_TYPE)
         || data_field(&found, "sha256").as_deref() != Some(hash_token(c.secret).as_str())
     {
@@ -188,53 +211,108 @@ pub async fn authenticate(
         async {
             same_origin(headers, uri)?;
             let s = load(state, &value).await?;
-            let sent = headers
-                .get(CSRF_HEADER)
-                .and_then(|v| v.to_str().ok())
-                .ok_or(SessionRefused::Csrf)?;
-            // Compared as hashes: equal length, no early exit on a prefix.
-            if hash_token(sent) != hash_token(&s.csrf) {
-                return Err(SessionRefused::Csrf);
-            }
+            csrf_matches(headers, &s)?;
             Ok(s.user)
         }
         .await,
     )
 }
 
-async fn remove(api: &Api, id: &str) {
-    if let Ok(res) = secrets() {
-        let _ = api
-            .delete(res, Some(NS), &secret_name(id), &DeleteOptions::default())
-            .await;
+fn csrf_matches(headers: &HeaderMap, s: &Stored) -> Result<(), SessionRefused> {
+    let sent = headers
+        .get(CSRF_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(SessionRefused::Csrf)?;
+    // Compared as hashes: equal length, no early exit on a prefix.
+    if hash_token(sent) == hash_token(&s.csrf) {
+        Ok(())
+    } else {
+        Err(SessionRefused::Csrf)
     }
 }
 
-/// Deletes sessions that expired (they are otherwise deleted only when
-/// used again). Runs at each sign-in.
-async fn sweep(api: &Api) {
-    let Ok(res) = secrets() else { return };
-    let Ok(labels) = LabelSelector::parse(SESSION_LABEL) else {
-        return;
+async fn remove(api: &Api, id: &str) {
+    delete_named(api, &secret_name(id)).await;
+}
+
+/// Session answers are not to be kept by any cache.
+fn no_store(mut resp: Response) -> Response {
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn expires_of(s: &Value) -> Option<jiff::Timestamp> {
+    data_field(s, "expires").and_then(|e| e.parse::<jiff::Timestamp>().ok())
+}
+
+/// Session Secrets matching `selector` (those of one token, or all).
+async fn sessions(api: &Api, selector: &str) -> Vec<Value> {
+    let (Ok(res), Ok(labels)) = (secrets(), LabelSelector::parse(selector)) else {
+        return Vec::new();
     };
     let opts = ListOptions {
         labels,
         ..ListOptions::default()
     };
-    let Ok(page) = api.list(res, Some(NS), &opts).await else {
-        return;
-    };
-    let now = jiff::Timestamp::now();
-    for s in page.items {
-        let expired = data_field(&s, "expires")
-            .and_then(|e| e.parse::<jiff::Timestamp>().ok())
-            .is_none_or(|t| t <= now);
-        if let (true, Some(name)) = (expired, s.pointer("/metadata/name").and_then(Value::as_str)) {
-            let _ = api
-                .delete(res, Some(NS), name, &DeleteOptions::default())
-                .await;
+    match api.list(res, Some(NS), &opts).await {
+        Ok(page) => page
+            .items
+            .into_iter()
+            .filter(|s| s.get("type").and_then(Value::as_str) == Some(SESSION_TYPE))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "listing console sessions failed");
+            Vec::new()
         }
     }
+}
+
+async fn delete_named(api: &Api, name: &str) {
+    let Ok(res) = secrets() else { return };
+    match api
+        .delete(res, Some(NS), name, &DeleteOptions::default())
+        .await
+    {
+        Ok(_) | Err(ApiError::NotFound(_)) => {}
+        Err(e) => tracing::warn!(session = name, error = %e, "deleting a console session failed"),
+    }
+}
+
+/// Deletes the expired sessions among `found`, and the oldest beyond `keep`.
+async fn prune(api: &Api, mut found: Vec<Value>, keep: usize) {
+    let now = jiff::Timestamp::now();
+    found.sort_by_key(expires_of);
+    let live = found
+        .iter()
+        .filter(|s| expires_of(s).is_some_and(|t| t > now))
+        .count();
+    let mut excess = live.saturating_sub(keep);
+    for s in &found {
+        let expired = expires_of(s).is_none_or(|t| t <= now);
+        if !expired {
+            if excess == 0 {
+                continue;
+            }
+            excess -= 1;
+        }
+        if let Some(name) = s.pointer("/metadata/name").and_then(Value::as_str) {
+            delete_named(api, name).await;
+        }
+    }
+}
+
+/// Deletes every expired session, every `every` (a task of the server).
+pub async fn sweep_every(api: Api, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let all = sessions(&api, SESSION_LABEL).await;
+        prune(&api, all, usize::MAX).await;
+    }
+}
+
+fn token_label(token_hash: &str) -> String {
+    token_hash.chars().take(16).collect()
 }
 
 /// What the console learns of its session.
@@ -243,8 +321,10 @@ async fn sweep(api: &Api) {
 pub struct SessionInfo {
     pub user: String,
     pub groups: Vec<String>,
-    /// Sent back in `X-CSRF-Token` with every request.
-    pub csrf_token: String,
+    /// Sent back in `X-CSRF-Token` with every request. Given only by the
+    /// sign-in: the page keeps it in its origin's storage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csrf_token: Option<String>,
     pub expires_at: String,
 }
 
@@ -266,7 +346,14 @@ fn set_cookie(value: &str, max_age: Duration) -> Option<HeaderValue> {
     HeaderValue::from_str(&c.to_string()).ok()
 }
 
-fn refused(why: &SessionRefused) -> Response {
+/// The answer to a request whose session is refused: 401, or 503 when the
+/// session could not be read.
+pub fn refused(why: &SessionRefused) -> Response {
+    if let SessionRefused::Unavailable(cause) = why {
+        tracing::error!(%cause, "console session unreadable");
+        return ApiError::Unavailable("the console session cannot be read now; try again".into())
+            .into_response();
+    }
     tracing::warn!(reason = %why, "console session refused");
     ApiError::Unauthorized.into_response()
 }
@@ -303,15 +390,30 @@ pub async fn sign_in(
         tracing::warn!("console sign-in with an unknown token refused");
         return ApiError::Unauthorized.into_response();
     };
-    sweep(&state.api).await;
+    // Room for this one: the token's expired sessions and its oldest go.
+    let mine = sessions(
+        &state.api,
+        &format!(
+            "{SESSION_LABEL},{TOKEN_LABEL}={}",
+            token_label(&hash_token(token))
+        ),
+    )
+    .await;
+    prune(&state.api, mine, SESSIONS_PER_TOKEN - 1).await;
     match start(&state.api, &user, token).await {
         Ok((cookie_value, info)) => {
             tracing::info!(user = %user.name, "console session started");
             let mut resp = (StatusCode::CREATED, Json(info)).into_response();
-            if let Some(h) = set_cookie(&cookie_value, SESSION_TTL) {
-                resp.headers_mut().insert(header::SET_COOKIE, h);
+            match set_cookie(&cookie_value, SESSION_TTL) {
+                Some(h) => {
+                    resp.headers_mut().insert(header::SET_COOKIE, h);
+                }
+                None => {
+                    return ApiError::Internal("the session cookie cannot be written".into())
+                        .into_response();
+                }
             }
-            resp
+            no_store(resp)
         }
         Err(e) => e.into_response(),
     }
@@ -331,13 +433,17 @@ async fn start(api: &Api, user: &User, token: &str) -> ApiResult<(String, Sessio
         .map_err(|e| ApiError::Internal(e.to_string()))?
         .round(jiff::Unit::Second)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let token_hash = hash_token(token);
     let obj = json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": secret_name(&id), "namespace": NS, "labels": {SESSION_LABEL: "true"}},
+        "metadata": {
+            "name": secret_name(&id), "namespace": NS,
+            "labels": {SESSION_LABEL: "true", TOKEN_LABEL: token_label(&token_hash)},
+        },
         "type": SESSION_TYPE,
         "data": {
             "sha256": b64(&hash_token(&secret)),
-            "token": b64(&hash_token(token)),
+            "token": b64(&token_hash),
             "csrf": b64(&csrf),
             "expires": b64(&expires.to_string()),
         },
@@ -349,14 +455,15 @@ async fn start(api: &Api, user: &User, token: &str) -> ApiResult<(String, Sessio
         SessionInfo {
             user: user.name.clone(),
             groups: user.groups.clone(),
-            csrf_token: csrf,
+            csrf_token: Some(csrf),
             expires_at: expires.to_string(),
         },
     ))
 }
 
-/// `GET /console/session`: who the cookie signs in, and the CSRF token the
-/// page must send (readable only by a page of this origin).
+/// `GET /console/session`: who the session is, when it ends. Like every
+/// request by the cookie, it needs the CSRF token: the cookie alone tells
+/// nothing.
 pub async fn current(
     State(state): State<AppState>,
     uri: http::Uri,
@@ -365,44 +472,65 @@ pub async fn current(
     let Some(value) = cookie_of(&headers) else {
         return ApiError::Unauthorized.into_response();
     };
-    if let Err(why) = same_origin(&headers, &uri) {
-        return refused(&why);
+    let checked = async {
+        same_origin(&headers, &uri)?;
+        let s = load(&state, &value).await?;
+        csrf_matches(&headers, &s)?;
+        Ok::<_, SessionRefused>(s)
     }
-    match load(&state, &value).await {
-        Ok(s) => Json(SessionInfo {
-            user: s.user.name,
-            groups: s.user.groups,
-            csrf_token: s.csrf,
-            expires_at: s.expires.to_string(),
-        })
-        .into_response(),
+    .await;
+    match checked {
+        Ok(s) => no_store(
+            Json(SessionInfo {
+                user: s.user.name,
+                groups: s.user.groups,
+                csrf_token: None,
+                expires_at: s.expires.to_string(),
+            })
+            .into_response(),
+        ),
         Err(why) => refused(&why),
     }
 }
 
-/// `DELETE /console/session`: signs out (the session is deleted, the
-/// cookie cleared). Needs the CSRF token like any other change.
+/// `DELETE /console/session`: signs out. The session the cookie names is
+/// deleted and the cookie cleared, whether or not it is still good (an
+/// expired or revoked session is signed out too). From another origin it
+/// is refused like any other request.
 pub async fn sign_out(
     State(state): State<AppState>,
     uri: http::Uri,
     headers: HeaderMap,
 ) -> Response {
-    match authenticate(&state, &headers, &uri).await {
-        Some(Ok(user)) => {
-            if let Some(c) = cookie_of(&headers).as_deref().and_then(CookieValue::parse) {
-                remove(&state.api, c.id).await;
-            }
-            tracing::info!(user = %user.name, "console session ended");
-            let mut resp = Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}))
-                .into_response();
-            if let Some(h) = set_cookie("", Duration::ZERO) {
-                resp.headers_mut().insert(header::SET_COOKIE, h);
-            }
-            resp
-        }
-        Some(Err(why)) => refused(&why),
-        None => ApiError::Unauthorized.into_response(),
+    if let Err(why) = same_origin(&headers, &uri) {
+        return refused(&why);
     }
+    let Some(value) = cookie_of(&headers) else {
+        return ApiError::Unauthorized.into_response();
+    };
+    if let Some(c) = CookieValue::parse(&value) {
+        // A live session needs its CSRF token to be ended; a dead one may
+        // go without.
+        match load(&state, &value).await {
+            Ok(s) => {
+                if let Err(why) = csrf_matches(&headers, &s) {
+                    return refused(&why);
+                }
+                tracing::info!(user = %s.user.name, "console session ended");
+            }
+            Err(SessionRefused::Unavailable(cause)) => {
+                return refused(&SessionRefused::Unavailable(cause));
+            }
+            Err(_) => {}
+        }
+        remove(&state.api, c.id).await;
+    }
+    let mut resp =
+        Json(json!({"kind": "Status", "apiVersion": "v1", "status": "Success"})).into_response();
+    if let Some(h) = set_cookie("", Duration::ZERO) {
+        resp.headers_mut().insert(header::SET_COOKIE, h);
+    }
+    no_store(resp)
 }
 
 #[cfg(test)]
@@ -460,9 +588,15 @@ mod tests {
         // HTTP/2 has no Host header: the authority is the URI's.
         let good = headers(&[("origin", "https://api.example:6443")]);
         assert_eq!(same_origin(&good, &h2), Ok(()));
+        for site in ["cross-site", "same-site"] {
+            assert_eq!(
+                same_origin(&headers(&[("sec-fetch-site", site)]), &path),
+                Err(SessionRefused::CrossSite)
+            );
+        }
         assert_eq!(
-            same_origin(&headers(&[("sec-fetch-site", "cross-site")]), &path),
-            Err(SessionRefused::CrossSite)
+            same_origin(&headers(&[("sec-fetch-site", "none")]), &path),
+            Ok(())
         );
         for origin in ["https://evil.example", "http://api.example:6443", "null"] {
             for uri in [&path, &h2] {

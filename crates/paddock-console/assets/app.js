@@ -2,7 +2,9 @@
 //
 // Every call goes to the management API as the signed-in user: the session
 // cookie (HttpOnly, set by POST /console/session) authenticates, and the
-// CSRF token the session gives is sent in X-CSRF-Token. Live data comes from
+// CSRF token the sign-in gave is sent in X-CSRF-Token. That token is kept in
+// this origin's localStorage: a server on another port of this host gets
+// the cookie (cookies do not tell ports apart) but not the token. Live data comes from
 // the API's watches (list, then watch from the list's resourceVersion), and
 // a broken watch is shown and resumed by itself. Markup is built with DOM
 // calls only: text from the API is never parsed as HTML.
@@ -20,6 +22,7 @@ const conn = document.getElementById("conn");
 
 /** @type {{user: string, groups: string[], csrfToken: string, expiresAt: string} | null} */
 let session = null;
+const CSRF_KEY = "paddock.csrf";
 /** What the user may do, asked once per sign-in (SelfSubjectAccessReview). */
 const caps = new Map();
 
@@ -119,10 +122,7 @@ async function call(method, path, body, { contentType = "application/json", acce
   const text = await r.text();
   let data = null;
   try { data = text && accept === "application/json" ? JSON.parse(text) : null; } catch { /* not JSON */ }
-  if (r.status === 401 && session) {
-    session = null;
-    signIn("Your session ended. Sign in again.");
-  }
+  if (r.status === 401 && session) sessionEnded();
   if (!r.ok) throw new ApiError(r.status, data, text);
   return accept === "application/json" ? data : text;
 }
@@ -140,6 +140,12 @@ async function can(verb, resource, namespace, { group = GROUP, subresource } = {
 }
 
 // ---------------------------------------------------------------- live data
+
+function sessionEnded() {
+  session = null;
+  localStorage.removeItem(CSRF_KEY);
+  signIn("Your session ended. Sign in again.");
+}
 
 /** Which watches are down: the banner says so while any is. */
 const connection = {
@@ -201,10 +207,14 @@ class Watch {
         this.error = null;
         connection.set(this, true);
         this.changed();
-        backoff = 500;
-        await this.follow(list.metadata.resourceVersion);
+        // Back to the shortest wait only once a watch has delivered.
+        if (await this.follow(list.metadata.resourceVersion)) backoff = 500;
       } catch (e) {
         if (this.stopped) return;
+        if (e instanceof ApiError && e.status === 401) {
+          if (session) sessionEnded();
+          return;
+        }
         if (e instanceof ApiError && e.status >= 400 && e.status < 500 && ![408, 410, 429].includes(e.status)) {
           // Refused (403, 404): no retry makes it allowed.
           this.error = e;
@@ -219,9 +229,21 @@ class Watch {
     }
   }
 
-  /** Follows the watch from `rv`; returns only by throwing (or when stopped). */
+  /** Follows the watch from `rv` until it fails (throws) or is stopped. */
   async follow(rv) {
+    let delivered = false;
+    try {
+      await this.followFrom(rv, () => { delivered = true; });
+    } catch (e) {
+      if (delivered && e instanceof ApiError && e.status === 410) return true;
+      throw e;
+    }
+    return delivered;
+  }
+
+  async followFrom(rv, onEvent) {
     while (!this.stopped) {
+      const opened = Date.now();
       const sep = this.path.includes("?") ? "&" : "?";
       const r = await fetch(`${this.path}${sep}watch=1&allowWatchBookmarks=true&resourceVersion=${encodeURIComponent(rv)}`, {
         headers: { Accept: "application/json", "X-CSRF-Token": session?.csrfToken || "" },
@@ -247,13 +269,16 @@ class Watch {
           const ev = JSON.parse(line);
           if (ev.type === "ERROR") throw new ApiError(ev.object?.code || 500, ev.object);
           rv = ev.object?.metadata?.resourceVersion || rv;
+          onEvent();
           if (ev.type === "BOOKMARK") continue;
           if (ev.type === "DELETED") this.items.delete(this.key(ev.object));
           else this.items.set(this.key(ev.object), ev.object);
           this.changed();
         }
       }
-      // The server ended the watch (its timeout): go on from where it was.
+      // The server ended the watch (its timeout): go on from where it was,
+      // but not in a tight loop if it ends them at once.
+      if (Date.now() - opened < 1000) await sleep(1000);
     }
   }
 }
@@ -264,6 +289,7 @@ class Watch {
 let page = { watches: [], timers: [] };
 
 function leave() {
+  for (const d of document.querySelectorAll("dialog")) d.close();
   for (const w of page.watches) w.stop();
   for (const t of page.timers) clearInterval(t);
   page = { watches: [], timers: [] };
@@ -381,7 +407,12 @@ async function createPage(org) {
         input(`${f}.cpu`, "vCPUs per node", { type: "number", value: "2", min: "1", max: String(MAX_CPU), inputmode: "numeric" }),
         input(`${f}.memory`, "RAM per node", { value: "2Gi", autocomplete: "off" }, "Such as 512Mi or 4Gi"),
         input(`${f}.disk`, "Disk per node", { value: "20Gi", autocomplete: "off" }, "Such as 20Gi")),
-      h("button", { type: "button", on: { click: () => { fs.remove(); } } }, `Remove node pool ${i + 1}`));
+      h("button", { type: "button", class: "remove-pool", on: { click: () => {
+        const next = fs.previousElementSibling || fs.nextElementSibling;
+        fs.remove();
+        read();
+        (next?.querySelector("input") || form.querySelector(".add-pool"))?.focus();
+      } } }, `Remove node pool ${i + 1}`));
     pools.append(fs);
     return fs;
   };
@@ -405,7 +436,7 @@ async function createPage(org) {
     h("h2", {}, "Node pools"),
     pools,
     h("div", { class: "row spread" },
-      h("button", { type: "button", on: { click: () => addPool(`pool-${poolCount + 1}`).querySelector("input")?.focus() } }, "Add node pool"),
+      h("button", { type: "button", class: "add-pool", on: { click: () => { addPool(`pool-${poolCount + 1}`).querySelector("input")?.focus(); read(); } } }, "Add node pool"),
       h("button", { type: "submit", class: "primary" }, "Create cluster")));
   addPool("workers");
   main.replaceChildren(...title("Create a cluster",
@@ -421,6 +452,7 @@ async function createPage(org) {
         el.dataset.field = rest;
       }
       fs.querySelector("legend").textContent = `Node pool ${i + 1}`;
+      fs.querySelector(".remove-pool").textContent = `Remove node pool ${i + 1}`;
       const f = `spec.nodePools[${i}]`;
       return { name: val(`${f}.name`), replicas: num(`${f}.replicas`), cpu: num(`${f}.cpu`), memory: val(`${f}.memory`), disk: val(`${f}.disk`) };
     });
@@ -480,12 +512,10 @@ async function createPage(org) {
     }
   });
   form.querySelector("input")?.focus();
-  // Kubernetes versions from the images there are.
+  // Kubernetes versions from the images there are, newest first.
   try {
-    const images = await call("GET", `${V}/machineimages`);
-    const vs = [...new Set((images.items || []).map((i) => i.spec?.kubernetesVersion).filter(Boolean))]
-      .sort((a, b) => b.localeCompare(a, undefined, { numeric: true }));
-    for (const v of vs) versions.append(h("option", { value: v }, v));
+    const r = await call("GET", "/paddock/v1/kubernetes-versions");
+    for (const v of r.versions || []) versions.append(h("option", { value: v }, v));
   } catch (e) {
     versions.append(h("option", { value: "", disabled: true }, `Cannot list images: ${e.message}`));
   }
@@ -588,6 +618,11 @@ async function clusterPage(org, name) {
       }
       count.setAttribute("aria-invalid", "false");
       const i = (cluster.spec.nodePools || []).findIndex((p) => p.name === sel.value);
+      if (i < 0) {
+        err.textContent = `Pool ${sel.value} is no longer in the cluster.`;
+        renderScale();
+        return;
+      }
       try {
         // A JSON patch that tests the pool is still the one at that index.
         await call("PATCH", path, [
@@ -626,7 +661,9 @@ async function clusterPage(org, name) {
       }
     } } }, "Download kubeconfig")), kcMsg);
 
+  let events = null;
   const machines = watch(`${V}/namespaces/${o}/machines?fieldSelector=${encodeURIComponent(`spec.clusterName=${name}`)}`, (w) => {
+    if (events?.loaded) events.changed();
     const rows = w.list().sort((a, b) => a.metadata.name.localeCompare(b.metadata.name)).map((m) => {
       const st = m.status || {};
       const ph = m.metadata.deletionTimestamp ? "Deleting" : st.phase || "Pending";
@@ -643,7 +680,7 @@ async function clusterPage(org, name) {
       table("Machines", ["Name", "Role", "Phase", "Host", "IP", ["Conditions", "hide-narrow"], "Console"], rows, gone ? "None left." : "No machines yet."));
   });
 
-  watch(`/api/v1/namespaces/${o}/events`, (w) => {
+  events = watch(`/api/v1/namespaces/${o}/events`, (w) => {
     const names = new Set([name]);
     for (const m of machines.list()) names.add(m.metadata.name);
     const evs = w.list().filter((e) => names.has(e.involvedObject?.name))
@@ -801,6 +838,7 @@ function signIn(message) {
     }
     try {
       session = await call("POST", "/console/session", { token: token.value.trim() });
+      localStorage.setItem(CSRF_KEY, session.csrfToken);
       token.value = "";
       await start();
     } catch (ex) {
@@ -817,12 +855,16 @@ function signIn(message) {
 
 async function signOut() {
   try { await call("DELETE", "/console/session"); } catch { /* signed out anyway */ }
+  session = null;
+  localStorage.removeItem(CSRF_KEY);
   signIn("Your session is closed.");
 }
 
 async function renderNav() {
   const links = [["#/orgs", "Organizations"]];
-  if (await can("list", "hosts")) links.push(["#/hosts", "Hosts"]);
+  const hosts = await can("list", "hosts");
+  if (!session) return;
+  if (hosts) links.push(["#/hosts", "Hosts"]);
   nav.replaceChildren(...links.map(([href, text]) => h("a", { href }, text)));
   who.replaceChildren(
     h("span", { class: "who-name" }, "Signed in as ", h("strong", { id: "who-user" }, session.user)),
@@ -854,8 +896,15 @@ function route() {
   for (const [re, fn] of ROUTES) {
     const m = re.exec(location.hash);
     if (m) {
-      fn(...m.slice(1).map(decodeURIComponent));
+      let args;
+      try {
+        args = m.slice(1).map(decodeURIComponent);
+      } catch {
+        break;
+      }
+      // Focus first: a page may move it on (to its form's first field).
       main.focus({ preventScroll: true });
+      fn(...args);
       return;
     }
   }
@@ -869,11 +918,22 @@ async function start() {
 
 window.addEventListener("hashchange", route);
 
+// The skip link moves focus without changing the route.
+document.querySelector(".skip")?.addEventListener("click", (e) => {
+  e.preventDefault();
+  main.focus();
+});
+
 (async () => {
-  try {
-    session = await call("GET", "/console/session");
-  } catch {
-    session = null;
+  const csrfToken = localStorage.getItem(CSRF_KEY);
+  if (csrfToken) {
+    session = { csrfToken };
+    try {
+      session = { ...(await call("GET", "/console/session")), csrfToken };
+    } catch {
+      session = null;
+      localStorage.removeItem(CSRF_KEY);
+    }
   }
   if (session) await start(); else signIn();
 })();

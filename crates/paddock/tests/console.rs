@@ -130,6 +130,7 @@ async fn a_browser_creates_watches_scales_and_deletes_a_cluster_through_the_cons
         .env("PADDOCK_NODE_TOOLS", &tools)
         .env("PADDOCK_URL", "https://127.0.0.1:6443")
         .env("PADDOCK_SERVER_CERT", server.join("pki/apiserver.crt"))
+        .env("PADDOCK_CA", server.join("pki/ca.crt"))
         .env("PADDOCK_TOKEN_ADMIN", token_of(&admin))
         .env("PADDOCK_TOKEN_ALICE", token_of(&alice))
         .env("PADDOCK_TOKEN_BOB", token_of(&bob))
@@ -153,6 +154,14 @@ async fn a_browser_creates_watches_scales_and_deletes_a_cluster_through_the_cons
 
     // What the browser did, read back through the API: the cluster and its
     // machines are gone; nothing from another origin was created.
+    // The other site's requests reached the server with alice's cookie (a
+    // same-site request carries a SameSite=Strict cookie) and were refused
+    // there, not only by the browser.
+    let log = std::fs::read_to_string(d.join("server.log")).expect("server log");
+    assert!(
+        log.contains("a cross-site request may not use the console session"),
+        "no refused cross-site request in the server's log"
+    );
     let acme: Api<Cluster> = Api::namespaced(client.clone(), "acme");
     assert!(
         acme.get_opt("csrf").await.expect("get").is_none(),

@@ -11,7 +11,7 @@ import { createRequire } from "node:module";
 import { execFileSync } from "node:child_process";
 import crypto from "node:crypto";
 import fs from "node:fs";
-import http from "node:http";
+import https from "node:https";
 import path from "node:path";
 
 const env = (k) => {
@@ -31,11 +31,17 @@ const tokens = { admin: env("PADDOCK_TOKEN_ADMIN"), alice: env("PADDOCK_TOKEN_AL
 const CLUSTER = "web";
 const figures = {};
 
-// Chromium trusts the server's own key and no other: its SPKI hash.
-const pem = fs.readFileSync(env("PADDOCK_SERVER_CERT"), "utf8");
-const spki = crypto.createHash("sha256")
+// Chromium trusts the server's own key and the test's "other site" (an
+// HTTPS server on another port of the same host), and no other: their SPKI
+// hashes.
+const spkiOf = (pem) => crypto.createHash("sha256")
   .update(new crypto.X509Certificate(pem).publicKey.export({ type: "spki", format: "der" }))
   .digest("base64");
+const evilKey = path.join(work, "other-site.key");
+const evilCert = path.join(work, "other-site.crt");
+execFileSync("openssl", ["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+  "-keyout", evilKey, "-out", evilCert, "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"], { stdio: "ignore" });
+const spki = [fs.readFileSync(env("PADDOCK_SERVER_CERT"), "utf8"), fs.readFileSync(evilCert, "utf8")].map(spkiOf).join(",");
 
 const step = (what) => console.log(`ok - ${what}`);
 const fail = (what) => { throw new Error(what); };
@@ -327,10 +333,34 @@ try {
   }
   step("a tenant of globex sees none of acme's cluster");
 
-  // ---- CSRF: a page of another origin, with alice's cookie in the browser.
-  const evil = http.createServer((_, res) => { res.setHeader("content-type", "text/html"); res.end("<!doctype html><title>elsewhere</title>"); });
+  // ---- The cookie alone is nothing: what a server on another port of this
+  // host (the gateway's ingress ports are such) would receive.
+  const cookieValue = (await alice.context().cookies()).find((c) => c.name === "__Host-paddock-session").value;
+  const ca = fs.readFileSync(env("PADDOCK_CA"));
+  const withCookie = (method, p, body) => new Promise((resolve, reject) => {
+    const u = new URL(p, URL_);
+    const req = https.request({ method, host: u.hostname, port: u.port, path: u.pathname, ca,
+      headers: { cookie: `__Host-paddock-session=${cookieValue}`, "content-type": "application/json" } }, (res) => {
+      res.resume();
+      resolve(res.statusCode);
+    });
+    req.on("error", reject);
+    req.end(body);
+  });
+  const leaked = [
+    await withCookie("GET", "/console/session"),
+    await withCookie("GET", "/apis/paddock.io/v1alpha1/namespaces/acme/clusters"),
+    await withCookie("POST", "/apis/paddock.io/v1alpha1/namespaces/acme/clusters", JSON.stringify({ apiVersion: "paddock.io/v1alpha1", kind: "Cluster", metadata: { name: "csrf" }, spec: {} })),
+  ];
+  if (leaked.some((c) => c !== 401)) fail(`the session cookie alone was accepted: ${leaked}`);
+  step(`the session cookie alone (no CSRF token) gets ${leaked.join(", ")}`);
+
+  // ---- CSRF: a page of another origin on the same host (the same site, so
+  // the browser sends the SameSite=Strict cookie), alice signed in.
+  const evil = https.createServer({ key: fs.readFileSync(evilKey), cert: fs.readFileSync(evilCert) },
+    (_, res) => { res.setHeader("content-type", "text/html"); res.end("<!doctype html><title>elsewhere</title>"); });
   await new Promise((r) => evil.listen(0, "127.0.0.1", r));
-  const evilUrl = `http://127.0.0.1:${evil.address().port}/`;
+  const evilUrl = `https://127.0.0.1:${evil.address().port}/`;
   const other = await alice.context().newPage();
   await other.goto(evilUrl);
   const attempts = await other.evaluate(async (api) => {
