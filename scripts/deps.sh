@@ -18,9 +18,11 @@ want=(curl openssl ca-certificates iproute2 nftables iptables containerd qemu-sy
 # service hands to PXE ROMs, and QEMU's NIC ROMs that netboot the lab's
 # machines), ISC's dhclient (a real client of the DHCP service), and
 # Chromium and Firefox ESR with Node.js and npm (the web console's browser
-# tests: Playwright, Puppeteer and axe-core from npm, scripts/node-tools.sh).
+# tests: Playwright, Puppeteer and axe-core from npm, scripts/node-tools.sh),
+# and Prometheus with promtool (the shipped rules and configuration, checked
+# and run against the lab; the package's own service is not wanted).
 if [ "${1:-runtime}" = test ]; then
-  want+=(cloud-init haproxy debootstrap e2fsprogs python3 python3-venv ipmitool ipxe ipxe-qemu isc-dhcp-client chromium firefox-esr)
+  want+=(cloud-init haproxy debootstrap e2fsprogs python3 python3-venv ipmitool ipxe ipxe-qemu isc-dhcp-client chromium firefox-esr prometheus)
   # A Node.js from elsewhere (NodeSource's carries its own npm) is kept.
   if ! command -v node >/dev/null; then
     want+=(nodejs npm)
@@ -57,6 +59,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   done
   apt-get install -y -qq --no-install-recommends --allow-downgrades "${args[@]}" >/dev/null
 fi
+case " ${missing[*]} " in
+  *" prometheus "*)
+    if command -v systemctl >/dev/null; then
+      systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true
+    fi
+    ;;
+esac
 for cmd in qemu-system-x86_64 qemu-img ip nft protoc; do
   command -v "$cmd" >/dev/null || { echo "deps: $cmd is missing after installing packages" >&2; exit 1; }
 done

@@ -90,7 +90,12 @@ pub struct Up {
     /// Bare-metal machines behind the lab's virtual BMC.
     pub bare_metal: usize,
     pub bare_metal_memory: u32,
+    /// Debian's Prometheus on [`PROMETHEUS_ADDR`], scraping the lab.
+    pub monitoring: bool,
 }
+
+/// Where the lab's Prometheus listens (loopback).
+pub const PROMETHEUS_ADDR: &str = "127.0.0.1:19090";
 
 /// Servers of the HA lab: each listens on its own port; HAProxy listens on
 /// the one server's usual places (127.0.0.1:6443 and `api.sock`).
@@ -467,6 +472,9 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
     if u.bare_metal > 0 {
         bare_metal(&u, &exe, &kubeconfig, &hosts).await?;
     }
+    if u.monitoring {
+        prometheus(d, &kubeconfig).await?;
+    }
     println!(
         "Paddock lab is up: {} hosts, logs in {dir}.\n\nNext:\n  export KUBECONFIG={kc}\n  paddock cluster create demo --workers 2 --wait\n  paddock cluster list\n  kubectl get clusters,machines -A\n  paddock dev down",
         u.hosts,
@@ -474,6 +482,78 @@ pub async fn up(u: Up) -> anyhow::Result<()> {
         kc = kubeconfig.display()
     );
     Ok(())
+}
+
+/// The lab's Prometheus: the shipped rules and a configuration for this lab
+/// (scraping every 5 s) in `<data-dir>/prometheus`, a user of group
+/// `system:monitoring` for it, and Debian's `prometheus` on
+/// [`PROMETHEUS_ADDR`]. Idempotent.
+async fn prometheus(d: &Path, admin_kubeconfig: &Path) -> anyhow::Result<()> {
+    let server_dir = admin_kubeconfig
+        .parent()
+        .context("the admin kubeconfig's directory")?;
+    let dir = d.join("prometheus");
+    std::fs::create_dir_all(&dir)?;
+    let token_file = dir.join("token");
+    if !token_file.exists() {
+        let kc = paddock_apiserver::bootstrap::add_user(
+            server_dir,
+            "prometheus",
+            &[paddock_apiserver::metrics::MONITORING_GROUP.to_owned()],
+        )?;
+        let token = kc
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token:"))
+            .map(str::trim)
+            .context("the monitoring user's kubeconfig has no token")?;
+        std::fs::write(&token_file, token)?;
+    }
+    let config = crate::monitoring::write(
+        &dir,
+        vec!["127.0.0.1:6443".into()],
+        server_dir.join("pki/ca.crt"),
+        token_file,
+        5,
+    )?;
+    let pidfile = d.join("prometheus.pid");
+    if !alive(&pidfile) {
+        eprintln!("• Prometheus on http://{PROMETHEUS_ADDR}");
+        let args: Vec<String> = vec![
+            "prometheus".into(),
+            format!("--config.file={}", config.display()),
+            format!("--storage.tsdb.path={}", dir.join("data").display()),
+            format!("--web.listen-address={PROMETHEUS_ADDR}"),
+            "--storage.tsdb.retention.time=2d".into(),
+        ];
+        spawn_detached(&args, &d.join("prometheus.log"), &pidfile)?;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !prometheus_ready().await {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "Prometheus is not ready after 60 s; see {}",
+                d.join("prometheus.log").display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    Ok(())
+}
+
+/// Whether the lab's Prometheus answers `/-/ready` with 200.
+async fn prometheus_ready() -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(PROMETHEUS_ADDR).await else {
+        return false;
+    };
+    if s.write_all(b"GET /-/ready HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 16];
+    matches!(s.read(&mut buf).await, Ok(n) if buf[..n].starts_with(b"HTTP/1.0 200") || buf[..n].starts_with(b"HTTP/1.1 200"))
 }
 
 /// The lab's bare-metal machines: the host image, a tap and a blank disk

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 mod admin;
 mod dev;
 mod labbmc;
+mod monitoring;
 mod netboot;
 mod store_args;
 
@@ -50,8 +51,34 @@ enum Command {
     /// Backups of the management plane and their restore (administrators).
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// The monitoring Paddock ships: Prometheus' configuration, alert rules
+    /// and Grafana dashboards.
+    #[command(subcommand)]
+    Monitoring(MonitoringCommand),
     #[command(flatten)]
     User(paddock_cli::Command),
+}
+
+#[derive(Subcommand)]
+enum MonitoringCommand {
+    /// Write prometheus.yml, alerts.yml (with its promtool tests) and the
+    /// Grafana dashboards into DIR.
+    Write {
+        dir: PathBuf,
+        /// The management API as host:port (repeat for each server).
+        #[arg(long = "server", required = true)]
+        servers: Vec<String>,
+        /// The platform CA (the server data directory's pki/ca.crt).
+        #[arg(long)]
+        ca_file: PathBuf,
+        /// A file holding the token of a user in group system:monitoring
+        /// (`paddock add-user prometheus --group system:monitoring`).
+        #[arg(long)]
+        token_file: PathBuf,
+        /// Scrape and rule evaluation interval, in seconds.
+        #[arg(long, default_value_t = 15)]
+        interval: u32,
+    },
 }
 
 #[derive(Subcommand)]
@@ -86,6 +113,10 @@ enum DevCommand {
         /// Memory of each bare-metal machine, in MiB.
         #[arg(long, default_value_t = 4096)]
         bare_metal_memory: u32,
+        /// Also Debian's Prometheus on 127.0.0.1:19090, scraping the lab
+        /// with the shipped rules (`paddock monitoring write`).
+        #[arg(long)]
+        monitoring: bool,
     },
     /// The lab's virtual BMC (run by `dev up --bare-metal`): Redfish on
     /// loopback for the lab's bare-metal machines.
@@ -708,6 +739,7 @@ async fn main() -> ExitCode {
                     ha,
                     bare_metal,
                     bare_metal_memory,
+                    monitoring,
                 } => {
                     dev::up(dev::Up {
                         hosts,
@@ -717,6 +749,7 @@ async fn main() -> ExitCode {
                         ha,
                         bare_metal,
                         bare_metal_memory,
+                        monitoring,
                     })
                     .await
                 }
@@ -785,6 +818,25 @@ async fn main() -> ExitCode {
         },
         Command::Admin(cmd) => match admin::run(cmd, cli.global.kubeconfig.as_deref()).await {
             Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Monitoring(MonitoringCommand::Write {
+            dir,
+            servers,
+            ca_file,
+            token_file,
+            interval,
+        }) => match monitoring::write(&dir, servers, ca_file, token_file, interval) {
+            Ok(config) => {
+                println!(
+                    "wrote {} and the rules and dashboards beside it",
+                    config.display()
+                );
+                ExitCode::SUCCESS
+            }
             Err(e) => {
                 eprintln!("error: {e:#}");
                 ExitCode::FAILURE
