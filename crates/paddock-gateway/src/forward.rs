@@ -180,8 +180,49 @@ pub fn tune(s: &TcpStream) -> io::Result<()> {
     socket2::SockRef::from(s).set_tcp_keepalive(&ka)
 }
 
+/// A connection of `cluster` (`<org>/<name>`, or `management`), counted in
+/// `paddock_gateway_connections_open` while it lives.
+struct Open(paddock_metrics::ClusterLabels);
+
+impl Open {
+    fn new(cluster: &str) -> Self {
+        let l = paddock_metrics::ClusterLabels {
+            cluster: cluster.to_owned(),
+        };
+        let g = &paddock_metrics::global().gateway;
+        g.connections.get_or_create(&l).inc();
+        g.open.get_or_create(&l).inc();
+        Self(l)
+    }
+
+    /// Counts bytes carried (added when the connection ends).
+    fn carried(&self, inbound: u64, outbound: u64) {
+        let g = &paddock_metrics::global().gateway;
+        for (direction, n) in [("in", inbound), ("out", outbound)] {
+            g.bytes
+                .get_or_create(&paddock_metrics::TrafficLabels {
+                    cluster: self.0.cluster.clone(),
+                    direction: direction.to_owned(),
+                })
+                .inc_by(n);
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        paddock_metrics::global()
+            .gateway
+            .open
+            .get_or_create(&self.0)
+            .dec();
+    }
+}
+
 /// Copies both ways until either side closes; `first` is sent ahead.
-pub async fn splice(mut client: TcpStream, mut upstream: TcpStream, first: &[u8]) {
+/// Counted for `cluster` in the gateway's metrics.
+pub async fn splice(mut client: TcpStream, mut upstream: TcpStream, first: &[u8], cluster: &str) {
+    let open = Open::new(cluster);
     for s in [&client, &upstream] {
         if let Err(e) = tune(s) {
             tracing::debug!(error = %e, "cannot tune a spliced connection");
@@ -190,7 +231,10 @@ pub async fn splice(mut client: TcpStream, mut upstream: TcpStream, first: &[u8]
     if !first.is_empty() && upstream.write_all(first).await.is_err() {
         return;
     }
-    let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    if let Ok((inbound, outbound)) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    {
+        open.carried(inbound + first.len() as u64, outbound);
+    }
 }
 
 /// Resolves when the cluster's presence on the gateway ends: its
@@ -207,6 +251,7 @@ pub async fn serve_pool(
     pool: Arc<Pool>,
     health: Arc<Health>,
     alive: watch::Receiver<()>,
+    cluster: String,
 ) {
     loop {
         let (client, peer) = match listener.accept().await {
@@ -216,12 +261,17 @@ pub async fn serve_pool(
                 continue;
             }
         };
-        let (ns, pool, health, alive) =
-            (netns.clone(), pool.clone(), health.clone(), alive.clone());
+        let (ns, pool, health, alive, cluster) = (
+            netns.clone(),
+            pool.clone(),
+            health.clone(),
+            alive.clone(),
+            cluster.clone(),
+        );
         tokio::spawn(async move {
             let forward = async {
                 match dial(&ns, &pool, &health).await {
-                    Ok(up) => splice(client, up, &[]).await,
+                    Ok(up) => splice(client, up, &[], &cluster).await,
                     Err(e) => tracing::debug!(%peer, error = %e, "no backend for connection"),
                 }
             };
@@ -236,6 +286,43 @@ pub async fn serve_pool(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_spliced_connection_is_counted_for_its_cluster() {
+        use tokio::io::AsyncReadExt;
+        let front = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let back = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (fa, ba) = (
+            front.local_addr().expect("addr"),
+            back.local_addr().expect("addr"),
+        );
+        let gateway = tokio::spawn(async move {
+            let (client, _) = front.accept().await.expect("accept");
+            let up = TcpStream::connect(ba).await.expect("upstream");
+            splice(client, up, b"hello ", "acme/unit").await;
+        });
+        let mut client = TcpStream::connect(fa).await.expect("connect");
+        let (mut server, _) = back.accept().await.expect("accept upstream");
+        client.write_all(b"world").await.expect("write");
+        let mut got = [0u8; 11];
+        server.read_exact(&mut got).await.expect("read");
+        assert_eq!(&got, b"hello world");
+        server.write_all(b"ok").await.expect("answer");
+        drop(server);
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("read answer");
+        drop(client);
+        gateway.await.expect("gateway");
+        let text = paddock_metrics::encode(None);
+        for line in [
+            "paddock_gateway_connections_total{cluster=\"acme/unit\"} 1",
+            "paddock_gateway_connections_open{cluster=\"acme/unit\"} 0",
+            "paddock_gateway_bytes_total{cluster=\"acme/unit\",direction=\"in\"} 11",
+            "paddock_gateway_bytes_total{cluster=\"acme/unit\",direction=\"out\"} 2",
+        ] {
+            assert!(text.contains(line), "{line} not in\n{text}");
+        }
+    }
 
     #[tokio::test]
     async fn spliced_connections_get_keepalive_and_no_delay() {

@@ -75,6 +75,8 @@ pub struct GatewayConfig {
 /// Where SNI names lead.
 #[derive(Clone)]
 struct ClusterRoute {
+    /// `<org>/<name>`, as the metrics name it.
+    cluster: String,
     alive: tokio::sync::watch::Receiver<()>,
     netns: PathBuf,
     control_plane: Arc<Pool>,
@@ -317,6 +319,7 @@ async fn pass(
         };
         let (netns, cp, health) = (j.netns.clone(), j.control_plane.clone(), j.health.clone());
         let alive = j.alive.subscribe();
+        let label = format!("{ns}/{name}");
         ensure_task(&mut j.tasks, j.vni, "api", || {
             let l = forward::listen_in(&netns, SocketAddr::new(gw.into(), API_PORT))?;
             Ok(tokio::spawn(forward::serve_pool(
@@ -325,6 +328,7 @@ async fn pass(
                 cp.clone(),
                 health.clone(),
                 alive.clone(),
+                label.clone(),
             )))
         });
         let pools = vec![j.control_plane.clone(), j.http.clone(), j.https.clone()];
@@ -365,6 +369,7 @@ async fn pass(
                         pool,
                         health,
                         alive.clone(),
+                        label.clone(),
                     )))
                 });
             }
@@ -407,6 +412,7 @@ async fn pass(
         new_routes.insert(
             format!("{name}.{ns}.{}", cfg.base_domain).to_ascii_lowercase(),
             ClusterRoute {
+                cluster: format!("{ns}/{name}"),
                 alive: j.alive.subscribe(),
                 netns: j.netns.clone(),
                 control_plane: j.control_plane.clone(),
@@ -564,7 +570,7 @@ async fn serve_sni(listener: TcpListener, cfg: Arc<GatewayConfig>, routes: Route
             };
             if management {
                 match tokio::net::TcpStream::connect(cfg.management_addr).await {
-                    Ok(up) => forward::splice(client, up, &hello.bytes).await,
+                    Ok(up) => forward::splice(client, up, &hello.bytes, "management").await,
                     Err(e) => tracing::warn!(error = %e, "management API unreachable"),
                 }
                 return;
@@ -579,7 +585,7 @@ async fn serve_sni(listener: TcpListener, cfg: Arc<GatewayConfig>, routes: Route
             };
             let forward = async {
                 match forward::dial(&route.netns, &route.control_plane, &route.health).await {
-                    Ok(up) => forward::splice(client, up, &hello.bytes).await,
+                    Ok(up) => forward::splice(client, up, &hello.bytes, &route.cluster).await,
                     Err(e) => {
                         tracing::info!(%peer, name = ?name, error = %e, "no control plane answers");
                     }
