@@ -81,6 +81,15 @@ pub async fn serve(path: &Path, r: Arc<Reconciler>) -> std::io::Result<()> {
     let app = axum::Router::new()
         .route("/v1/machines/{ns}/{name}/exec", post(exec))
         .route("/v1/machines/{ns}/{name}/console", get(console))
+        .route(
+            "/metrics",
+            get(|| async {
+                (
+                    [(http::header::CONTENT_TYPE, paddock_metrics::CONTENT_TYPE)],
+                    paddock_metrics::encode(None),
+                )
+            }),
+        )
         .with_state(r);
     axum::serve(listener, app).await
 }

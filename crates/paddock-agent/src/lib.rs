@@ -187,7 +187,9 @@ pub async fn run_with(client: kube::Client, cfg: AgentConfig, parts: Parts) -> a
     ));
     tasks.spawn(async move {
         loop {
-            match r.pass().await {
+            let pass = r.pass().await;
+            paddock_metrics::agent_pass(pass.is_ok());
+            match pass {
                 Ok(a) => {
                     if let Ok(mut x) = allocated.lock() {
                         *x = a;

@@ -337,6 +337,11 @@ impl Reconciler {
             .partition(|m| {
                 m.metadata.deletion_timestamp.is_none() || paddock_api::machine::draining(m)
             });
+        paddock_metrics::agent_vms(
+            mine.iter()
+                .filter_map(|m| m.status.as_ref().and_then(|s| s.phase))
+                .map(|p| p.as_str()),
+        );
         let mut wanted: Vec<Wanted> = Vec::with_capacity(mine.len());
         for m in mine {
             wanted.push(self.wanted(m).await);
@@ -862,6 +867,14 @@ impl Reconciler {
             });
         if same {
             return;
+        }
+        // A VM whose guest agent answers for the first time since it started: booted.
+        if new.phase == Some(MachinePhase::Running)
+            && old.phase != Some(MachinePhase::Running)
+            && let Some(t) = &new.started_at
+        {
+            let secs = Timestamp::now().duration_since(t.0).as_secs_f64();
+            paddock_metrics::global().agent.boot.observe(secs.max(0.0));
         }
         let (ns, name) = key(m);
         if let Err(e) = self.api.write_status(&ns, &name, &new).await {

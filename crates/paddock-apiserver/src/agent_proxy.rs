@@ -35,8 +35,6 @@ pub async fn forward(
     }
     let machines = resources::find(paddock_api::GROUP, paddock_api::VERSION, "machines")
         .ok_or(ApiError::NoRoute)?;
-    let hosts = resources::find(paddock_api::GROUP, paddock_api::VERSION, "hosts")
-        .ok_or(ApiError::NoRoute)?;
     let m = api.get(machines, Some(ns), name).await?;
     let host = m
         .pointer("/spec/hostName")
@@ -44,6 +42,45 @@ pub async fn forward(
         .ok_or_else(|| {
             ApiError::BadRequest(format!("machine {name} is not bound to a host yet"))
         })?;
+    let (status, ct, bytes) = send(
+        api,
+        host,
+        want,
+        &format!("/v1/machines/{ns}/{name}/{}", call.path()),
+        body,
+        TIMEOUT,
+    )
+    .await?;
+    if !status.is_success() {
+        let msg = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
+        return Err(match status {
+            StatusCode::NOT_FOUND => ApiError::NotFound(machines.subject(name)),
+            StatusCode::BAD_REQUEST => ApiError::BadRequest(msg),
+            _ => ApiError::Unavailable(msg),
+        });
+    }
+    let mut r = (status, bytes).into_response();
+    if let Some(ct) = ct {
+        r.headers_mut().insert(header::CONTENT_TYPE, ct);
+    }
+    Ok(r)
+}
+
+/// Sends `method path` with `body` to the agent of `host`, at the endpoint
+/// it reported; the answer's status, media type and body.
+pub async fn send(
+    api: &Api,
+    host: &str,
+    method: Method,
+    path: &str,
+    body: &Bytes,
+    timeout: Duration,
+) -> ApiResult<(StatusCode, Option<http::HeaderValue>, Bytes)> {
+    let hosts = resources::find(paddock_api::GROUP, paddock_api::VERSION, "hosts")
+        .ok_or(ApiError::NoRoute)?;
     let h = api.get(hosts, None, host).await?;
     let endpoint = h
         .pointer("/status/agentEndpoint")
@@ -66,38 +103,22 @@ pub async fn forward(
         .map_err(|e| unavailable(&e))?;
     tokio::spawn(conn);
     let req = http::Request::builder()
-        .method(want)
-        .uri(format!("/v1/machines/{ns}/{name}/{}", call.path()))
+        .method(method)
+        .uri(path)
         .header(header::HOST, "agent")
         .header(header::CONTENT_TYPE, "application/json")
         .body(Full::new(body.clone()))
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    let resp = tokio::time::timeout(TIMEOUT, sender.send_request(req))
+    let resp = tokio::time::timeout(timeout, sender.send_request(req))
         .await
         .map_err(|_| unavailable(&"timed out"))?
         .map_err(|e| unavailable(&e))?;
     let status = resp.status();
     let ct = resp.headers().get(header::CONTENT_TYPE).cloned();
-    let bytes = resp
-        .into_body()
-        .collect()
+    let bytes = tokio::time::timeout(timeout, resp.into_body().collect())
         .await
+        .map_err(|_| unavailable(&"timed out"))?
         .map_err(|e| unavailable(&e))?
         .to_bytes();
-    if !status.is_success() {
-        let msg = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v.get("message").and_then(Value::as_str).map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).into_owned());
-        return Err(match status {
-            StatusCode::NOT_FOUND => ApiError::NotFound(machines.subject(name)),
-            StatusCode::BAD_REQUEST => ApiError::BadRequest(msg),
-            _ => ApiError::Unavailable(msg),
-        });
-    }
-    let mut r = (status, bytes).into_response();
-    if let Some(ct) = ct {
-        r.headers_mut().insert(header::CONTENT_TYPE, ct);
-    }
-    Ok(r)
+    Ok((status, ct, bytes))
 }

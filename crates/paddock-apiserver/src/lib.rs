@@ -165,6 +165,8 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/paddock/v1/backup", get(backup::get))
         .route("/metrics", get(metrics::handle))
+        .route("/paddock/v1/hosts/{host}/metrics", get(metrics::host))
+        .route("/paddock/v1/monitoring/targets", get(metrics::targets))
         .route("/paddock/v1/kubernetes-versions", get(versions::handle))
         .route("/api/v1/{*rest}", any(http::resource))
         .route("/apis/{group}/{version}/{*rest}", any(http::resource))

@@ -33,17 +33,108 @@ pub const MONITORING_GROUP: &str = "system:monitoring";
 /// How often the fleet's gauges are read again.
 pub const FLEET_EVERY: Duration = Duration::from_secs(10);
 
-/// `GET /metrics`.
-pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
+/// Refuses whoever is neither a platform admin nor in [`MONITORING_GROUP`].
+fn monitoring_only(req: &Request) -> Result<(), ApiError> {
     let allowed = req
         .extensions()
         .get::<User>()
         .is_some_and(|u| u.is_admin() || u.groups.iter().any(|g| g == MONITORING_GROUP));
-    if !allowed {
-        return ApiError::Forbidden(format!(
-            "reading /metrics needs the group {MONITORING_GROUP:?} or a platform admin"
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "metrics are for the group {MONITORING_GROUP:?} and platform admins"
+        )))
+    }
+}
+
+/// `GET /paddock/v1/hosts/{host}/metrics`: the metrics of that host's agent,
+/// fetched from it at the endpoint it reported (agents need not be
+/// reachable by Prometheus, only by the server).
+pub async fn host(
+    State(state): State<AppState>,
+    axum::extract::Path(host): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    if let Err(e) = monitoring_only(&req) {
+        return e.into_response();
+    }
+    match crate::agent_proxy::send(
+        &state.api,
+        &host,
+        http::Method::GET,
+        "/metrics",
+        &Bytes::new(),
+        Duration::from_secs(10),
+    )
+    .await
+    {
+        Ok((status, ct, body)) if status.is_success() => {
+            let mut r = (status, body).into_response();
+            if let Some(ct) = ct {
+                r.headers_mut().insert(http::header::CONTENT_TYPE, ct);
+            }
+            r
+        }
+        Ok((status, _, body)) => ApiError::Unavailable(format!(
+            "agent of host {host} answered {status}: {}",
+            String::from_utf8_lossy(&body)
         ))
-        .into_response();
+        .into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /paddock/v1/monitoring/targets`: Prometheus' HTTP service discovery
+/// of the agents, one target per Host, scraped through this server at
+/// [`host`]'s path (the address is the one Prometheus asked).
+pub async fn targets(State(state): State<AppState>, req: Request) -> Response {
+    if let Err(e) = monitoring_only(&req) {
+        return e.into_response();
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let Some(res) = crate::resources::find(paddock_api::GROUP, paddock_api::VERSION, "hosts")
+    else {
+        return ApiError::Internal("no hosts".into()).into_response();
+    };
+    let opts = ListOptions {
+        resource_version: Some("0".into()),
+        ..ListOptions::default()
+    };
+    match state.api.list(res, None, &opts).await {
+        Ok(page) => {
+            let groups: Vec<Value> = page
+                .items
+                .iter()
+                .map(|h| str_at(h, "/metadata/name"))
+                .filter(|n| !n.is_empty())
+                .map(|n| {
+                    serde_json::json!({
+                        "targets": [authority],
+                        "labels": {"__metrics_path__": format!("/paddock/v1/hosts/{n}/metrics"), "host": n},
+                    })
+                })
+                .collect();
+            axum::Json(groups).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /metrics`.
+pub async fn handle(State(state): State<AppState>, req: Request) -> Response {
+    if let Err(e) = monitoring_only(&req) {
+        return e.into_response();
     }
     (
         [(http::header::CONTENT_TYPE, paddock_metrics::CONTENT_TYPE)],

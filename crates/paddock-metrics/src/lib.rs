@@ -255,8 +255,8 @@ impl Metrics {
             m.agent.boot.clone(),
         );
         r.register(
-            "agent_reconciles",
-            "The agent's passes over its VMs, by result",
+            "agent_passes",
+            "The agent's passes over its VMs, by result (reason: ok, error)",
             m.agent.reconciles.clone(),
         );
         Self { registry: r, ..m }
@@ -312,6 +312,44 @@ pub fn scheduling_failed(reason: &str) {
             reason: reason.to_owned(),
         })
         .inc();
+}
+
+/// Counts one pass of the agent over its VMs.
+pub fn agent_pass(ok: bool) {
+    global()
+        .agent
+        .reconciles
+        .get_or_create(&ReasonLabels {
+            reason: if ok { "ok" } else { "error" }.to_owned(),
+        })
+        .inc();
+}
+
+/// Sets the agent's VMs by state (every known state, 0 when none).
+pub fn agent_vms<'a>(phases: impl Iterator<Item = &'a str>) {
+    let mut counts: std::collections::BTreeMap<&str, i64> = [
+        "Pending",
+        "Scheduled",
+        "Starting",
+        "Running",
+        "Failed",
+        "Stopping",
+    ]
+    .into_iter()
+    .map(|p| (p, 0))
+    .collect();
+    for p in phases {
+        *counts.entry(p).or_default() += 1;
+    }
+    for (state, n) in counts {
+        global()
+            .agent
+            .vms
+            .get_or_create(&StateLabels {
+                state: state.to_owned(),
+            })
+            .set(n);
+    }
 }
 
 /// Adds `delta` to the open watches of `resource`.

@@ -47,14 +47,25 @@ pub fn prometheus_config(s: &Scrape) -> String {
         .map(|t| format!("\"{t}\""))
         .collect::<Vec<_>>()
         .join(", ");
+    let first = s.servers.first().map_or("", String::as_str);
+    let auth = format!(
+        "    tls_config:\n      ca_file: {ca}\n    authorization:\n      type: Bearer\n      credentials_file: {token}\n",
+        ca = s.ca_file.display(),
+        token = s.token_file.display(),
+    );
     format!(
         "# Prometheus scraping Paddock (written by `paddock monitoring write`).\n\
          global:\n  scrape_interval: {i}s\n  evaluation_interval: {i}s\n\
          rule_files:\n  - {rules}\n\
-         scrape_configs:\n  - job_name: paddock-server\n    scheme: https\n    metrics_path: /metrics\n\
-         \x20   tls_config:\n      ca_file: {ca}\n\
-         \x20   authorization:\n      type: Bearer\n      credentials_file: {token}\n\
-         \x20   static_configs:\n      - targets: [{targets}]\n",
+         scrape_configs:\n\
+         \x20 # The management API servers.\n\
+         \x20 - job_name: paddock-server\n    scheme: https\n    metrics_path: /metrics\n{auth}\
+         \x20   static_configs:\n      - targets: [{targets}]\n\
+         \x20 # Every host's agent, through the server (agents need not be\n\
+         \x20 # reachable from here): one target per Host, discovered from it.\n\
+         \x20 - job_name: paddock-agents\n    scheme: https\n{auth}\
+         \x20   http_sd_configs:\n      - url: https://{first}/paddock/v1/monitoring/targets\n        refresh_interval: 30s\n\
+         \x20       tls_config:\n          ca_file: {ca}\n        authorization:\n          type: Bearer\n          credentials_file: {token}\n",
         i = s.interval_seconds,
         rules = s.rules_file.display(),
         ca = s.ca_file.display(),
@@ -113,6 +124,8 @@ mod tests {
             "credentials_file: /etc/prometheus/paddock.token",
             "targets: [\"paddock.example:6443\"]",
             "job_name: paddock-server",
+            "job_name: paddock-agents",
+            "url: https://paddock.example:6443/paddock/v1/monitoring/targets",
         ] {
             assert!(c.contains(part), "{part} missing from\n{c}");
         }

@@ -176,6 +176,41 @@ async fn prometheus_scrapes_the_lab_and_alerts_fire() {
         "Prometheus saw the server up and 2 Ready hosts after {:.0} s",
         t.elapsed().as_secs_f64()
     );
+    // The agents, discovered through the server and scraped through it.
+    let agents_up = |want: &str| {
+        let r = query("/api/v1/query", &[("query", "up{job=\"paddock-agents\"}")]);
+        let mut by_host: Vec<(String, String)> = r["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| {
+                (
+                    s["metric"]["host"].as_str().unwrap_or_default().to_owned(),
+                    s["value"][1].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        by_host.sort();
+        (by_host.iter().filter(|(_, v)| v == want).count(), by_host)
+    };
+    let t = Instant::now();
+    while agents_up("1").0 < 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "agents not scraped: {:?}",
+            agents_up("1").1
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let passes = query(
+        "/api/v1/query",
+        &[("query", "sum(paddock_agent_passes_total)")],
+    );
+    assert_eq!(
+        passes["data"]["result"].as_array().map(Vec::len),
+        Some(1),
+        "{passes}"
+    );
 
     // Every dashboard query is one Prometheus runs.
     for (name, body) in dashboards() {
@@ -243,6 +278,16 @@ async fn prometheus_scrapes_the_lab_and_alerts_fire() {
     assert!(
         !firing("PaddockHostDown", ("host", "host-2")),
         "a Ready host was said to be down"
+    );
+    // The stopped agent's target is down, the other's up.
+    let (_, by_host) = agents_up("0");
+    assert_eq!(
+        by_host,
+        [
+            ("host-1".to_owned(), "0".to_owned()),
+            ("host-2".to_owned(), "1".to_owned())
+        ],
+        "agent targets"
     );
     let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
 
