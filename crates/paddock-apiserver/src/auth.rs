@@ -229,6 +229,8 @@ pub async fn require_user(State(state): State<AppState>, mut req: Request, next:
             Some(Ok(u)) => user = Some(u),
             Some(Err(why)) => {
                 tracing::debug!(method = %req.method(), path = %req.uri().path(), "console session refused");
+                let record = crate::audit::unauthenticated(&req);
+                state.audit.record(record).await;
                 return crate::session::refused(&why);
             }
             None => {}
@@ -247,6 +249,8 @@ pub async fn require_user(State(state): State<AppState>, mut req: Request, next:
                 token = if header.is_some() { "unknown" } else { "none" },
                 "unauthenticated request refused"
             );
+            let record = crate::audit::unauthenticated(&req);
+            state.audit.record(record).await;
             ApiError::Unauthorized.into_response()
         }
     }

@@ -5,6 +5,7 @@
 pub mod agent_proxy;
 pub mod api;
 pub mod apply;
+pub mod audit;
 pub mod auth;
 pub mod authz;
 pub mod backup;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub raw_store: DynStore,
     /// The fleet's gauges for `/metrics`.
     pub fleet: Arc<paddock_metrics::Fleet>,
+    /// Where audited requests are recorded.
+    pub audit: audit::AuditLog,
 }
 
 /// Where the server keeps its objects.
@@ -167,10 +170,15 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics::handle))
         .route("/paddock/v1/hosts/{host}/metrics", get(metrics::host))
         .route("/paddock/v1/monitoring/targets", get(metrics::targets))
+        .route("/paddock/v1/audit", get(audit::query))
         .route("/paddock/v1/kubernetes-versions", get(versions::handle))
         .route("/api/v1/{*rest}", any(http::resource))
         .route("/apis/{group}/{version}/{*rest}", any(http::resource))
         .fallback(|| async { error::ApiError::NoRoute })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::middleware,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_user,
@@ -422,6 +430,8 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         StoreConfig::Embedded => leader::Leadership::sole(),
         StoreConfig::Etcd(_) => leader::Leadership::candidate(),
     };
+    let (audit_log, audit_writer) =
+        audit::AuditLog::new(audit::AuditConfig::new(data.root.join("audit")));
     let state = AppState {
         api: api.clone(),
         auth: Arc::new(data.authenticator.clone()),
@@ -430,6 +440,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         leadership: leadership.clone(),
         raw_store: raw.clone(),
         fleet: Arc::new(paddock_metrics::Fleet::new()),
+        audit: audit_log,
     };
     let fleet = state.fleet.clone();
     let tls = tls::server_config(&data.serving.cert_pem, &data.serving.key_pem)?;
@@ -459,6 +470,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
     if let Some(cache) = cache {
         tasks.spawn_loop("watch-cache", cache.run(store));
     }
+    tasks.spawn_loop("audit-log", audit_writer);
     tasks.spawn_loop(
         "console-session-sweep",
         session::sweep_every(api.clone(), Duration::from_secs(600)),

@@ -64,7 +64,13 @@ fn serve_conn<S>(
                 return;
             }
         };
-        let svc = hyper::service::service_fn(move |req| app.clone().call(req));
+        let from = peer.clone();
+        let svc =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut()
+                    .insert(crate::audit::Peer(from.clone()));
+                app.clone().call(req)
+            });
         if let Err(e) = auto::Builder::new(TokioExecutor::new())
             .serve_connection(TokioIo::new(stream), svc)
             .await

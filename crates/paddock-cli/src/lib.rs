@@ -1,6 +1,7 @@
 //! The `paddock` user verbs: organizations, clusters, machines and hosts,
 //! driven through the management API with kube-rs.
 
+mod audit;
 mod client;
 mod cluster;
 mod output;
@@ -39,6 +40,9 @@ pub enum Command {
     /// Machines of the fleet.
     #[command(subcommand)]
     Host(resources::HostCommand),
+    /// The server's audit log: who changed what, and what was refused
+    /// (platform admins).
+    Audit(audit::AuditArgs),
     /// Print shell completions.
     Completion {
         #[arg(value_enum)]
@@ -145,6 +149,7 @@ async fn dispatch(cmd: Command, g: &Global) -> CliResult {
         Command::Cluster(c) => cluster::run(c, &client, g.output).await,
         Command::Machine(c) => resources::machine(c, &client, g.output).await,
         Command::Host(c) => resources::host(c, &client, g.output).await,
+        Command::Audit(a) => audit::run(a, &client, g.output).await,
         Command::Completion { .. } => Ok(()),
     }
 }

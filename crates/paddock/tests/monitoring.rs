@@ -6,7 +6,10 @@
 //! `system:monitoring` (a tenant's token gets 403, none 401); every
 //! dashboard query runs in it; a host whose agent is stopped fires
 //! PaddockHostDown, and a host filled by a cluster fires
-//! PaddockHostCapacityNearlyFull. `dev down` leaves no Prometheus behind.
+//! PaddockHostCapacityNearlyFull. The audit log then records a tenant's
+//! create and exec and another tenant's refused delete, with their users,
+//! and holds no token and no Secret data; `paddock audit` reads it back.
+//! `dev down` leaves no Prometheus behind.
 
 mod common;
 
@@ -139,6 +142,8 @@ async fn prometheus_scrapes_the_lab_and_alerts_fire() {
     let token = std::fs::read_to_string(prom.join("token")).expect("token");
     let alice = paddock_apiserver::bootstrap::add_user(&server, "alice", &["org:acme".into()])
         .expect("alice");
+    let alice_kc = dir.path().join("alice.kubeconfig");
+    std::fs::write(&alice_kc, &alice).expect("alice's kubeconfig");
     let alice = alice
         .lines()
         .find_map(|l| l.trim().strip_prefix("token:"))
@@ -291,6 +296,8 @@ async fn prometheus_scrapes_the_lab_and_alerts_fire() {
     );
     let _ = Command::new("kill").args(["-CONT", pid.trim()]).status();
 
+    audit(&d, &server, &client, &alice_kc, token.trim()).await;
+
     drop(_down);
     let left = Command::new("pgrep")
         .args([
@@ -318,4 +325,169 @@ fn dashboards() -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// The audit log, through a tenant's create and exec, another's refused
+/// delete, and a Secret written by the admin.
+async fn audit(
+    d: &Path,
+    server: &Path,
+    client: &kube::Client,
+    alice: &Path,
+    monitoring_token: &str,
+) {
+    let admin = server.join("admin.kubeconfig");
+    let bob_kc =
+        paddock_apiserver::bootstrap::add_user(server, "bob", &["org:globex".into()]).expect("bob");
+    let bob = d.join("bob.kubeconfig");
+    std::fs::write(&bob, &bob_kc).expect("bob's kubeconfig");
+    // Alice creates a cluster; host-1 is back and has room.
+    paddock_ok(
+        alice,
+        &[
+            "cluster",
+            "create",
+            "audited",
+            "-n",
+            "acme",
+            "--workers",
+            "0",
+            "--cpu",
+            "1",
+            "--memory",
+            "256Mi",
+        ],
+    );
+    // Bob may not delete it: refused, and recorded.
+    let o = paddock(&bob, &["cluster", "delete", "audited", "-n", "acme"]);
+    assert!(!o.status.success(), "bob deleted acme's cluster");
+    // A Secret whose value must not reach the log.
+    let secret = "s3cr3t-value-7f2c";
+    let o = Command::new("kubectl")
+        .args([
+            "--kubeconfig",
+            admin.to_str().expect("path"),
+            "-n",
+            "acme",
+            "create",
+            "secret",
+            "generic",
+            "audit-probe",
+        ])
+        .arg(format!("--from-literal=password={secret}"))
+        .output()
+        .expect("kubectl");
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Alice runs a command in her VM once it runs.
+    let machines: Api<paddock_api::Machine> = Api::namespaced(client.clone(), "acme");
+    let t = Instant::now();
+    let name = loop {
+        let list = machines.list(&Default::default()).await.expect("machines");
+        if let Some(m) = list.items.iter().find(|m| {
+            m.spec.cluster_name == "audited"
+                && m.status.as_ref().and_then(|s| s.phase)
+                    == Some(paddock_api::MachinePhase::Running)
+        }) {
+            break kube::ResourceExt::name_any(m);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(180),
+            "audited's machine never ran"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    let out = paddock_ok(
+        alice,
+        &[
+            "machine", "exec", &name, "-n", "acme", "--", "echo", "audited",
+        ],
+    );
+    assert!(out.contains("audited"), "{out}");
+
+    // Read back as the admin: JSON records.
+    let json = |args: &[&str]| -> Vec<Value> {
+        let mut a = vec!["audit", "-o", "json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&paddock_ok(&admin, &a)).expect("audit JSON")
+    };
+    let alices = json(&["--user", "alice", "--since", "10m"]);
+    let has = |rs: &[Value], verb: &str, resource: &str, sub: Option<&str>, code: u64| {
+        rs.iter().any(|r| {
+            r["verb"] == verb
+                && r["resource"] == resource
+                && r["subresource"].as_str() == sub
+                && r["code"] == code
+                && r["source"]
+                    .as_str()
+                    .is_some_and(|s| s.starts_with("127.0.0.1:"))
+        })
+    };
+    assert!(
+        has(&alices, "create", "clusters", None, 201),
+        "alice's create: {alices:?}"
+    );
+    assert!(
+        has(&alices, "create", "machines", Some("exec"), 200),
+        "alice's exec: {alices:?}"
+    );
+    assert!(
+        alices
+            .iter()
+            .all(|r| r["user"] == "alice" && r["groups"][0] == "org:acme")
+    );
+    let deletes = json(&["--verb", "delete", "--resource", "clusters", "-n", "acme"]);
+    assert!(
+        deletes.iter().any(|r| r["user"] == "bob"
+            && r["code"] == 403
+            && r["decision"] == "refused"
+            && r["name"] == "audited"),
+        "bob's refused delete: {deletes:?}"
+    );
+    // The table form, for people.
+    let table = paddock_ok(&admin, &["audit", "--user", "bob"]);
+    assert!(
+        table.contains("refused") && table.contains("acme/audited"),
+        "{table}"
+    );
+    // A tenant may not read the log.
+    let o = paddock(alice, &["audit"]);
+    assert!(
+        !o.status.success() && stderr(&o).contains("platform admins"),
+        "{}",
+        stderr(&o)
+    );
+
+    // Nothing sensitive in the files: no Secret value, no token.
+    let mut text = String::new();
+    for e in std::fs::read_dir(server.join("audit"))
+        .expect("audit dir")
+        .flatten()
+    {
+        text.push_str(&std::fs::read_to_string(e.path()).expect("audit file"));
+    }
+    assert!(
+        text.contains("\"resource\":\"secrets\""),
+        "the Secret's create is recorded"
+    );
+    let token_of = |kc: &str| {
+        kc.lines()
+            .find_map(|l| l.trim().strip_prefix("token:"))
+            .map(|t| t.trim().to_owned())
+            .expect("token")
+    };
+    let admin_token = token_of(&std::fs::read_to_string(&admin).expect("admin"));
+    let alice_token = token_of(&std::fs::read_to_string(alice).expect("alice"));
+    for (what, needle) in [
+        ("the Secret's value", secret.to_owned()),
+        ("the admin's token", admin_token),
+        ("alice's token", alice_token),
+        ("bob's token", token_of(&bob_kc)),
+        ("the monitoring token", monitoring_token.to_owned()),
+    ] {
+        assert!(!text.contains(&needle), "the audit log holds {what}");
+    }
+    println!(
+        "audit: {} lines, none with a token or Secret data",
+        text.lines().count()
+    );
 }
