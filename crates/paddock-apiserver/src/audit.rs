@@ -188,33 +188,13 @@ fn describe(
 ) {
     let method = req.method();
     match crate::route::parse(req.uri().path()) {
-        Ok(t) => {
-            let named = t.name.is_some();
-            let verb = match *method {
-                http::Method::GET if named => "get",
-                http::Method::GET => "list",
-                http::Method::POST => "create",
-                http::Method::PUT => "update",
-                http::Method::PATCH => "patch",
-                http::Method::DELETE if named => "delete",
-                http::Method::DELETE => "deletecollection",
-                _ => "other",
-            };
-            let sub = match (t.status, t.call) {
-                (true, _) => Some("status"),
-                (_, Some(crate::route::Call::Kubeconfig)) => Some("kubeconfig"),
-                (_, Some(crate::route::Call::Binding)) => Some("binding"),
-                (_, Some(crate::route::Call::Agent(a))) => Some(a.path()),
-                _ => None,
-            };
-            (
-                verb.to_owned(),
-                t.res.plural.to_owned(),
-                sub.map(str::to_owned),
-                t.namespace,
-                t.name,
-            )
-        }
+        Ok(t) => (
+            t.verb(method, false).to_owned(),
+            t.res.plural.to_owned(),
+            t.subresource().map(str::to_owned),
+            t.namespace,
+            t.name,
+        ),
         Err(_) => (
             method.as_str().to_lowercase(),
             "nonresource".to_owned(),

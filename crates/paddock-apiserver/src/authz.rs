@@ -84,20 +84,6 @@ impl User {
     }
 }
 
-fn verb(method: &Method, named: bool, watch: bool) -> &'static str {
-    match *method {
-        Method::GET if watch => "watch",
-        Method::GET if named => "get",
-        Method::GET => "list",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE if named => "delete",
-        Method::DELETE => "deletecollection",
-        _ => "access",
-    }
-}
-
 /// What decides a request that the request alone cannot: a host may touch
 /// some objects only if they are its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,7 +264,7 @@ pub fn forbidden(
     unmet: Option<&Condition>,
 ) -> ApiError {
     let plural = t.res.plural;
-    let v = verb(method, t.name.is_some(), watch);
+    let v = t.verb(method, watch);
     let sub = if t.status { "/status" } else { "" };
     let what = match &t.name {
         Some(n) => format!("{plural}{sub} {n:?}"),

@@ -20,7 +20,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -42,20 +41,6 @@ pub fn credential_secret(host: &str) -> String {
     format!("host-credential-{host}")
 }
 
-fn secrets() -> ApiResult<&'static resources::Resource> {
-    resources::find("", "v1", "secrets").ok_or_else(|| ApiError::Internal("no secrets".into()))
-}
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn data_field(secret: &Value, key: &str) -> Option<String> {
-    let raw = secret.get("data")?.get(key)?.as_str()?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(raw).ok()?;
-    String::from_utf8(bytes).ok()
-}
-
 /// Splits `<host>.<secret>`.
 fn split(token: &str) -> Option<(&str, &str)> {
     let (host, secret) = token.rsplit_once('.')?;
@@ -65,7 +50,7 @@ fn split(token: &str) -> Option<(&str, &str)> {
 /// Writes Secret `name` of `kind` for `host` with `data`, replacing one
 /// that is there.
 async fn put(api: &Api, name: &str, kind: &str, host: &str, data: Value) -> ApiResult<()> {
-    let res = secrets()?;
+    let res = crate::system_secret::resource()?;
     let obj = json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": name, "namespace": NS, "labels": {"paddock.io/host": host}},
@@ -109,8 +94,8 @@ pub async fn issue_join_token(api: &Api, host: &str, ttl: Duration) -> ApiResult
         JOIN_TYPE,
         host,
         json!({
-            "sha256": b64(&hash_token(&secret)),
-            "expires": b64(&expires.to_string()),
+            "sha256": crate::system_secret::encode(&hash_token(&secret)),
+            "expires": crate::system_secret::encode(&expires.to_string()),
         }),
     )
     .await?;
@@ -143,7 +128,7 @@ pub async fn exchange(api: &Api, token: &str) -> ApiResult<Result<Joined, JoinRe
     let Some((host, secret)) = split(token) else {
         return Ok(Err(JoinRefused::Malformed));
     };
-    let res = secrets()?;
+    let res = crate::system_secret::resource()?;
     let found = match api.get(res, Some(NS), &join_secret(host)).await {
         Ok(v) => v,
         Err(ApiError::NotFound(_)) => return Ok(Err(JoinRefused::None(host.into()))),
@@ -152,10 +137,11 @@ pub async fn exchange(api: &Api, token: &str) -> ApiResult<Result<Joined, JoinRe
     if found.get("type").and_then(Value::as_str) != Some(JOIN_TYPE) {
         return Ok(Err(JoinRefused::None(host.into())));
     }
-    if data_field(&found, "sha256").as_deref() != Some(hash_token(secret).as_str()) {
+    if crate::system_secret::field(&found, "sha256").as_deref() != Some(hash_token(secret).as_str())
+    {
         return Ok(Err(JoinRefused::Mismatch(host.into())));
     }
-    let expires = data_field(&found, "expires").unwrap_or_default();
+    let expires = crate::system_secret::field(&found, "expires").unwrap_or_default();
     let live = expires
         .parse::<jiff::Timestamp>()
         .is_ok_and(|t| t > jiff::Timestamp::now());
@@ -187,7 +173,7 @@ pub async fn exchange(api: &Api, token: &str) -> ApiResult<Result<Joined, JoinRe
         &credential_secret(host),
         CREDENTIAL_TYPE,
         host,
-        json!({"sha256": b64(&hash_token(&credential))}),
+        json!({"sha256": crate::system_secret::encode(&hash_token(&credential))}),
     )
     .await?;
     tracing::info!(host, "join token exchanged for a host credential");
@@ -242,7 +228,7 @@ async fn record_joined(api: &Api, host: &str) {
 /// The host agent a stored host credential `token` belongs to, if any.
 pub async fn authenticate(api: &Api, token: &str) -> Option<User> {
     let (host, secret) = split(token)?;
-    let res = secrets().ok()?;
+    let res = crate::system_secret::resource().ok()?;
     let found = api
         .get_any(res, Some(NS), &credential_secret(host))
         .await
@@ -250,7 +236,7 @@ pub async fn authenticate(api: &Api, token: &str) -> Option<User> {
     if found.get("type").and_then(Value::as_str) != Some(CREDENTIAL_TYPE) {
         return None;
     }
-    (data_field(&found, "sha256")? == hash_token(secret)).then(|| User {
+    (crate::system_secret::field(&found, "sha256")? == hash_token(secret)).then(|| User {
         name: crate::authz::host_user(host),
         groups: vec![crate::authz::HOSTS_GROUP.to_owned()],
     })

@@ -31,6 +31,7 @@ pub mod review;
 pub mod route;
 pub mod selector;
 pub mod session;
+pub mod system_secret;
 pub mod table;
 pub mod tasks;
 pub mod tls;

@@ -153,29 +153,11 @@ fn labels(req: &Request) -> (String, String) {
         .is_some_and(|q| q.split('&').any(|p| p == "watch=1" || p == "watch=true"));
     match crate::route::parse(path) {
         Ok(t) => {
-            let named = t.name.is_some();
-            let verb = match *req.method() {
-                http::Method::GET if watch => "watch",
-                http::Method::GET if named => "get",
-                http::Method::GET => "list",
-                http::Method::POST => "create",
-                http::Method::PUT => "update",
-                http::Method::PATCH => "patch",
-                http::Method::DELETE if named => "delete",
-                http::Method::DELETE => "deletecollection",
-                _ => "other",
+            let resource = match t.subresource() {
+                Some(sub) => format!("{}/{sub}", t.res.plural),
+                None => t.res.plural.to_owned(),
             };
-            let sub = match (t.status, t.call) {
-                (true, _) => "/status",
-                (_, Some(crate::route::Call::Kubeconfig)) => "/kubeconfig",
-                (_, Some(crate::route::Call::Binding)) => "/binding",
-                (_, Some(crate::route::Call::Agent(a))) => match a {
-                    crate::route::AgentCall::Exec => "/exec",
-                    crate::route::AgentCall::Console => "/console",
-                },
-                _ => "",
-            };
-            (verb.to_owned(), format!("{}{sub}", t.res.plural))
+            (t.verb(req.method(), watch).to_owned(), resource)
         }
         Err(_) => (
             req.method().as_str().to_lowercase(),

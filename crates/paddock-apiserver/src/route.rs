@@ -14,6 +14,36 @@ pub struct Target {
     pub call: Option<Call>,
 }
 
+impl Target {
+    /// The request's verb as authorization names it (`get`, `list`,
+    /// `watch`, `create`, …).
+    pub fn verb(&self, method: &http::Method, watch: bool) -> &'static str {
+        let named = self.name.is_some();
+        match *method {
+            http::Method::GET if watch => "watch",
+            http::Method::GET if named => "get",
+            http::Method::GET => "list",
+            http::Method::POST => "create",
+            http::Method::PUT => "update",
+            http::Method::PATCH => "patch",
+            http::Method::DELETE if named => "delete",
+            http::Method::DELETE => "deletecollection",
+            _ => "access",
+        }
+    }
+
+    /// The subresource's name, if the request is on one.
+    pub fn subresource(&self) -> Option<&'static str> {
+        match (self.status, self.call) {
+            (true, _) => Some("status"),
+            (_, Some(Call::Kubeconfig)) => Some("kubeconfig"),
+            (_, Some(Call::Binding)) => Some("binding"),
+            (_, Some(Call::Agent(a))) => Some(a.path()),
+            _ => None,
+        }
+    }
+}
+
 /// Subresources that do something rather than read or write an object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Call {

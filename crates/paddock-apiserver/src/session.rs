@@ -30,7 +30,6 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -39,7 +38,6 @@ use crate::AppState;
 use crate::api::{Api, DeleteOptions, ListOptions, WriteOptions};
 use crate::auth::{User, generate_token, hash_token};
 use crate::error::{ApiError, ApiResult};
-use crate::resources;
 use crate::selector::LabelSelector;
 
 /// The session cookie's name.
@@ -61,20 +59,6 @@ const NS: &str = paddock_api::host::SYSTEM_NAMESPACE;
 
 fn secret_name(id: &str) -> String {
     format!("console-session-{id}")
-}
-
-fn secrets() -> ApiResult<&'static resources::Resource> {
-    resources::find("", "v1", "secrets").ok_or_else(|| ApiError::Internal("no secrets".into()))
-}
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-fn data_field(secret: &Value, key: &str) -> Option<String> {
-    let raw = secret.get("data")?.get(key)?.as_str()?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(raw).ok()?;
-    String::from_utf8(bytes).ok()
 }
 
 /// A session cookie's value: `<id>.<secret>`. The id names the Secret; the
@@ -163,7 +147,8 @@ struct Stored {
 /// Reads session `id` and checks its secret, expiry and token.
 async fn load(state: &AppState, value: &str) -> Result<Stored, SessionRefused> {
     let c = CookieValue::parse(value).ok_or(SessionRefused::Malformed)?;
-    let res = secrets().map_err(|e| SessionRefused::Unavailable(e.to_string()))?;
+    let res =
+        crate::system_secret::resource().map_err(|e| SessionRefused::Unavailable(e.to_string()))?;
     let name = secret_name(c.id);
     let found = match state.api.get_any(res, Some(NS), &name).await {
         Ok(v) => v,
@@ -177,21 +162,22 @@ async fn load(state: &AppState, value: &str) -> Result<Stored, SessionRefused> {
         Err(e) => return Err(SessionRefused::Unavailable(e.to_string())),
     };
     if found.get("type").and_then(Value::as_str) != Some(SESSION_TYPE)
-        || data_field(&found, "sha256").as_deref() != Some(hash_token(c.secret).as_str())
+        || crate::system_secret::field(&found, "sha256").as_deref()
+            != Some(hash_token(c.secret).as_str())
     {
         return Err(SessionRefused::Unknown);
     }
-    let expires = data_field(&found, "expires")
+    let expires = crate::system_secret::field(&found, "expires")
         .and_then(|e| e.parse::<jiff::Timestamp>().ok())
         .ok_or(SessionRefused::Unknown)?;
     if expires <= jiff::Timestamp::now() {
         remove(&state.api, c.id).await;
         return Err(SessionRefused::Expired);
     }
-    let user = data_field(&found, "token")
+    let user = crate::system_secret::field(&found, "token")
         .and_then(|h| state.auth.user_by_hash(&h))
         .ok_or(SessionRefused::Revoked)?;
-    let csrf = data_field(&found, "csrf").ok_or(SessionRefused::Unknown)?;
+    let csrf = crate::system_secret::field(&found, "csrf").ok_or(SessionRefused::Unknown)?;
     Ok(Stored {
         user,
         csrf,
@@ -243,12 +229,15 @@ fn no_store(mut resp: Response) -> Response {
 }
 
 fn expires_of(s: &Value) -> Option<jiff::Timestamp> {
-    data_field(s, "expires").and_then(|e| e.parse::<jiff::Timestamp>().ok())
+    crate::system_secret::field(s, "expires").and_then(|e| e.parse::<jiff::Timestamp>().ok())
 }
 
 /// Session Secrets matching `selector` (those of one token, or all).
 async fn sessions(api: &Api, selector: &str) -> Vec<Value> {
-    let (Ok(res), Ok(labels)) = (secrets(), LabelSelector::parse(selector)) else {
+    let (Ok(res), Ok(labels)) = (
+        crate::system_secret::resource(),
+        LabelSelector::parse(selector),
+    ) else {
         return Vec::new();
     };
     let opts = ListOptions {
@@ -269,7 +258,9 @@ async fn sessions(api: &Api, selector: &str) -> Vec<Value> {
 }
 
 async fn delete_named(api: &Api, name: &str) {
-    let Ok(res) = secrets() else { return };
+    let Ok(res) = crate::system_secret::resource() else {
+        return;
+    };
     match api
         .delete(res, Some(NS), name, &DeleteOptions::default())
         .await
@@ -442,14 +433,19 @@ async fn start(api: &Api, user: &User, token: &str) -> ApiResult<(String, Sessio
         },
         "type": SESSION_TYPE,
         "data": {
-            "sha256": b64(&hash_token(&secret)),
-            "token": b64(&token_hash),
-            "csrf": b64(&csrf),
-            "expires": b64(&expires.to_string()),
+            "sha256": crate::system_secret::encode(&hash_token(&secret)),
+            "token": crate::system_secret::encode(&token_hash),
+            "csrf": crate::system_secret::encode(&csrf),
+            "expires": crate::system_secret::encode(&expires.to_string()),
         },
     });
-    api.create(secrets()?, Some(NS), obj, WriteOptions::default())
-        .await?;
+    api.create(
+        crate::system_secret::resource()?,
+        Some(NS),
+        obj,
+        WriteOptions::default(),
+    )
+    .await?;
     Ok((
         format!("{id}.{secret}"),
         SessionInfo {

@@ -129,17 +129,12 @@ impl Ca {
         ttl: Duration,
         key_pem: &str,
     ) -> Result<CertPair, PkiError> {
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        validity(&mut params, ttl);
+        let params = leaf_params(
+            common_name,
+            sans,
+            ttl,
+            &[ExtendedKeyUsagePurpose::ServerAuth],
+        )?;
         self.sign_with(params, KeyPair::from_pem(key_pem)?)
     }
 
@@ -170,18 +165,7 @@ impl Ca {
         ttl: Duration,
         usages: &[ExtendedKeyUsagePurpose],
     ) -> Result<CertPair, PkiError> {
-        let mut params = CertificateParams::default();
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = usages.to_vec();
-        validity(&mut params, ttl);
-        self.sign(params)
+        self.sign(leaf_params(common_name, sans, ttl, usages)?)
     }
 
     /// A TLS client certificate: the user as CN, each group as an O (as
@@ -207,6 +191,27 @@ impl Ca {
             key_pem: key.serialize_pem(),
         })
     }
+}
+
+/// A leaf certificate's parameters: its name, addresses, validity and uses.
+fn leaf_params(
+    common_name: &str,
+    sans: &[String],
+    ttl: Duration,
+    usages: &[ExtendedKeyUsagePurpose],
+) -> Result<CertificateParams, PkiError> {
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.subject_alt_names = sans.iter().map(|s| san(s)).collect::<Result<_, _>>()?;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = usages.to_vec();
+    validity(&mut params, ttl);
+    Ok(params)
 }
 
 /// When the first certificate in `pem` expires, in Unix seconds; `None`

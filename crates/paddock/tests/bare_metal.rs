@@ -18,34 +18,18 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::lab::{Down, dev};
 use common::*;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 use paddock_api::host::{FENCED_CONDITION, ProvisioningState};
 use paddock_api::{Host, HostPhase, Machine};
 
-fn dev(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("dev")
-        .args(args)
-        .output()
-        .expect("paddock dev runs")
-}
-
 fn image_dir() -> PathBuf {
     std::env::var_os("PADDOCK_DEV_IMAGE").map_or_else(
         || PathBuf::from("/var/cache/paddock/dev-image"),
         PathBuf::from,
     )
-}
-
-/// Removes the lab whatever happens to the test.
-struct Down(PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = dev(&["down", "--data-dir", self.0.to_str().unwrap_or_default()]);
-    }
 }
 
 /// The pid of lab machine `name`'s VM, while it runs.

@@ -17,34 +17,10 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 
+use common::lab::{Down, dev};
 use common::*;
 use kube::api::{Api, ListParams, PostParams};
 use paddock_api::{Cluster, Machine};
-
-fn dev(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("dev")
-        .args(args)
-        .output()
-        .expect("paddock dev runs")
-}
-
-/// Removes the lab whatever happens to the test.
-struct Down(PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = dev(&["down", "--data-dir", self.0.to_str().unwrap_or_default()]);
-    }
-}
-
-fn token_of(kubeconfig: &str) -> String {
-    kubeconfig
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token:"))
-        .map(|t| t.trim().to_owned())
-        .expect("a token in the kubeconfig")
-}
 
 fn node_tools() -> PathBuf {
     let dir = std::env::var_os("PADDOCK_NODE_TOOLS").map_or_else(

@@ -12,21 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::lab::{Down, dev};
 use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 
-fn paddock_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_paddock")
-}
-
-fn dev(args: &[&str]) -> std::process::Output {
-    Command::new(paddock_bin())
-        .arg("dev")
-        .args(args)
-        .output()
-        .expect("paddock dev runs")
-}
 
 fn image_dir() -> PathBuf {
     std::env::var_os("PADDOCK_DEV_IMAGE").map_or_else(
@@ -48,15 +38,6 @@ fn lab_processes(d: &Path) -> Vec<String> {
             (cmd.contains(&needle) && !cmd.contains("dev_lab")).then_some(cmd)
         })
         .collect()
-}
-
-/// Removes the lab whatever happens to the test.
-struct Down(PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = dev(&["down", "--data-dir", self.0.to_str().unwrap_or_default()]);
-    }
 }
 
 async fn leader(client: &kube::Client) -> Option<String> {

@@ -17,29 +17,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::lab::{Down, dev};
 use common::*;
 use kube::api::{Api, PostParams};
 use paddock_api::{Cluster, Host};
 use serde_json::Value;
 
 const PROMETHEUS: &str = "http://127.0.0.1:19090";
-
-fn dev(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_paddock"))
-        .arg("dev")
-        .args(args)
-        .output()
-        .expect("paddock dev runs")
-}
-
-/// Removes the lab whatever happens to the test.
-struct Down(PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = dev(&["down", "--data-dir", self.0.to_str().unwrap_or_default()]);
-    }
-}
 
 fn repo() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))

@@ -370,3 +370,21 @@ pub async fn cluster_with_overlay(
         .await
         .expect("overlay");
 }
+
+/// Runs `paddock dev ARGS` (the lab the product ships).
+pub fn dev(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .arg("dev")
+        .args(args)
+        .output()
+        .expect("paddock dev runs")
+}
+
+/// Removes a `paddock dev up` lab whatever happens to the test.
+pub struct Down(pub PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = dev(&["down", "--data-dir", self.0.to_str().unwrap_or_default()]);
+    }
+}

@@ -588,3 +588,12 @@ pub async fn register_stand_in_image(client: &kube::Client) {
         .await
         .expect("the dev MachineImage");
 }
+
+/// The bearer token in a kubeconfig.
+pub fn token_of(kubeconfig: &str) -> String {
+    kubeconfig
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token:"))
+        .map(|t| t.trim().to_owned())
+        .expect("a token in the kubeconfig")
+}
