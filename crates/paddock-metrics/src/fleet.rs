@@ -37,7 +37,6 @@ struct PhaseLabels {
 struct MachineLabels {
     namespace: String,
     cluster: String,
-    machine: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -191,8 +190,13 @@ impl Fleet {
         );
         let host_vms = Tracked::new(r, "host_vms", "Machines bound to the host");
         let machines = Tracked::new(r, "machines", "Machines by phase");
-        let machine_running =
-            Tracked::new(r, "machine_running", "1 when the Machine's VM runs, else 0");
+        // Per cluster, not per Machine: at 100,000 Machines a series each
+        // would cost the server and Prometheus for little.
+        let machine_running = Tracked::new(
+            r,
+            "cluster_machines_not_running",
+            "Machines of the cluster whose VM does not run (any phase but Running)",
+        );
         let clusters = Tracked::new(r, "clusters", "Clusters by phase");
         let cluster_phase = Tracked::new(r, "cluster_phase", "1 for each cluster's current phase");
         let certificates = Tracked::new(
@@ -284,16 +288,17 @@ impl Fleet {
             ],
             machines.iter().map(|m| m.phase.as_str()),
         ));
-        self.machine_running.set(machines.iter().map(|m| {
-            (
-                MachineLabels {
+        let mut not_running: std::collections::HashMap<MachineLabels, i64> =
+            std::collections::HashMap::new();
+        for m in machines {
+            *not_running
+                .entry(MachineLabels {
                     namespace: m.namespace.clone(),
                     cluster: m.cluster.clone(),
-                    machine: m.name.clone(),
-                },
-                i64::from(m.phase == "Running"),
-            )
-        }));
+                })
+                .or_default() += i64::from(m.phase != "Running");
+        }
+        self.machine_running.set(not_running);
         self.clusters.set(by_phase(
             &["Pending", "Provisioning", "Ready", "Degraded", "Deleting"],
             clusters.iter().map(|c| c.phase.as_str()),
@@ -359,9 +364,19 @@ mod tests {
             &[],
             100,
         );
+        let machine = |n: &str, p: &str| MachineState {
+            namespace: "acme".into(),
+            cluster: "web".into(),
+            name: n.into(),
+            phase: p.into(),
+        };
         f.update(
             &[host("h1", true)],
-            &[],
+            &[
+                machine("m1", "Running"),
+                machine("m2", "Starting"),
+                machine("m3", "Failed"),
+            ],
             &[cluster("web", "Ready")],
             &[],
             200,
@@ -378,6 +393,10 @@ mod tests {
         // Every known phase is there, at 0 when no cluster is in it.
         assert!(text.contains("paddock_clusters{phase=\"Degraded\"} 0"));
         assert!(text.contains("paddock_leader 1"));
+        assert!(text.contains(
+            "paddock_cluster_machines_not_running{namespace=\"acme\",cluster=\"web\"} 2"
+        ));
+        assert!(!text.contains("m1"), "no series per Machine");
         assert!(text.contains("paddock_fleet_refreshed_timestamp_seconds 200"));
     }
 }

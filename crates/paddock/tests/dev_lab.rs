@@ -17,7 +17,6 @@ use common::*;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 
-
 fn image_dir() -> PathBuf {
     std::env::var_os("PADDOCK_DEV_IMAGE").map_or_else(
         || PathBuf::from("/var/cache/paddock/dev-image"),
