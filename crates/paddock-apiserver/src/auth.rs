@@ -223,10 +223,14 @@ pub async fn require_user(State(state): State<AppState>, mut req: Request, next:
         // Host credentials issued by a netboot join live in the store.
         user = crate::join::authenticate(&state.api, token.trim()).await;
     }
+    let mut by_cookie = false;
     if header.is_none() {
         // The web console's session cookie (with its CSRF token).
         match crate::session::authenticate(&state, req.headers(), req.uri()).await {
-            Some(Ok(u)) => user = Some(u),
+            Some(Ok(u)) => {
+                by_cookie = true;
+                user = Some(u);
+            }
             Some(Err(why)) => {
                 tracing::debug!(method = %req.method(), path = %req.uri().path(), "console session refused");
                 let record = crate::audit::unauthenticated(&req);
@@ -240,6 +244,9 @@ pub async fn require_user(State(state): State<AppState>, mut req: Request, next:
         Some(user) => {
             tracing::debug!(user = %user.name, method = %req.method(), path = %req.uri().path(), "request");
             req.extensions_mut().insert(user);
+            if by_cookie {
+                req.extensions_mut().insert(crate::session::ByCookie);
+            }
             next.run(req).await
         }
         None => {

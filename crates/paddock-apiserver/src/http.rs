@@ -377,12 +377,16 @@ fn yaml_body(body: &Bytes) -> ApiResult<Value> {
 pub async fn resource(
     State(state): State<AppState>,
     axum::Extension(user): axum::Extension<User>,
+    cookie: Option<axum::Extension<crate::session::ByCookie>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    match serve(&state, &user, &method, &uri, &headers, &body).await {
+    // A console session's watches are opened again, and the session
+    // checked again, at least this often.
+    let watch_limit = cookie.map(|_| state.console_watch_limit);
+    match serve(&state, &user, &method, &uri, &headers, &body, watch_limit).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -395,6 +399,7 @@ async fn serve(
     uri: &Uri,
     headers: &HeaderMap,
     body: &Bytes,
+    watch_limit: Option<Duration>,
 ) -> ApiResult<Response> {
     // The leader's loops write within its term, and only while it leads.
     let fenced;
@@ -499,7 +504,7 @@ async fn serve(
             Ok(wrap(obj, StatusCode::OK))
         }
         (&Method::GET, None) if truthy(&p.watch) => {
-            watch(api.clone(), res, namespace, &p, form).await
+            watch(api.clone(), res, namespace, &p, form, watch_limit).await
         }
         (&Method::GET, None) => {
             let opts = list_options(res, &p)?;
@@ -752,6 +757,7 @@ async fn watch(
     ns: Option<String>,
     p: &Params,
     form: Form,
+    limit: Option<Duration>,
 ) -> ApiResult<Response> {
     let opts = list_options(res, p)?;
     let timeout = match p.timeout_seconds.as_deref() {
@@ -761,6 +767,7 @@ async fn watch(
         ),
         _ => Duration::from_secs(1800),
     };
+    let timeout = limit.map_or(timeout, |l| timeout.min(l));
     let bookmarks = truthy(&p.allow_watch_bookmarks);
     let initial_end = truthy(&p.send_initial_events);
     let (tx, rx) = mpsc::channel::<Result<Bytes, Infallible>>(256);

@@ -65,6 +65,8 @@ pub struct AppState {
     pub fleet: Arc<paddock_metrics::Fleet>,
     /// Where audited requests are recorded.
     pub audit: audit::AuditLog,
+    /// See [`ServerConfig::console_watch_limit`].
+    pub console_watch_limit: Duration,
 }
 
 /// Where the server keeps its objects.
@@ -107,6 +109,9 @@ pub struct ServerConfig {
     /// embedded store it is the only server and always leads). Unset: a
     /// unique identity and the default timings.
     pub election: Option<leader::ElectionConfig>,
+    /// How long a watch of a console session may last before the page
+    /// opens it again ([`session::WATCH_LIMIT`] unless a test says less).
+    pub console_watch_limit: Duration,
 }
 
 impl ServerConfig {
@@ -124,6 +129,7 @@ impl ServerConfig {
             clusters: kubeconfig::ClusterAccess::default(),
             watch_cache: Some(cache::CacheOptions::default()),
             election: None,
+            console_watch_limit: session::WATCH_LIMIT,
         }
     }
 }
@@ -437,6 +443,7 @@ pub async fn start(config: ServerConfig) -> Result<Running, ServerError> {
         api: api.clone(),
         auth: Arc::new(data.authenticator.clone()),
         clusters: Arc::new(config.clusters.clone()),
+        console_watch_limit: config.console_watch_limit,
         tasks: tasks.clone(),
         leadership: leadership.clone(),
         raw_store: raw.clone(),

@@ -44,6 +44,15 @@ use crate::selector::LabelSelector;
 pub const COOKIE: &str = "__Host-paddock-session";
 /// The header that carries the session's CSRF token.
 pub const CSRF_HEADER: &str = "x-csrf-token";
+/// How long a watch authenticated by the session cookie may last before
+/// the page opens it again (and the session is checked again): signing
+/// out, or revoking the token, ends what the page sees within this time.
+pub const WATCH_LIMIT: Duration = Duration::from_secs(300);
+
+/// Marks a request authenticated by the session cookie.
+#[derive(Debug, Clone, Copy)]
+pub struct ByCookie;
+
 /// The type of session Secrets.
 pub const SESSION_TYPE: &str = "paddock.io/console-session";
 /// The label every session Secret carries.
