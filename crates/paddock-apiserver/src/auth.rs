@@ -31,6 +31,9 @@ pub struct TokenRecord {
     pub groups: Vec<String>,
     /// Hex SHA-256 of the token.
     pub sha256: String,
+    /// When the token stops working (RFC 3339); never when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,20 +70,28 @@ const RELOAD_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 #[derive(Debug, Default)]
 struct Loaded {
     modified: Option<std::time::SystemTime>,
-    by_hash: HashMap<String, User>,
+    by_hash: HashMap<String, (User, Option<jiff::Timestamp>)>,
 }
 
-fn index(records: &[TokenRecord]) -> HashMap<String, User> {
+/// Tokens by hash, with their expiry. A record whose expiry does not parse
+/// is left out (its token works nowhere), and the log says so.
+fn index(records: &[TokenRecord]) -> HashMap<String, (User, Option<jiff::Timestamp>)> {
     records
         .iter()
-        .map(|r| {
-            (
-                r.sha256.clone(),
-                User {
-                    name: r.user.clone(),
-                    groups: r.groups.clone(),
-                },
-            )
+        .filter_map(|r| {
+            let expires = match r.expires.as_deref().map(str::parse::<jiff::Timestamp>) {
+                None => None,
+                Some(Ok(t)) => Some(t),
+                Some(Err(e)) => {
+                    tracing::warn!(user = %r.user, error = %e, "a token's expiry is not a time; the token is refused");
+                    return None;
+                }
+            };
+            let user = User {
+                name: r.user.clone(),
+                groups: r.groups.clone(),
+            };
+            Some((r.sha256.clone(), (user, expires)))
         })
         .collect()
 }
@@ -158,7 +169,12 @@ impl Authenticator {
         if let Some(u) = self.in_memory.read().ok()?.get(hash) {
             return Some(u.clone());
         }
-        self.inner.read().ok()?.by_hash.get(hash).cloned()
+        let inner = self.inner.read().ok()?;
+        let (user, expires) = inner.by_hash.get(hash)?;
+        // An expired token is no token.
+        expires
+            .is_none_or(|t| t > jiff::Timestamp::now())
+            .then(|| user.clone())
     }
 
     /// Reads the token file again if it changed since it was last read.
@@ -268,12 +284,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn expired_tokens_are_refused() {
+        let (live, dead, bad) = (generate_token(), generate_token(), generate_token());
+        let rec = |t: &str, expires: &str| TokenRecord {
+            user: "u".into(),
+            groups: vec![],
+            sha256: hash_token(t),
+            expires: Some(expires.into()),
+        };
+        let auth = Authenticator::from_records(&[
+            rec(&live, "2999-01-01T00:00:00Z"),
+            rec(&dead, "2020-01-01T00:00:00Z"),
+            rec(&bad, "soon"),
+        ]);
+        let ok = |t: &str| auth.authenticate(Some(&format!("Bearer {t}"))).is_some();
+        assert!(ok(&live));
+        assert!(!ok(&dead));
+        assert!(!ok(&bad));
+    }
+
+    #[test]
     fn tokens_match_by_hash_only() {
         let t = generate_token();
         let auth = Authenticator::from_records(&[TokenRecord {
             user: "admin".into(),
             groups: vec![ADMIN_GROUP.into()],
             sha256: hash_token(&t),
+            expires: None,
         }]);
         assert_eq!(
             auth.authenticate(Some(&format!("Bearer {t}")))

@@ -163,6 +163,7 @@ impl DataDir {
                 user: "admin".into(),
                 groups: vec![ADMIN_GROUP.into()],
                 sha256: hash_token(&token),
+                expires: None,
             }];
             let raw = serde_json::to_vec_pretty(&rec)
                 .map_err(|e| BootstrapError::Io(tokens.display().to_string(), e.into()))?;
@@ -221,7 +222,34 @@ pub fn share(from: &Path, to: &Path) -> Result<(), BootstrapError> {
 /// Adds a user with a new token to the data directory's token file (a
 /// running server picks it up) and returns a kubeconfig for that user.
 pub fn add_user(root: &Path, user: &str, groups: &[String]) -> Result<String, BootstrapError> {
+    add_user_for(root, user, groups, None)
+}
+
+/// [`add_user`], with a token that stops working after `ttl` when given.
+pub fn add_user_for(
+    root: &Path,
+    user: &str,
+    groups: &[String],
+    ttl: Option<std::time::Duration>,
+) -> Result<String, BootstrapError> {
     let tokens = root.join("tokens.json");
+    let expires = ttl
+        .map(|ttl| {
+            jiff::SignedDuration::try_from(ttl)
+                .ok()
+                .and_then(|d| jiff::Timestamp::now().checked_add(d).ok())
+                .map(|t| t.round(jiff::Unit::Second).unwrap_or(t).to_string())
+                .ok_or_else(|| {
+                    BootstrapError::Io(
+                        tokens.display().to_string(),
+                        std::io::Error::new(
+                            std::io::ErrorKind::InvalidInput,
+                            format!("a token's lifetime of {ttl:?} is out of range"),
+                        ),
+                    )
+                })
+        })
+        .transpose()?;
     let mut records = crate::auth::read_records(&tokens)?;
     if records.iter().any(|r| r.user == user) {
         return Err(BootstrapError::Io(
@@ -237,6 +265,7 @@ pub fn add_user(root: &Path, user: &str, groups: &[String]) -> Result<String, Bo
         user: user.to_owned(),
         groups: groups.to_vec(),
         sha256: hash_token(&token),
+        expires,
     });
     let raw = serde_json::to_vec_pretty(&records)
         .map_err(|e| BootstrapError::Io(tokens.display().to_string(), e.into()))?;
@@ -251,6 +280,30 @@ pub fn add_user(root: &Path, user: &str, groups: &[String]) -> Result<String, Bo
     let ca_path = root.join("pki").join("ca.crt");
     let ca = std::fs::read_to_string(&ca_path).map_err(io(&ca_path))?;
     Ok(kubeconfig(&url, &ca, "paddock", user, &token))
+}
+
+/// Removes every token of `user` from the token file (a running server
+/// stops accepting them within a second); how many there were. None is an
+/// error that says so.
+pub fn revoke_user(root: &Path, user: &str) -> Result<usize, BootstrapError> {
+    let tokens = root.join("tokens.json");
+    let mut records = crate::auth::read_records(&tokens)?;
+    let before = records.len();
+    records.retain(|r| r.user != user);
+    let removed = before - records.len();
+    if removed == 0 {
+        return Err(BootstrapError::Io(
+            tokens.display().to_string(),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("user {user:?} has no token here"),
+            ),
+        ));
+    }
+    let raw = serde_json::to_vec_pretty(&records)
+        .map_err(|e| BootstrapError::Io(tokens.display().to_string(), e.into()))?;
+    write_private(&tokens, &raw)?;
+    Ok(removed)
 }
 
 /// Adds the credential of host `host`'s agent (user `host:<host>`, group

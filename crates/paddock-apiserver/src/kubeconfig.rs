@@ -55,7 +55,7 @@ struct Request {
     spec: RequestSpec,
 }
 
-/// Parses `8h`, `90m`, `1h30m`, `3600s`.
+/// Parses `8h`, `90m`, `1h30m`, `3600s`, `30d`.
 pub fn parse_duration(s: &str) -> Option<Duration> {
     let mut total = 0u64;
     let mut num = String::new();
@@ -67,6 +67,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
         let n: u64 = num.parse().ok()?;
         num.clear();
         total = total.checked_add(n.checked_mul(match c {
+            'd' => 86400,
             'h' => 3600,
             'm' => 60,
             's' => 1,
@@ -208,7 +209,8 @@ mod tests {
         assert_eq!(parse_duration("8h"), Some(Duration::from_secs(28800)));
         assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
         assert_eq!(parse_duration("45s"), Some(Duration::from_secs(45)));
-        for bad in ["", "8", "h", "8d", "-1h", "0s"] {
+        assert_eq!(parse_duration("30d"), Some(Duration::from_secs(30 * 86400)));
+        for bad in ["", "8", "h", "8w", "-1h", "0s"] {
             assert_eq!(parse_duration(bad), None, "{bad}");
         }
     }

@@ -44,6 +44,9 @@ enum Command {
     /// Add a user to a server's data directory (a running server picks it
     /// up) and print a kubeconfig for them.
     AddUser(AddUserArgs),
+    /// Remove a user's tokens from a server's data directory: a running
+    /// server refuses them within a second (and ends their console sessions).
+    RevokeUser(RevokeUserArgs),
     /// Add the credential of a host's agent to a server's data directory and
     /// print its kubeconfig: it may act only for that host (its Host, Lease,
     /// Machines' status and their bootstrap Secrets).
@@ -308,6 +311,18 @@ struct AddUserArgs {
     /// Extra group (repeatable); `system:masters` makes an administrator.
     #[arg(long = "group")]
     groups: Vec<String>,
+    /// How long the token works (such as 8h or 30d); for ever when unset.
+    #[arg(long)]
+    ttl: Option<String>,
+    /// The server's data directory.
+    #[arg(long, env = "PADDOCK_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct RevokeUserArgs {
+    /// The user whose tokens go.
+    name: String,
     /// The server's data directory.
     #[arg(long, env = "PADDOCK_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -798,9 +813,34 @@ async fn main() -> ExitCode {
                 .map(|o| paddock_apiserver::authz::org_group(o))
                 .collect();
             groups.extend(a.groups);
-            match paddock_apiserver::bootstrap::add_user(&dir, &a.name, &groups) {
+            let ttl = match a
+                .ttl
+                .as_deref()
+                .map(|t| (t, paddock_apiserver::kubeconfig::parse_duration(t)))
+            {
+                None => None,
+                Some((_, Some(d))) => Some(d),
+                Some((t, None)) => {
+                    eprintln!("error: --ttl {t:?}: want a duration such as 8h or 30d");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match paddock_apiserver::bootstrap::add_user_for(&dir, &a.name, &groups, ttl) {
                 Ok(kc) => {
                     print!("{kc}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {:#}", anyhow::Error::new(e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::RevokeUser(a) => {
+            let dir = a.data_dir.unwrap_or_else(paddock_cli::default_data_dir);
+            match paddock_apiserver::bootstrap::revoke_user(&dir, &a.name) {
+                Ok(n) => {
+                    println!("revoked {n} token(s) of user {}", a.name);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
