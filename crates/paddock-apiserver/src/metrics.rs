@@ -304,11 +304,17 @@ fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or_default()
 }
 
+/// Cluster CAs' expiry by PKI Secret (`namespace/name`), with the
+/// resourceVersion it was read at: a certificate is parsed again only when
+/// its Secret changed.
+type CaExpiry = std::collections::HashMap<String, (String, i64)>;
+
 /// The fleet as its objects say, from the watch cache when there is one.
 async fn read_fleet(
     api: &Api,
     serving_cert: &str,
     ca_cert: &str,
+    cas: &mut CaExpiry,
 ) -> Result<
     (
         Vec<HostState>,
@@ -394,6 +400,7 @@ async fn read_fleet(
     }
     let secrets = find("", "secrets")?;
     let mut cluster_states = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for c in &clusters.items {
         let (ns, name) = (
             str_at(c, "/metadata/namespace"),
@@ -412,21 +419,27 @@ async fn read_fleet(
             },
         });
         // The cluster's CA, from its PKI Secret (made by the cluster controller).
-        if let Ok(s) = api.get_any(secrets, Some(ns), &format!("{name}-pki")).await
-            && let Some(pem) = s["data"]["ca.crt"].as_str().and_then(|b| {
-                use base64::Engine;
-                base64::engine::general_purpose::STANDARD.decode(b).ok()
-            })
-            && let Some(t) = std::str::from_utf8(&pem)
-                .ok()
-                .and_then(paddock_pki::not_after)
-        {
+        let Ok(s) = api.get_any(secrets, Some(ns), &format!("{name}-pki")).await else {
+            continue;
+        };
+        let key = format!("{ns}/{name}");
+        let rv = str_at(&s, "/metadata/resourceVersion").to_owned();
+        let known = cas.get(&key).filter(|(at, _)| *at == rv).map(|(_, t)| *t);
+        let not_after = known.or_else(|| {
+            let pem = crate::system_secret::field(&s, "ca.crt")?;
+            let t = paddock_pki::not_after(&pem)?;
+            cas.insert(key.clone(), (rv, t));
+            Some(t)
+        });
+        if let Some(t) = not_after {
             certificates.push(CertificateExpiry {
-                name: format!("cluster/{ns}/{name}"),
+                name: format!("cluster/{key}"),
                 not_after: t,
             });
         }
+        seen.insert(key);
     }
+    cas.retain(|k, _| seen.contains(k));
     Ok((hosts, machine_states, cluster_states, certificates))
 }
 
@@ -439,9 +452,10 @@ pub async fn refresh_fleet(
     ca_cert: String,
 ) {
     let mut leader = leadership.subscribe();
+    let mut cas = CaExpiry::new();
     loop {
         fleet.set_leader(leadership.current().is_some());
-        match read_fleet(&api, &serving_cert, &ca_cert).await {
+        match read_fleet(&api, &serving_cert, &ca_cert, &mut cas).await {
             Ok((h, m, c, certs)) => {
                 fleet.update(&h, &m, &c, &certs, jiff::Timestamp::now().as_second());
             }

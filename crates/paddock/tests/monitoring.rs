@@ -268,6 +268,29 @@ async fn prometheus_scrapes_the_lab_and_alerts_fire() {
         !firing("PaddockHostDown", ("host", "host-2")),
         "a Ready host was said to be down"
     );
+    // Certificates: the server's, the CA's and cluster big's CA, each a
+    // year or more away.
+    let certs = query(
+        "/api/v1/query",
+        &[(
+            "query",
+            "(paddock_certificate_expiry_timestamp_seconds - time()) / 86400",
+        )],
+    );
+    let mut names: Vec<String> = certs["data"]["result"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| {
+            s["value"][1]
+                .as_str()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|days| days > 300.0)
+        })
+        .filter_map(|s| s["metric"]["certificate"].as_str().map(str::to_owned))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["apiserver", "ca", "cluster/acme/big"], "{certs}");
     // The stopped agent's target is down, the other's up.
     let (_, by_host) = agents_up("0");
     assert_eq!(
