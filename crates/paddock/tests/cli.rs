@@ -198,3 +198,54 @@ fn completions_are_printed() {
         "{text}"
     );
 }
+
+#[test]
+fn monitoring_files_are_written_for_an_installation() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("monitoring");
+    let o = Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["monitoring", "write"])
+        .arg(&out)
+        .args([
+            "--server",
+            "paddock-1.example:6443",
+            "--server",
+            "paddock-2.example:6443",
+            "--ca-file",
+            "/etc/paddock/ca.crt",
+            "--token-file",
+            "/etc/prometheus/paddock.token",
+        ])
+        .output()
+        .expect("paddock runs");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let config = std::fs::read_to_string(out.join("prometheus.yml")).expect("prometheus.yml");
+    for part in [
+        "targets: [\"paddock-1.example:6443\", \"paddock-2.example:6443\"]",
+        "url: https://paddock-1.example:6443/paddock/v1/monitoring/targets",
+        "credentials_file: /etc/prometheus/paddock.token",
+        "scrape_interval: 15s",
+    ] {
+        assert!(config.contains(part), "{part} not in\n{config}");
+    }
+    for f in [
+        "alerts.yml",
+        "alerts_test.yml",
+        "dashboards/paddock-fleet.json",
+        "dashboards/paddock-control-plane.json",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    // A server is required.
+    let o = Command::new(env!("CARGO_BIN_EXE_paddock"))
+        .args(["monitoring", "write"])
+        .arg(&out)
+        .args(["--ca-file", "x", "--token-file", "y"])
+        .output()
+        .expect("paddock runs");
+    assert!(
+        !o.status.success() && stderr(&o).contains("--server"),
+        "{}",
+        stderr(&o)
+    );
+}
