@@ -128,11 +128,7 @@ async fn prometheus_scrapes_the_lab_and_alerts_fire() {
         .expect("alice");
     let alice_kc = dir.path().join("alice.kubeconfig");
     std::fs::write(&alice_kc, &alice).expect("alice's kubeconfig");
-    let alice = alice
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("token:"))
-        .map(|t| t.trim().to_owned())
-        .expect("alice's token");
+    let alice = token_of(&alice);
     let (code, body) = curl_metrics(&server, Some(token.trim()));
     assert_eq!(code, "200", "{body}");
     assert!(
@@ -476,12 +472,6 @@ async fn audit(
         text.contains("\"resource\":\"secrets\""),
         "the Secret's create is recorded"
     );
-    let token_of = |kc: &str| {
-        kc.lines()
-            .find_map(|l| l.trim().strip_prefix("token:"))
-            .map(|t| t.trim().to_owned())
-            .expect("token")
-    };
     let admin_token = token_of(&std::fs::read_to_string(&admin).expect("admin"));
     let alice_token = token_of(&std::fs::read_to_string(alice).expect("alice"));
     for (what, needle) in [
